@@ -1,0 +1,41 @@
+//! scavalloc: a drop-in global allocator built on the Go runtime's design,
+//! that gives free memory back to the operating system at a CPU cost you
+//! choose.
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
+//! ```
+//!
+//! # Layers
+//!
+//! Calls run one way, top to bottom; a lower layer never calls up.
+//!
+//! | layer | module | owns |
+//! | --- | --- | --- |
+//! | pages | [`pages`] | the page heap: 8 KiB pages in 4 MiB chunks, bitmaps, the summary radix tree, address ranges, heap growth |
+//! | os | [`os`] | system calls: address-space states, page sizes, futexes, stderr |
+//!
+//! Beside them, used by every layer: [`sync`] (the atomics shim and the
+//! heap lock), [`persistent`] (never-freed metadata memory) and [`report`]
+//! (one-line messages without allocating).
+//!
+//! The allocator never allocates through the global allocator: its metadata
+//! comes from the `os` layer, and nothing in it panics on a path a user's
+//! allocation can reach.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod sync;
+
+#[cfg(not(loom))]
+pub mod os;
+#[cfg(not(loom))]
+pub mod pages;
+#[cfg(not(loom))]
+pub mod persistent;
+#[cfg(not(loom))]
+pub mod report;
+#[cfg(not(loom))]
+pub mod spans;

@@ -1,0 +1,458 @@
+//! The operating-system boundary: the only module that makes system calls.
+//!
+//! It owns the states of address space and the facts about the machine:
+//!
+//! * **reserved**: mapped with no access and no commit charge
+//!   ([`reserve`]); touching it faults.
+//! * **ready**: readable and writable ([`map_ready`]); pages become resident
+//!   as they are first touched.
+//! * **released**: still mapped and ready, but its physical pages handed
+//!   back to the kernel with `madvise` ([`release`]); the next touch faults in
+//!   a page again (a zero page for `MADV_DONTNEED`).
+//! * **faulted**: no access again and no physical pages ([`fault`]), for
+//!   memory that must never be touched after it was freed.
+//!
+//! Page sizes are found on first use without allocating: the base page size
+//! from `sysconf`, the transparent-huge-page size from sysfs, read with raw
+//! `open`/`read`.
+//!
+//! Every failure comes back as an [`OsError`]; nothing here panics. Callers
+//! up the stack turn an error into a null pointer.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+
+/// A failed system call, with the `errno` it left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OsError {
+    /// The `errno` value of the failed call.
+    pub errno: i32,
+}
+
+impl OsError {
+    fn last() -> Self {
+        // SAFETY: `__errno_location` returns this thread's errno slot, which
+        // is always valid to read.
+        OsError { errno: unsafe { *libc::__errno_location() } }
+    }
+}
+
+/// What [`release`] asks the kernel to do with released pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseMode {
+    /// `MADV_DONTNEED`: RSS drops at once and the pages read back as zero.
+    DontNeed,
+    /// `MADV_FREE`: the kernel takes the pages lazily, under memory pressure;
+    /// until it does they keep their contents and count in RSS.
+    Free,
+}
+
+static RELEASE_MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses how [`release`] gives pages back. Set once by the configuration
+/// at start-up.
+pub fn set_release_mode(mode: ReleaseMode) {
+    RELEASE_MODE.store(mode as u8, Ordering::Relaxed);
+}
+
+/// The release mode in force.
+pub fn release_mode() -> ReleaseMode {
+    match RELEASE_MODE.load(Ordering::Relaxed) {
+        0 => ReleaseMode::DontNeed,
+        _ => ReleaseMode::Free,
+    }
+}
+
+/// Whether released memory is guaranteed to read back as zeroes (so a later
+/// allocation of it needs no zeroing).
+pub fn released_memory_is_zero() -> bool {
+    release_mode() == ReleaseMode::DontNeed
+}
+
+static BASE_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+static HUGE_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The fallback transparent-huge-page size when sysfs cannot tell (the PMD
+/// size of x86-64 and of arm64 with 4 KiB pages).
+const DEFAULT_HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// The kernel's base page size: the granularity of `mprotect` and `madvise`.
+#[inline]
+pub fn page_size() -> usize {
+    let cached = BASE_PAGE_SIZE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: `sysconf` has no preconditions.
+    let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let size = if raw > 0 && (raw as usize).is_power_of_two() { raw as usize } else { 4096 };
+    BASE_PAGE_SIZE.store(size, Ordering::Relaxed);
+    size
+}
+
+/// The transparent-huge-page size (`hpage_pmd_size`), or 2 MiB when the
+/// kernel does not say.
+pub fn huge_page_size() -> usize {
+    let cached = HUGE_PAGE_SIZE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let size = read_sysfs_usize(c"/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+        .filter(|s| s.is_power_of_two() && *s >= page_size())
+        .unwrap_or(DEFAULT_HUGE_PAGE_SIZE);
+    HUGE_PAGE_SIZE.store(size, Ordering::Relaxed);
+    size
+}
+
+/// Reads a small decimal number from a file without allocating.
+fn read_sysfs_usize(path: &core::ffi::CStr) -> Option<usize> {
+    // SAFETY: `path` is NUL-terminated; the flags ask for read-only access.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 32];
+    // SAFETY: `buf` is a writable buffer of the length we pass.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is the descriptor we opened above, closed exactly once.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return None;
+    }
+    parse_decimal(&buf[..n as usize])
+}
+
+/// Parses leading ASCII digits (surrounding white space allowed).
+pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<usize> {
+    let text = trim_ascii(bytes);
+    if text.is_empty() {
+        return None;
+    }
+    let mut value: usize = 0;
+    for &b in text {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add((b - b'0') as usize)?;
+    }
+    Some(value)
+}
+
+fn trim_ascii(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if first.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = b {
+        if last.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, OsError> {
+    // SAFETY: an anonymous mapping without MAP_FIXED never replaces existing
+    // mappings; the kernel picks an address (using `hint` only as a hint).
+    let p = unsafe { libc::mmap(hint as *mut libc::c_void, size, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(OsError::last());
+    }
+    NonNull::new(p.cast()).ok_or(OsError { errno: libc::ENOMEM })
+}
+
+const RESERVE_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
+/// Reserves `size` bytes of address space aligned to `align` (a power of two,
+/// at least the page size), with no access and no commit charge.
+pub fn reserve(size: usize, align: usize) -> Result<NonNull<u8>, OsError> {
+    debug_assert!(align.is_power_of_two() && align >= page_size());
+    debug_assert!(size % page_size() == 0);
+    if align <= page_size() {
+        return mmap(0, size, libc::PROT_NONE, RESERVE_FLAGS);
+    }
+    // Over-reserve and trim both ends so that what stays is aligned.
+    let padded = size.checked_add(align - page_size()).ok_or(OsError { errno: libc::ENOMEM })?;
+    let raw = mmap(0, padded, libc::PROT_NONE, RESERVE_FLAGS)?.as_ptr() as usize;
+    let aligned = (raw + align - 1) & !(align - 1);
+    let head = aligned - raw;
+    let tail = padded - head - size;
+    // SAFETY: both trimmed pieces lie inside the mapping we just made and
+    // nobody else knows of.
+    unsafe {
+        if head != 0 {
+            libc::munmap(raw as *mut libc::c_void, head);
+        }
+        if tail != 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    // SAFETY: `aligned` lies inside a successful mapping, so it is non-null.
+    Ok(unsafe { NonNull::new_unchecked(aligned as *mut u8) })
+}
+
+/// Reserves exactly `[addr, addr + size)` if that address space is free,
+/// and fails otherwise (it never replaces an existing mapping). Used to grow
+/// the heap contiguously.
+pub fn reserve_at(addr: usize, size: usize) -> Result<NonNull<u8>, OsError> {
+    let got = mmap(addr, size, libc::PROT_NONE, RESERVE_FLAGS | libc::MAP_FIXED_NOREPLACE)?;
+    if got.as_ptr() as usize != addr {
+        // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat the
+        // address as a hint: give back whatever they picked instead.
+        // SAFETY: `got` is a fresh mapping of `size` bytes that only we know.
+        unsafe { libc::munmap(got.as_ptr().cast(), size) };
+        return Err(OsError { errno: libc::EEXIST });
+    }
+    Ok(got)
+}
+
+/// Makes reserved memory readable and writable.
+///
+/// # Safety
+///
+/// `[addr, addr + size)` must be page-aligned address space that the caller
+/// reserved with [`reserve`] and owns.
+pub unsafe fn map_ready(addr: usize, size: usize) -> Result<(), OsError> {
+    // SAFETY: the caller owns the range; changing its protection affects
+    // nothing else.
+    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_READ | libc::PROT_WRITE) };
+    if r != 0 {
+        return Err(OsError::last());
+    }
+    Ok(())
+}
+
+/// Returns ready memory to the reserved state (no access, no physical
+/// pages), used to undo a [`map_ready`] that is no longer wanted.
+///
+/// # Safety
+///
+/// The caller owns `[addr, addr + size)` and nothing refers into it.
+pub unsafe fn unmap_ready(addr: usize, size: usize) -> Result<(), OsError> {
+    // SAFETY: forwarded from the caller.
+    unsafe { fault(addr, size) }
+}
+
+/// Hands the physical pages of `[addr, addr + size)` back to the kernel; the
+/// range stays mapped and ready. Uses the [`release_mode`] in force.
+///
+/// # Safety
+///
+/// The caller owns the range and nothing live is stored in it: its contents
+/// are lost (`MADV_DONTNEED`) or may be lost at any time (`MADV_FREE`).
+pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
+    let advice = match release_mode() {
+        ReleaseMode::DontNeed => libc::MADV_DONTNEED,
+        ReleaseMode::Free => libc::MADV_FREE,
+    };
+    // SAFETY: the caller owns the range and holds nothing in it.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) };
+    if r != 0 {
+        if advice == libc::MADV_FREE && OsError::last().errno == libc::EINVAL {
+            // Kernels before 4.5 do not know MADV_FREE; fall back for good.
+            set_release_mode(ReleaseMode::DontNeed);
+            // SAFETY: as above.
+            return unsafe { release(addr, size) };
+        }
+        return Err(OsError::last());
+    }
+    Ok(())
+}
+
+/// Drops the physical pages of a range and makes it inaccessible, so that
+/// any later touch gets `SIGSEGV`. The address space stays reserved.
+///
+/// # Safety
+///
+/// The caller owns the range and nothing may legitimately touch it again
+/// until it is made ready anew.
+pub unsafe fn fault(addr: usize, size: usize) -> Result<(), OsError> {
+    // Mapping a fresh PROT_NONE anonymous region over the range discards the
+    // old pages and the access rights in one call.
+    // SAFETY: MAP_FIXED replaces only the caller's own range.
+    let p = unsafe {
+        libc::mmap(addr as *mut libc::c_void, size, libc::PROT_NONE, RESERVE_FLAGS | libc::MAP_FIXED, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(OsError::last());
+    }
+    Ok(())
+}
+
+/// Gives address space back to the kernel altogether.
+///
+/// # Safety
+///
+/// The caller owns `[addr, addr + size)` and nothing refers into it.
+pub unsafe fn unmap(addr: usize, size: usize) {
+    // SAFETY: forwarded from the caller. munmap of an owned range can fail
+    // only by splitting a mapping past the VMA limit; the range then stays
+    // mapped, which leaks address space but is memory-safe.
+    unsafe { libc::munmap(addr as *mut libc::c_void, size) };
+}
+
+/// Maps fresh zeroed, readable and writable memory, for the allocator's own
+/// metadata.
+pub fn alloc_ready(size: usize) -> Result<NonNull<u8>, OsError> {
+    mmap(0, size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+}
+
+/// Which way to steer transparent huge pages for a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugePageHint {
+    /// `MADV_HUGEPAGE`: back the range with huge pages where possible.
+    Prefer,
+    /// `MADV_NOHUGEPAGE`: never collapse the range into huge pages (keeps
+    /// khugepaged from refilling released holes).
+    Avoid,
+}
+
+/// Advises the kernel about huge pages for a range. Advice only: a failure
+/// changes nothing about correctness, so the caller may ignore it.
+///
+/// # Safety
+///
+/// The caller owns `[addr, addr + size)`.
+pub unsafe fn huge_page_hint(addr: usize, size: usize, hint: HugePageHint) -> Result<(), OsError> {
+    let advice = match hint {
+        HugePageHint::Prefer => libc::MADV_HUGEPAGE,
+        HugePageHint::Avoid => libc::MADV_NOHUGEPAGE,
+    };
+    // SAFETY: huge-page advice never changes the contents of the range.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) };
+    if r != 0 {
+        return Err(OsError::last());
+    }
+    Ok(())
+}
+
+/// Sleeps while `word` holds `expected` (or until a spurious wake-up).
+pub fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic for the whole call; a
+    // null timeout means wait without a deadline. EINTR and EAGAIN are
+    // ordinary outcomes that the caller's loop re-checks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes up to `count` threads sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32, count: u32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; waking has no other
+    // effect on memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, count);
+    }
+}
+
+/// Writes all of `bytes` to standard error, retrying short writes; errors
+/// are ignored (there is nowhere left to report them).
+pub fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a valid readable buffer of the given length.
+        let n = unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && OsError::last().errno == libc::EINTR {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Ends the process at once with `SIGABRT`, running no destructors and no
+/// unwinding (both could re-enter a corrupted allocator).
+pub fn abort() -> ! {
+    // SAFETY: `abort` has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
+/// Reads the value of environment variable `name` without allocating.
+///
+/// The bytes are borrowed from the process environment, which scavalloc
+/// reads once at start-up before it could be modified by the program.
+pub fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated. The returned pointer, if any, points
+    // to a NUL-terminated string in the environment block.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` is a valid C string (see above); the environment block
+    // lives as long as the process unless `setenv` replaces this entry,
+    // which the caller's contract (read once at start-up) rules out.
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_are_sane() {
+        let p = page_size();
+        assert!(p.is_power_of_two() && p >= 4096, "{p}");
+        let h = huge_page_size();
+        assert!(h.is_power_of_two() && h >= p, "{h}");
+    }
+
+    #[test]
+    fn parse_decimal_cases() {
+        assert_eq!(parse_decimal(b"2097152\n"), Some(2097152));
+        assert_eq!(parse_decimal(b"  42 "), Some(42));
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b"12a"), None);
+        assert_eq!(parse_decimal(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn reserve_ready_release_fault_cycle() {
+        let size = 4 << 20;
+        let base = reserve(size, 4 << 20).unwrap().as_ptr() as usize;
+        assert_eq!(base % (4 << 20), 0);
+        // SAFETY: the range was reserved above and is owned by this test.
+        unsafe {
+            map_ready(base, size).unwrap();
+            let p = base as *mut u8;
+            p.write(7);
+            p.add(size - 1).write(9);
+            assert_eq!(p.read(), 7);
+            release(base, size).unwrap();
+            // MADV_DONTNEED gives zero pages back.
+            assert_eq!(p.read(), 0);
+            assert_eq!(p.add(size - 1).read(), 0);
+            fault(base, size).unwrap();
+            map_ready(base, size).unwrap();
+            assert_eq!(p.read(), 0);
+            unmap(base, size);
+        }
+    }
+
+    #[test]
+    fn reserve_at_refuses_taken_space() {
+        let size = 1 << 20;
+        let base = reserve(size, page_size()).unwrap().as_ptr() as usize;
+        assert!(reserve_at(base, size).is_err());
+        // Just past our reservation is usually free; when it is, reserve_at
+        // must return exactly that address.
+        if let Ok(next) = reserve_at(base + size, size) {
+            assert_eq!(next.as_ptr() as usize, base + size);
+            // SAFETY: reserved just above and owned by this test.
+            unsafe { unmap(base + size, size) };
+        }
+        // SAFETY: the range was reserved above and is owned by this test.
+        unsafe { unmap(base, size) };
+    }
+}

@@ -1,0 +1,808 @@
+//! The page heap: an address-ordered first-fit allocator of 8 KiB pages
+//! (the Go runtime's `mpagealloc.go`).
+//!
+//! # What this layer owns
+//!
+//! Which pages of the heap's address space are in use, which are free, and
+//! which free pages have been released to the OS. It hands out runs of pages
+//! and takes them back; it never reads or writes the pages themselves (so it
+//! can be tested and benchmarked on address ranges that are not even
+//! mapped). Above it, the span layer cuts runs into objects and the scavenger
+//! releases free runs. It may call only [`crate::os`], [`crate::persistent`]
+//! and [`crate::sync`]; it never calls up.
+//!
+//! # How it works
+//!
+//! The address space is cut into 4 MiB chunks of 512 pages. Each chunk the
+//! heap owns has two bitmaps ([`bitmap::ChunkData`]): pages in use, and free
+//! pages already released. Over the bitmaps sits a radix tree of
+//! [`summary::Summary`] values (free run at the start, longest free run,
+//! free run at the end) with five levels for a 48-bit address space: the
+//! root has 2^14 entries of 16 GiB each, each lower level splits an entry in
+//! 8, and the leaves are chunks. Each level is one flat array reserved up
+//! front and made ready only where the heap has memory, so the tree costs
+//! nothing for address space the heap does not use.
+//!
+//! `find` walks the tree from the root, looking at one block of 8 entries per
+//! level, and either descends into an entry whose longest run fits or finds
+//! a run that crosses entry boundaries; the leaf search scans one chunk's
+//! bitmap. A search-address hint (everything below it is known to be in use)
+//! lets the common single-page case skip the walk entirely.
+//!
+//! # Locking
+//!
+//! `PageAlloc` is a plain data structure: every method takes `&self` or
+//! `&mut self`, and the process-wide heap in [`heap`] wraps it in the heap
+//! lock.
+
+pub mod bitmap;
+pub mod heap;
+pub mod ranges;
+pub mod summary;
+
+use core::ptr::NonNull;
+
+use crate::os;
+use crate::report::fatal;
+
+use bitmap::ChunkData;
+use ranges::{AddrRange, AddrRanges};
+use summary::Summary;
+
+/// log2 of the page size.
+pub const PAGE_SHIFT: u32 = 13;
+/// The heap's page size: 8 KiB.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// log2 of the pages in a chunk.
+pub const LOG_CHUNK_PAGES: u32 = 9;
+/// Pages in a chunk: 512.
+pub const CHUNK_PAGES: usize = 1 << LOG_CHUNK_PAGES;
+/// log2 of a chunk's size in bytes.
+pub const LOG_CHUNK_BYTES: u32 = LOG_CHUNK_PAGES + PAGE_SHIFT;
+/// A chunk's size: 4 MiB.
+pub const CHUNK_BYTES: usize = 1 << LOG_CHUNK_BYTES;
+
+/// Bits of address the heap can use (x86-64 and arm64 user space).
+pub const HEAP_ADDR_BITS: u32 = 48;
+/// Levels of the summary radix tree.
+pub const SUMMARY_LEVELS: usize = 5;
+/// Each level below the root splits an entry into 2^3 children: a block of 8
+/// summaries is 64 bytes, one cache line.
+const SUMMARY_LEVEL_BITS: u32 = 3;
+/// Bits of address indexing the root level.
+const SUMMARY_L0_BITS: u32 =
+    HEAP_ADDR_BITS - LOG_CHUNK_BYTES - (SUMMARY_LEVELS as u32 - 1) * SUMMARY_LEVEL_BITS;
+/// log2 of the pages under one root entry; also the width of a summary
+/// field.
+pub const LOG_MAX_PACKED: u32 = LOG_CHUNK_PAGES + (SUMMARY_LEVELS as u32 - 1) * SUMMARY_LEVEL_BITS;
+
+/// Index bits consumed by each level.
+const LEVEL_BITS: [u32; SUMMARY_LEVELS] =
+    [SUMMARY_L0_BITS, SUMMARY_LEVEL_BITS, SUMMARY_LEVEL_BITS, SUMMARY_LEVEL_BITS, SUMMARY_LEVEL_BITS];
+/// Shift from an address to its entry index at each level.
+const LEVEL_SHIFT: [u32; SUMMARY_LEVELS] = {
+    let mut s = [0; SUMMARY_LEVELS];
+    let mut l = 0;
+    while l < SUMMARY_LEVELS {
+        s[l] = HEAP_ADDR_BITS - SUMMARY_L0_BITS - l as u32 * SUMMARY_LEVEL_BITS;
+        l += 1;
+    }
+    s
+};
+/// log2 of the pages one entry covers at each level.
+const LEVEL_LOG_PAGES: [u32; SUMMARY_LEVELS] = {
+    let mut s = [0; SUMMARY_LEVELS];
+    let mut l = 0;
+    while l < SUMMARY_LEVELS {
+        s[l] = LEVEL_SHIFT[l] - PAGE_SHIFT;
+        l += 1;
+    }
+    s
+};
+/// Entries in each level's array.
+const LEVEL_ENTRIES: [usize; SUMMARY_LEVELS] = {
+    let mut s = [0; SUMMARY_LEVELS];
+    let mut l = 0;
+    while l < SUMMARY_LEVELS {
+        s[l] = 1 << (HEAP_ADDR_BITS - LEVEL_SHIFT[l]);
+        l += 1;
+    }
+    s
+};
+
+static_assertions::const_assert_eq!(SUMMARY_L0_BITS, 14);
+static_assertions::const_assert_eq!(LOG_MAX_PACKED, 21);
+static_assertions::const_assert_eq!(LEVEL_SHIFT[SUMMARY_LEVELS - 1], LOG_CHUNK_BYTES);
+
+/// The chunk map is a two-level sparse array: 2^13 slots, each pointing to
+/// an array of 2^13 chunks' data (1 MiB), allocated when the heap first
+/// reaches that 32 GiB of address space.
+const CHUNKS_L1_BITS: u32 = 13;
+const CHUNKS_L2_BITS: u32 = HEAP_ADDR_BITS - LOG_CHUNK_BYTES - CHUNKS_L1_BITS;
+const CHUNKS_L1: usize = 1 << CHUNKS_L1_BITS;
+const CHUNKS_L2: usize = 1 << CHUNKS_L2_BITS;
+static_assertions::const_assert_eq!(CHUNKS_L2_BITS, 13);
+
+/// The search address meaning "no free page anywhere".
+pub const MAX_SEARCH_ADDR: usize = (1 << HEAP_ADDR_BITS) - 1;
+
+/// Index of the chunk containing `addr`.
+#[inline]
+pub const fn chunk_index(addr: usize) -> usize {
+    addr >> LOG_CHUNK_BYTES
+}
+
+/// First address of chunk `ci`.
+#[inline]
+pub const fn chunk_base(ci: usize) -> usize {
+    ci << LOG_CHUNK_BYTES
+}
+
+/// Index within its chunk of the page containing `addr`.
+#[inline]
+pub const fn chunk_page_index(addr: usize) -> usize {
+    (addr % CHUNK_BYTES) >> PAGE_SHIFT
+}
+
+/// The entry range `[lo, hi)` of level `level` that covers addresses
+/// `[base, limit)`.
+#[inline]
+const fn addrs_to_summary_range(level: usize, base: usize, limit: usize) -> (usize, usize) {
+    (base >> LEVEL_SHIFT[level], ((limit - 1) >> LEVEL_SHIFT[level]) + 1)
+}
+
+/// Widens an entry range of `level` to whole blocks (the unit `find` reads).
+#[inline]
+const fn block_align_summary_range(level: usize, lo: usize, hi: usize) -> (usize, usize) {
+    let block = 1 << LEVEL_BITS[level];
+    (lo & !(block - 1), (hi + block - 1) & !(block - 1))
+}
+
+/// Growing the heap failed: the OS refused memory for the page heap's own
+/// metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfMemory;
+
+/// One level of the summary tree: a reservation of `LEVEL_ENTRIES[l]`
+/// summaries, ready wherever the heap owns address space.
+#[derive(Clone, Copy)]
+struct Level {
+    base: *mut Summary,
+    /// One past the highest entry index made ready so far (for bounds
+    /// checks in debug builds).
+    len: usize,
+}
+
+type ChunkBlock = [ChunkData; CHUNKS_L2];
+
+/// The page allocator. See the [module documentation](self).
+pub struct PageAlloc {
+    levels: [Level; SUMMARY_LEVELS],
+    chunks: [Option<NonNull<ChunkBlock>>; CHUNKS_L1],
+    /// Every page below this address is in use (or not part of the heap).
+    search_addr: usize,
+    /// Chunk indices `[start, end)` bound everything the heap owns.
+    start: usize,
+    end: usize,
+    /// Address ranges passed to `grow`, coalesced.
+    in_use: AddrRanges,
+    /// Pages handed out and not yet freed.
+    pages_in_use: usize,
+    /// Free pages marked scavenged (released to the OS, or never touched).
+    pages_scavenged: usize,
+    /// Bytes of summary and chunk-map memory made ready.
+    metadata_bytes: usize,
+}
+
+// SAFETY: the raw pointers refer to mappings owned by this value alone;
+// moving it to another thread moves that ownership with it.
+unsafe impl Send for PageAlloc {}
+
+/// What a successful allocation returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRun {
+    /// First address of the run.
+    pub base: usize,
+    /// Bytes of the run that were released to the OS (and so hold zeroes
+    /// when released with `MADV_DONTNEED`, or were never touched).
+    pub scavenged_bytes: usize,
+}
+
+impl PageAlloc {
+    /// An empty page allocator that owns no address space. It reserves its
+    /// summary arrays on the first [`grow`](Self::grow).
+    pub const fn new() -> Self {
+        PageAlloc {
+            levels: [Level { base: core::ptr::null_mut(), len: 0 }; SUMMARY_LEVELS],
+            chunks: [None; CHUNKS_L1],
+            search_addr: MAX_SEARCH_ADDR,
+            start: 0,
+            end: 0,
+            in_use: AddrRanges::new(),
+            pages_in_use: 0,
+            pages_scavenged: 0,
+            metadata_bytes: 0,
+        }
+    }
+
+    /// The address ranges the heap owns.
+    pub fn in_use(&self) -> &AddrRanges {
+        &self.in_use
+    }
+
+    /// Bytes of address space the heap owns.
+    pub fn mapped_bytes(&self) -> usize {
+        self.in_use.total_bytes()
+    }
+
+    /// Pages handed out and not freed.
+    pub fn pages_in_use(&self) -> usize {
+        self.pages_in_use
+    }
+
+    /// Free pages whose memory is released (or was never touched).
+    pub fn pages_scavenged(&self) -> usize {
+        self.pages_scavenged
+    }
+
+    /// Free pages whose memory may still be resident.
+    pub fn pages_free_unscavenged(&self) -> usize {
+        self.mapped_bytes() / PAGE_SIZE - self.pages_in_use - self.pages_scavenged
+    }
+
+    /// Bytes of memory made ready for the summary tree and chunk map.
+    pub fn metadata_bytes(&self) -> usize {
+        self.metadata_bytes
+    }
+
+    /// The current search hint.
+    pub fn search_addr(&self) -> usize {
+        self.search_addr
+    }
+
+    /// The data of chunk `ci`, if the heap has ever owned it.
+    #[inline]
+    pub fn chunk(&self, ci: usize) -> Option<&ChunkData> {
+        let block = self.chunks.get(ci >> CHUNKS_L2_BITS)?.as_ref()?;
+        // SAFETY: a non-null block pointer refers to a live, zero-initialised
+        // array of `CHUNKS_L2` entries owned by `self`; all-zero is a valid
+        // `ChunkData`.
+        Some(unsafe { &(*block.as_ptr())[ci & (CHUNKS_L2 - 1)] })
+    }
+
+    #[inline]
+    fn chunk_mut(&mut self, ci: usize) -> Option<&mut ChunkData> {
+        let block = self.chunks.get(ci >> CHUNKS_L2_BITS)?.as_ref()?;
+        // SAFETY: as in `chunk`, and `&mut self` makes this the only access.
+        Some(unsafe { &mut (*block.as_ptr())[ci & (CHUNKS_L2 - 1)] })
+    }
+
+    /// Chunk data for a chunk the caller knows the heap owns.
+    #[inline]
+    fn owned_chunk_mut(&mut self, ci: usize) -> &mut ChunkData {
+        match self.chunk_mut(ci) {
+            Some(c) => c,
+            None => fatal(format_args!("page heap: chunk {ci:#x} has no metadata")),
+        }
+    }
+
+    /// The summary of entry `idx` of level `level`, for an entry under
+    /// address space the heap owns.
+    #[inline]
+    pub fn summary(&self, level: usize, idx: usize) -> Summary {
+        let lvl = &self.levels[level];
+        debug_assert!(idx < lvl.len, "summary[{level}][{idx}] beyond ready part {}", lvl.len);
+        // SAFETY: entries covering owned address space were made ready by
+        // `grow` (whole blocks of them), and `find`/`update` only read such
+        // entries; the index is within the level's reservation.
+        unsafe { *lvl.base.add(idx) }
+    }
+
+    #[inline]
+    fn set_summary(&mut self, level: usize, idx: usize, s: Summary) {
+        let lvl = &self.levels[level];
+        debug_assert!(idx < lvl.len);
+        // SAFETY: as in `summary`; `&mut self` makes this the only access.
+        unsafe { *lvl.base.add(idx) = s }
+    }
+
+    /// Reserves the summary arrays (address space only).
+    fn reserve_levels(&mut self) -> Result<(), OutOfMemory> {
+        if !self.levels[0].base.is_null() {
+            return Ok(());
+        }
+        for l in 0..SUMMARY_LEVELS {
+            let bytes = LEVEL_ENTRIES[l] * core::mem::size_of::<Summary>();
+            let bytes = bytes.next_multiple_of(os::page_size());
+            match os::reserve(bytes, os::page_size()) {
+                Ok(p) => self.levels[l].base = p.as_ptr().cast(),
+                Err(_) => {
+                    self.release_levels();
+                    return Err(OutOfMemory);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release_levels(&mut self) {
+        for l in 0..SUMMARY_LEVELS {
+            let base = self.levels[l].base;
+            if !base.is_null() {
+                let bytes = (LEVEL_ENTRIES[l] * core::mem::size_of::<Summary>()).next_multiple_of(os::page_size());
+                // SAFETY: the reservation was made by `reserve_levels` and is
+                // owned by `self`; nothing else points into it.
+                unsafe { os::unmap(base as usize, bytes) };
+                self.levels[l] = Level { base: core::ptr::null_mut(), len: 0 };
+            }
+        }
+    }
+
+    /// The page-aligned byte range of level `level`'s array that holds the
+    /// summaries for address range `r`, widened to whole blocks.
+    fn summary_bytes_for(&self, level: usize, r: AddrRange) -> AddrRange {
+        let (lo, hi) = addrs_to_summary_range(level, r.base, r.limit);
+        let (lo, hi) = block_align_summary_range(level, lo, hi);
+        let size = core::mem::size_of::<Summary>();
+        let base = self.levels[level].base as usize;
+        let page = os::page_size();
+        AddrRange::new(base + (lo * size & !(page - 1)), base + (hi * size).next_multiple_of(page))
+    }
+
+    /// Adds `[base, base + size)` (rounded out to whole chunks) to the heap
+    /// as free pages. New pages count as scavenged: they have never been
+    /// touched, so they hold no physical memory.
+    ///
+    /// The range must not overlap address space the heap already owns. The
+    /// caller makes the memory itself ready; this only records it.
+    pub fn grow(&mut self, base: usize, size: usize) -> Result<(), OutOfMemory> {
+        let limit = (base + size).next_multiple_of(CHUNK_BYTES);
+        let base = base & !(CHUNK_BYTES - 1);
+        if base >= limit || limit > 1 << HEAP_ADDR_BITS {
+            return Err(OutOfMemory);
+        }
+        let new = AddrRange::new(base, limit);
+        let succ = self.in_use.find_succ(base);
+        let ranges = self.in_use.as_slice();
+        if (succ > 0 && ranges[succ - 1].limit > base) || ranges.get(succ).is_some_and(|r| r.base < limit) {
+            fatal(format_args!("page heap: grow of [{base:#x}, {limit:#x}) overlaps the heap"));
+        }
+
+        // Every fallible step comes first, so that a failure leaves the heap
+        // as it was.
+        self.reserve_levels()?;
+        self.in_use.reserve_one().map_err(|_| OutOfMemory)?;
+        for ci in chunk_index(base)..chunk_index(limit) {
+            let slot = ci >> CHUNKS_L2_BITS;
+            if self.chunks[slot].is_none() {
+                let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(os::page_size());
+                let block = os::alloc_ready(bytes).map_err(|_| OutOfMemory)?;
+                self.chunks[slot] = Some(block.cast());
+                self.metadata_bytes += bytes;
+            }
+        }
+        self.make_summaries_ready(new, succ)?;
+
+        // From here on nothing can fail.
+        if self.in_use.is_empty() || chunk_index(base) < self.start {
+            self.start = chunk_index(base);
+        }
+        self.end = self.end.max(chunk_index(limit));
+        if self.in_use.add(new).is_err() {
+            fatal(format_args!("page heap: range list lost its reserved slot"));
+        }
+        if base < self.search_addr {
+            self.search_addr = base;
+        }
+        for ci in chunk_index(base)..chunk_index(limit) {
+            self.owned_chunk_mut(ci).init_fresh();
+        }
+        let npages = (limit - base) / PAGE_SIZE;
+        self.pages_scavenged += npages;
+        self.update(base, npages, true, false);
+        Ok(())
+    }
+
+    /// Makes ready the parts of each summary level that range `new` needs
+    /// and that its neighbours in `in_use` (at `succ - 1` and `succ`) have
+    /// not already made ready.
+    fn make_summaries_ready(&mut self, new: AddrRange, succ: usize) -> Result<(), OutOfMemory> {
+        let mut done: [AddrRange; SUMMARY_LEVELS] = [AddrRange::default(); SUMMARY_LEVELS];
+        for l in 0..SUMMARY_LEVELS {
+            let mut need = self.summary_bytes_for(l, new);
+            let ranges = self.in_use.as_slice();
+            if succ > 0 {
+                need = need.subtract(self.summary_bytes_for(l, ranges[succ - 1]));
+            }
+            if let Some(&next) = ranges.get(succ) {
+                need = need.subtract(self.summary_bytes_for(l, next));
+            }
+            if need.size() != 0 {
+                // SAFETY: `need` lies inside level l's reservation, owned by
+                // `self`, and no part of it was ready (the neighbours' parts
+                // were subtracted), so nothing in it is in use.
+                if unsafe { os::map_ready(need.base, need.size()) }.is_err() {
+                    for d in &done[..l] {
+                        if d.size() != 0 {
+                            // SAFETY: `d` was made ready just above by this
+                            // call and nothing reads it yet.
+                            let _ = unsafe { os::unmap_ready(d.base, d.size()) };
+                            self.metadata_bytes -= d.size();
+                        }
+                    }
+                    return Err(OutOfMemory);
+                }
+                self.metadata_bytes += need.size();
+                done[l] = need;
+            }
+        }
+        for l in 0..SUMMARY_LEVELS {
+            let (_, hi) = addrs_to_summary_range(l, new.base, new.limit);
+            let (_, hi) = block_align_summary_range(l, 0, hi);
+            self.levels[l].len = self.levels[l].len.max(hi);
+        }
+        Ok(())
+    }
+
+    /// Recomputes the summaries above pages `[base, base + npages)` after
+    /// their bits changed. `contiguous` says the change was one run (so the
+    /// chunks strictly inside it are all in use or all free, per `alloc`).
+    fn update(&mut self, base: usize, npages: usize, contiguous: bool, alloc: bool) {
+        let last = base + npages * PAGE_SIZE - 1;
+        let (sc, ec) = (chunk_index(base), chunk_index(last));
+        let leaf = SUMMARY_LEVELS - 1;
+        if sc == ec {
+            let old = self.summary(leaf, sc);
+            let new = self.owned_chunk_mut(sc).alloc.summarize();
+            if old == new {
+                return;
+            }
+            self.set_summary(leaf, sc, new);
+        } else if contiguous {
+            let first = self.owned_chunk_mut(sc).alloc.summarize();
+            self.set_summary(leaf, sc, first);
+            let inner = if alloc { Summary::FULL } else { Summary::pack(CHUNK_PAGES, CHUNK_PAGES, CHUNK_PAGES) };
+            for ci in sc + 1..ec {
+                self.set_summary(leaf, ci, inner);
+            }
+            let lastsum = self.owned_chunk_mut(ec).alloc.summarize();
+            self.set_summary(leaf, ec, lastsum);
+        } else {
+            for ci in sc..=ec {
+                let s = self.owned_chunk_mut(ci).alloc.summarize();
+                self.set_summary(leaf, ci, s);
+            }
+        }
+        // Walk up, stopping as soon as a level did not change.
+        for l in (0..leaf).rev() {
+            let child_bits = LEVEL_BITS[l + 1];
+            let child_log_pages = LEVEL_LOG_PAGES[l + 1];
+            let (lo, hi) = addrs_to_summary_range(l, base, last + 1);
+            let mut changed = false;
+            for i in lo..hi {
+                let children = self.children(l + 1, i << child_bits, 1 << child_bits);
+                let merged = Summary::merge(children, child_log_pages);
+                if self.summary(l, i) != merged {
+                    self.set_summary(l, i, merged);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// A block of `n` summaries of `level` starting at `first`.
+    #[inline]
+    fn children(&self, level: usize, first: usize, n: usize) -> &[Summary] {
+        let lvl = &self.levels[level];
+        debug_assert!(first + n <= lvl.len);
+        // SAFETY: blocks under owned address space are ready (see
+        // `summary`), and the block lies within the level's reservation.
+        unsafe { core::slice::from_raw_parts(lvl.base.add(first), n) }
+    }
+
+    /// The lowest owned address at or above `addr`, or [`MAX_SEARCH_ADDR`].
+    fn find_mapped_addr(&self, addr: usize) -> usize {
+        self.in_use.find_addr_greater_equal(addr).unwrap_or(MAX_SEARCH_ADDR)
+    }
+
+    /// Finds the lowest address at which `npages` free pages start, without
+    /// changing anything.
+    ///
+    /// Also returns the best new search hint this walk could prove: the
+    /// lowest address that may still hold a free page.
+    pub fn find(&self, npages: usize) -> (Option<usize>, usize) {
+        if npages == 0 || self.in_use.is_empty() {
+            return (None, self.search_addr);
+        }
+        // The window [first_free_base, first_free_bound] must contain the
+        // heap's first free page; it narrows as the walk descends through
+        // entries that have free pages, and stops narrowing once the walk has
+        // to move past the first such entry.
+        let mut first_free = (0usize, MAX_SEARCH_ADDR);
+        let found_free = |first_free: &mut (usize, usize), addr: usize, size: usize| {
+            let bound = addr + (size - 1);
+            if first_free.0 <= addr && bound <= first_free.1 {
+                *first_free = (addr, bound);
+            }
+        };
+
+        let mut i = 0;
+        'levels: for l in 0..SUMMARY_LEVELS {
+            let per_block = 1usize << LEVEL_BITS[l];
+            let log_pages = LEVEL_LOG_PAGES[l];
+            i <<= LEVEL_BITS[l];
+            let entries = self.children(l, i, per_block);
+            // Skip the entries below the search hint when the hint lies in
+            // this block.
+            let search_idx = self.search_addr >> LEVEL_SHIFT[l];
+            let j0 = if search_idx & !(per_block - 1) == i { search_idx & (per_block - 1) } else { 0 };
+
+            // A run of free pages across entry boundaries: `run` pages
+            // starting at page `run_base` of this block.
+            let mut run_base = 0usize;
+            let mut run = 0usize;
+            for (j, &sum) in entries.iter().enumerate().skip(j0) {
+                if sum.is_full() {
+                    run = 0;
+                    continue;
+                }
+                found_free(&mut first_free, (i + j) << LEVEL_SHIFT[l], 1 << LEVEL_SHIFT[l]);
+                let (s, m, e) = sum.unpack();
+                if run + s >= npages {
+                    if run == 0 {
+                        run_base = j << log_pages;
+                    }
+                    run += s;
+                    break;
+                }
+                if m >= npages {
+                    i += j;
+                    continue 'levels;
+                }
+                if run == 0 || s < 1 << log_pages {
+                    // Start a new run at this entry's free tail.
+                    run = e;
+                    run_base = ((j + 1) << log_pages) - e;
+                    continue;
+                }
+                // The whole entry is free: the run continues through it.
+                run += 1 << log_pages;
+            }
+            if run >= npages {
+                let addr = (i << LEVEL_SHIFT[l]) + run_base * PAGE_SIZE;
+                return (Some(addr), self.find_mapped_addr(first_free.0));
+            }
+            if l == 0 {
+                return (None, MAX_SEARCH_ADDR);
+            }
+            fatal(format_args!(
+                "page heap: summary at level {} index {} promised {} free pages that level {} does not have",
+                l - 1,
+                i >> LEVEL_BITS[l],
+                npages,
+                l
+            ));
+        }
+
+        // The walk reached a chunk whose longest run fits.
+        let ci = i;
+        let Some(chunk) = self.chunk(ci) else {
+            fatal(format_args!("page heap: summary points at chunk {ci:#x} with no metadata"));
+        };
+        let (j, hint) = chunk.alloc.find(npages, 0);
+        let Some(j) = j else {
+            fatal(format_args!("page heap: chunk {ci:#x} summary promised {npages} free pages"));
+        };
+        let addr = chunk_base(ci) + j * PAGE_SIZE;
+        let hint_addr = chunk_base(ci) + hint * PAGE_SIZE;
+        found_free(&mut first_free, hint_addr, chunk_base(ci + 1) - hint_addr);
+        (Some(addr), self.find_mapped_addr(first_free.0))
+    }
+
+    /// Allocates the lowest-addressed run of `npages` free pages.
+    pub fn alloc(&mut self, npages: usize) -> Option<PageRun> {
+        if npages == 0 || chunk_index(self.search_addr) >= self.end {
+            return None;
+        }
+        let mut found = None;
+        // Fast path: the run may fit in the chunk the hint points into.
+        let search_page = chunk_page_index(self.search_addr);
+        if CHUNK_PAGES - search_page >= npages {
+            let ci = chunk_index(self.search_addr);
+            if self.summary(SUMMARY_LEVELS - 1, ci).max() >= npages {
+                let chunk = self.chunk(ci)?;
+                let (j, hint) = chunk.alloc.find(npages, search_page);
+                let Some(j) = j else {
+                    fatal(format_args!("page heap: chunk {ci:#x} summary promised {npages} free pages"));
+                };
+                found = Some((chunk_base(ci) + j * PAGE_SIZE, chunk_base(ci) + hint * PAGE_SIZE));
+            }
+        }
+        let (addr, hint) = match found {
+            Some(f) => f,
+            None => match self.find(npages) {
+                (Some(addr), hint) => (addr, hint),
+                (None, _) => {
+                    if npages == 1 {
+                        // Not one free page: the heap is full.
+                        self.search_addr = MAX_SEARCH_ADDR;
+                    }
+                    return None;
+                }
+            },
+        };
+        let scavenged_bytes = self.alloc_range(addr, npages);
+        if self.search_addr < hint {
+            self.search_addr = hint;
+        }
+        Some(PageRun { base: addr, scavenged_bytes })
+    }
+
+    /// Allocates `npages` free pages starting at a multiple of
+    /// `align_pages * PAGE_SIZE` (`align_pages` a power of two).
+    ///
+    /// Placement: if the lowest free run of at least `npages` pages has room
+    /// for an aligned run, that is the lowest aligned fit and it is used.
+    /// Otherwise the aligned run is placed in the lowest free run of
+    /// `npages + align_pages - 1` pages, which always has room for one.
+    pub fn alloc_aligned(&mut self, npages: usize, align_pages: usize) -> Option<PageRun> {
+        debug_assert!(align_pages.is_power_of_two());
+        if align_pages <= 1 {
+            return self.alloc(npages);
+        }
+        let align = align_pages * PAGE_SIZE;
+        let (first, hint) = self.find(npages);
+        let first = first?;
+        let aligned = first.next_multiple_of(align);
+        let addr = if self.is_free(aligned, npages) {
+            aligned
+        } else {
+            let (wide, _) = self.find(npages.checked_add(align_pages - 1)?);
+            wide?.next_multiple_of(align)
+        };
+        let scavenged_bytes = self.alloc_range(addr, npages);
+        if self.search_addr < hint {
+            self.search_addr = hint;
+        }
+        Some(PageRun { base: addr, scavenged_bytes })
+    }
+
+    /// Whether all of `[base, base + npages * PAGE_SIZE)` is owned and free.
+    pub fn is_free(&self, base: usize, npages: usize) -> bool {
+        let mut at = base;
+        let end = base + npages * PAGE_SIZE;
+        while at < end {
+            let ci = chunk_index(at);
+            let i = chunk_page_index(at);
+            let n = (CHUNK_PAGES - i).min((end - at) / PAGE_SIZE);
+            if !self.in_use.contains(at) {
+                return false;
+            }
+            match self.chunk(ci) {
+                Some(c) if c.alloc.count_range(i, n) == 0 => {}
+                _ => return false,
+            }
+            at += n * PAGE_SIZE;
+        }
+        true
+    }
+
+    /// Marks the free pages `[base, base + npages * PAGE_SIZE)` as in use and
+    /// returns how many bytes of them were scavenged. Every page must be
+    /// owned and free; anything else stops the process.
+    pub fn alloc_range(&mut self, base: usize, npages: usize) -> usize {
+        if !self.is_free(base, npages) {
+            fatal(format_args!(
+                "page heap: allocating {npages} pages at {base:#x}, which are not all free heap pages"
+            ));
+        }
+        let last = base + npages * PAGE_SIZE - 1;
+        let mut scavenged = 0;
+        self.for_each_chunk_part(base, last, |chunk, i, n| {
+            scavenged += chunk.scavenged.count_range(i, n);
+            if n == CHUNK_PAGES {
+                chunk.alloc_all();
+            } else {
+                chunk.alloc_range(i, n);
+            }
+        });
+        self.pages_in_use += npages;
+        self.pages_scavenged -= scavenged;
+        self.update(base, npages, true, true);
+        scavenged * PAGE_SIZE
+    }
+
+    /// Returns `[base, base + npages * PAGE_SIZE)` to the free pages, marked
+    /// scavenged if `scavenged` (its memory has been released).
+    ///
+    /// Freeing a page that is not in use (a double free, or an address the
+    /// heap never handed out) stops the process with one line naming the
+    /// address.
+    pub fn free(&mut self, base: usize, npages: usize, scavenged: bool) {
+        if npages == 0 {
+            return;
+        }
+        let bad = |addr: usize| -> ! {
+            fatal(format_args!(
+                "page heap: freeing {npages} pages at {base:#x}: page {addr:#x} is not in use (double free or foreign pointer)"
+            ))
+        };
+        if base % PAGE_SIZE != 0 {
+            bad(base);
+        }
+        let Some(last) = (npages.checked_mul(PAGE_SIZE)).and_then(|b| base.checked_add(b - 1)) else {
+            bad(base)
+        };
+        // Check every page first, so that a bad free changes nothing.
+        let mut at = base;
+        while at <= last {
+            let ci = chunk_index(at);
+            let i = chunk_page_index(at);
+            let n = (CHUNK_PAGES - i).min((last - at) / PAGE_SIZE + 1);
+            let Some(chunk) = self.chunk(ci).filter(|_| self.in_use.contains(at)) else { bad(at) };
+            if chunk.alloc.count_range(i, n) != n {
+                bad(chunk_base(ci) + chunk.alloc.first_clear_in(i, n).unwrap_or(i) * PAGE_SIZE);
+            }
+            at += n * PAGE_SIZE;
+        }
+        if base < self.search_addr {
+            self.search_addr = base;
+        }
+        self.for_each_chunk_part(base, last, |chunk, i, n| {
+            // Checked above, so this cannot fail.
+            let _ = chunk.free_range(i, n);
+            if scavenged {
+                chunk.mark_scavenged(i, n);
+            }
+        });
+        self.pages_in_use -= npages;
+        if scavenged {
+            self.pages_scavenged += npages;
+        }
+        self.update(base, npages, true, false);
+    }
+
+    /// Calls `f(chunk, first_page, npages)` for each chunk's part of the
+    /// owned page range `[base, last]`.
+    #[inline]
+    fn for_each_chunk_part(&mut self, base: usize, last: usize, mut f: impl FnMut(&mut ChunkData, usize, usize)) {
+        let (sc, ec) = (chunk_index(base), chunk_index(last));
+        let (si, ei) = (chunk_page_index(base), chunk_page_index(last));
+        if sc == ec {
+            f(self.owned_chunk_mut(sc), si, ei + 1 - si);
+            return;
+        }
+        f(self.owned_chunk_mut(sc), si, CHUNK_PAGES - si);
+        for ci in sc + 1..ec {
+            f(self.owned_chunk_mut(ci), 0, CHUNK_PAGES);
+        }
+        f(self.owned_chunk_mut(ec), 0, ei + 1);
+    }
+}
+
+impl Default for PageAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PageAlloc {
+    fn drop(&mut self) {
+        // Only test and benchmark instances are ever dropped; the process's
+        // heap lives in a static.
+        self.release_levels();
+        let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(os::page_size());
+        for slot in self.chunks.iter_mut() {
+            if let Some(block) = slot.take() {
+                // SAFETY: the block was mapped by `grow` for this value alone.
+                unsafe { os::unmap(block.as_ptr() as usize, bytes) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+//! Randomised differential tests of the page allocator against a naive
+//! model.

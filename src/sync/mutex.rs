@@ -1,0 +1,162 @@
+//! The allocator's lock: a futex-based mutex.
+//!
+//! Why not `spin::Mutex`: the heap lock is held across multi-chunk page-heap
+//! operations and heap growth, and scavalloc targets small machines (two
+//! cores). A spinning waiter whose lock holder has been preempted burns its
+//! whole time slice for nothing; a futex waiter sleeps and is woken the moment
+//! the lock is free. We spin briefly first, because most critical sections
+//! are a few hundred nanoseconds and a short spin avoids two syscalls.
+//!
+//! The state machine is the classic three-state futex lock: 0 unlocked,
+//! 1 locked with no waiter, 2 locked and maybe contended. An unlock that sees
+//! 2 wakes one waiter. A woken waiter re-locks with state 2, because it cannot
+//! know whether others still sleep; the cost of that pessimism is at most one
+//! needless wake-up.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+
+use super::atomic::{AtomicU32, Ordering};
+use super::{park, spin_hint};
+
+const UNLOCKED: u32 = 0;
+const LOCKED: u32 = 1;
+const CONTENDED: u32 = 2;
+
+/// How many times a waiter polls the lock before it sleeps on the futex.
+const SPIN_LIMIT: u32 = 100;
+
+/// A mutual-exclusion lock that never allocates and can live in a `static`.
+pub struct Mutex<T> {
+    state: AtomicU32,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out access to `data` to one thread at a time, so
+// sharing a `Mutex<T>` between threads is sound whenever `T` may be sent to
+// another thread, exactly as for `std::sync::Mutex`.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+// SAFETY: moving the lock moves the `T` inside it; nothing else is tied to
+// the creating thread.
+unsafe impl<T: Send> Send for Mutex<T> {}
+
+impl<T> Mutex<T> {
+    /// Creates an unlocked mutex.
+    #[cfg(not(loom))]
+    pub const fn new(value: T) -> Self {
+        Mutex { state: AtomicU32::new(UNLOCKED), data: UnsafeCell::new(value) }
+    }
+
+    /// Creates an unlocked mutex (loom's atomics cannot be built in a
+    /// `const fn`).
+    #[cfg(loom)]
+    pub fn new(value: T) -> Self {
+        Mutex { state: AtomicU32::new(UNLOCKED), data: UnsafeCell::new(value) }
+    }
+
+    /// Acquires the lock, blocking the thread until it is free.
+    #[inline]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        if self
+            .state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+        MutexGuard { mutex: self }
+    }
+
+    /// Acquires the lock if it is free right now.
+    #[inline]
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| MutexGuard { mutex: self })
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        // Spin while the holder is likely to release soon, without writing
+        // to the line (a read-only spin keeps it shared between cores).
+        let mut spins = 0;
+        while spins < SPIN_LIMIT {
+            let s = self.state.load(Ordering::Relaxed);
+            if s == UNLOCKED
+                && self
+                    .state
+                    .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+            if s == CONTENDED {
+                // Someone already sleeps; spinning longer cannot help.
+                break;
+            }
+            spin_hint();
+            spins += 1;
+        }
+        // Announce that we are about to sleep. Whoever holds the lock will
+        // see CONTENDED when it unlocks and wake one sleeper.
+        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
+            park::wait(&self.state, CONTENDED);
+        }
+    }
+
+    #[inline]
+    fn unlock(&self) {
+        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+            park::wake_one(&self.state);
+        }
+    }
+
+    /// Returns the value, for a caller that owns the lock outright.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+
+    /// Makes the lock unlocked again without a guard.
+    ///
+    /// # Safety
+    ///
+    /// Only for the child side of `fork()`: the calling thread must be the
+    /// only thread of the process, and it must have taken this lock before
+    /// the fork (so the data is consistent) and dropped its guard with
+    /// `mem::forget`.
+    pub unsafe fn force_unlock(&self) {
+        self.state.store(UNLOCKED, Ordering::Release);
+    }
+}
+
+/// Proof that the lock is held; unlocks when dropped.
+pub struct MutexGuard<'a, T> {
+    mutex: &'a Mutex<T>,
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: a guard exists only while its thread holds the lock, so no
+        // other reference to the data can be live.
+        unsafe { &*self.mutex.data.get() }
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`; `&mut self` makes this the only access
+        // through this guard.
+        unsafe { &mut *self.mutex.data.get() }
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.mutex.unlock();
+    }
+}
