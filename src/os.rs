@@ -275,9 +275,8 @@ pub unsafe fn fault(addr: usize, size: usize) -> Result<(), OsError> {
     // Mapping a fresh PROT_NONE anonymous region over the range discards the
     // old pages and the access rights in one call.
     // SAFETY: MAP_FIXED replaces only the caller's own range.
-    let p = unsafe {
-        libc::mmap(addr as *mut libc::c_void, size, libc::PROT_NONE, RESERVE_FLAGS | libc::MAP_FIXED, -1, 0)
-    };
+    let p =
+        unsafe { libc::mmap(addr as *mut libc::c_void, size, libc::PROT_NONE, RESERVE_FLAGS | libc::MAP_FIXED, -1, 0) };
     if p == libc::MAP_FAILED {
         return Err(OsError::last());
     }

@@ -209,9 +209,7 @@ impl PageBits {
     }
 
     fn find1(&self, search: usize) -> Option<usize> {
-        (search / 64..WORDS)
-            .find(|&w| self.0[w] != u64::MAX)
-            .map(|w| w * 64 + self.0[w].trailing_ones() as usize)
+        (search / 64..WORDS).find(|&w| self.0[w] != u64::MAX).map(|w| w * 64 + self.0[w].trailing_ones() as usize)
     }
 
     /// `npages <= 64`: the run either lies inside one word or straddles one

@@ -70,8 +70,7 @@ pub const SUMMARY_LEVELS: usize = 5;
 /// summaries is 64 bytes, one cache line.
 const SUMMARY_LEVEL_BITS: u32 = 3;
 /// Bits of address indexing the root level.
-const SUMMARY_L0_BITS: u32 =
-    HEAP_ADDR_BITS - LOG_CHUNK_BYTES - (SUMMARY_LEVELS as u32 - 1) * SUMMARY_LEVEL_BITS;
+const SUMMARY_L0_BITS: u32 = HEAP_ADDR_BITS - LOG_CHUNK_BYTES - (SUMMARY_LEVELS as u32 - 1) * SUMMARY_LEVEL_BITS;
 /// log2 of the pages under one root entry; also the width of a summary
 /// field.
 pub const LOG_MAX_PACKED: u32 = LOG_CHUNK_PAGES + (SUMMARY_LEVELS as u32 - 1) * SUMMARY_LEVEL_BITS;
@@ -695,9 +694,7 @@ impl PageAlloc {
     /// owned and free; anything else stops the process.
     pub fn alloc_range(&mut self, base: usize, npages: usize) -> usize {
         if !self.is_free(base, npages) {
-            fatal(format_args!(
-                "page heap: allocating {npages} pages at {base:#x}, which are not all free heap pages"
-            ));
+            fatal(format_args!("page heap: allocating {npages} pages at {base:#x}, which are not all free heap pages"));
         }
         let last = base + npages * PAGE_SIZE - 1;
         let mut scavenged = 0;
@@ -733,9 +730,7 @@ impl PageAlloc {
         if base % PAGE_SIZE != 0 {
             bad(base);
         }
-        let Some(last) = (npages.checked_mul(PAGE_SIZE)).and_then(|b| base.checked_add(b - 1)) else {
-            bad(base)
-        };
+        let Some(last) = (npages.checked_mul(PAGE_SIZE)).and_then(|b| base.checked_add(b - 1)) else { bad(base) };
         // Check every page first, so that a bad free changes nothing.
         let mut at = base;
         while at <= last {

@@ -23,11 +23,21 @@ pub mod atomic {
     pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 }
 
-/// Blocking on an atomic word: the kernel's futex in a normal build, a
-/// scheduler yield under loom (which has no futex, but explores every
-/// interleaving a yield allows, and that is what a spurious futex wake-up is).
+/// Blocking on an atomic word: the kernel's futex in a normal build.
+///
+/// Under loom the futex is modelled by one condition variable: `wait`
+/// checks the word and goes to sleep under the model's lock, and `wake_one`
+/// notifies under the same lock, so the check-then-sleep is atomic with
+/// respect to wake-ups exactly as the kernel makes it. A protocol that could
+/// lose a wake-up therefore deadlocks in the model, and loom reports it.
 pub(crate) mod park {
     use super::atomic::AtomicU32;
+
+    #[cfg(loom)]
+    loom::lazy_static! {
+        static ref FUTEX: (loom::sync::Mutex<()>, loom::sync::Condvar) =
+            (loom::sync::Mutex::new(()), loom::sync::Condvar::new());
+    }
 
     /// Blocks while `word` holds `expected`. May return spuriously; callers
     /// re-check their condition in a loop.
@@ -37,18 +47,26 @@ pub(crate) mod park {
         crate::os::futex_wait(word, expected);
         #[cfg(loom)]
         {
-            let _ = (word, expected);
-            loom::thread::yield_now();
+            let guard = FUTEX.0.lock().unwrap();
+            if word.load(super::atomic::Ordering::SeqCst) == expected {
+                drop(FUTEX.1.wait(guard).unwrap());
+            }
         }
     }
 
-    /// Wakes at most one thread blocked in [`wait`] on `word`.
+    /// Wakes at most one thread blocked in [`wait`] on `word` (under loom,
+    /// every waiter: they re-check and sleep again, as after a spurious
+    /// wake-up).
     #[inline]
     pub(crate) fn wake_one(word: &AtomicU32) {
         #[cfg(not(loom))]
         crate::os::futex_wake(word, 1);
         #[cfg(loom)]
-        let _ = word;
+        {
+            let _ = word;
+            let _guard = FUTEX.0.lock().unwrap();
+            FUTEX.1.notify_all();
+        }
     }
 }
 

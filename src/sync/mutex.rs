@@ -24,7 +24,11 @@ const LOCKED: u32 = 1;
 const CONTENDED: u32 = 2;
 
 /// How many times a waiter polls the lock before it sleeps on the futex.
+/// Under loom every poll is a scheduling point, so the model spins once.
+#[cfg(not(loom))]
 const SPIN_LIMIT: u32 = 100;
+#[cfg(loom)]
+const SPIN_LIMIT: u32 = 1;
 
 /// A mutual-exclusion lock that never allocates and can live in a `static`.
 pub struct Mutex<T> {
@@ -57,11 +61,7 @@ impl<T> Mutex<T> {
     /// Acquires the lock, blocking the thread until it is free.
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        if self
-            .state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.lock_contended();
         }
         MutexGuard { mutex: self }
@@ -84,10 +84,7 @@ impl<T> Mutex<T> {
         while spins < SPIN_LIMIT {
             let s = self.state.load(Ordering::Relaxed);
             if s == UNLOCKED
-                && self
-                    .state
-                    .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
+                && self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
             {
                 return;
             }
