@@ -32,6 +32,8 @@ pub mod sync;
 #[cfg(not(loom))]
 pub mod os;
 #[cfg(not(loom))]
+pub mod config;
+#[cfg(not(loom))]
 pub mod pages;
 #[cfg(not(loom))]
 pub mod persistent;

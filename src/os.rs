@@ -172,7 +172,7 @@ const RESERVE_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_N
 /// at least the page size), with no access and no commit charge.
 pub fn reserve(size: usize, align: usize) -> Result<NonNull<u8>, OsError> {
     debug_assert!(align.is_power_of_two() && align >= page_size());
-    debug_assert!(size % page_size() == 0);
+    debug_assert!(size.is_multiple_of(page_size()));
     if align <= page_size() {
         return mmap(0, size, libc::PROT_NONE, RESERVE_FLAGS);
     }
@@ -296,9 +296,10 @@ pub unsafe fn unmap(addr: usize, size: usize) {
 }
 
 /// Maps fresh zeroed, readable and writable memory, for the allocator's own
-/// metadata.
+/// metadata. Pages cost physical memory only once touched, so sparse tables
+/// may be mapped whole (no commit charge is taken for them either).
 pub fn alloc_ready(size: usize) -> Result<NonNull<u8>, OsError> {
-    mmap(0, size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+    mmap(0, size, libc::PROT_READ | libc::PROT_WRITE, RESERVE_FLAGS)
 }
 
 /// Which way to steer transparent huge pages for a range.

@@ -197,7 +197,7 @@ impl PageBits {
     /// `search` (the next search hint), or `CHUNK_PAGES` if there is none.
     #[inline]
     pub fn find(&self, npages: usize, search: usize) -> (Option<usize>, usize) {
-        debug_assert!(npages >= 1 && npages <= CHUNK_PAGES);
+        debug_assert!((1..=CHUNK_PAGES).contains(&npages));
         match npages {
             1 => {
                 let i = self.find1(search);

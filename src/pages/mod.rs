@@ -157,6 +157,11 @@ const fn block_align_summary_range(level: usize, lo: usize, hi: usize) -> (usize
     (lo & !(block - 1), (hi + block - 1) & !(block - 1))
 }
 
+/// Bytes of address space reserved for a summary level of `entries`.
+fn level_reservation_bytes(entries: usize) -> usize {
+    (entries * core::mem::size_of::<Summary>()).next_multiple_of(os::page_size())
+}
+
 /// Growing the heap failed: the OS refused memory for the page heap's own
 /// metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,11 +315,10 @@ impl PageAlloc {
         if !self.levels[0].base.is_null() {
             return Ok(());
         }
-        for l in 0..SUMMARY_LEVELS {
-            let bytes = LEVEL_ENTRIES[l] * core::mem::size_of::<Summary>();
-            let bytes = bytes.next_multiple_of(os::page_size());
+        for (level, entries) in self.levels.iter_mut().zip(LEVEL_ENTRIES) {
+            let bytes = level_reservation_bytes(entries);
             match os::reserve(bytes, os::page_size()) {
-                Ok(p) => self.levels[l].base = p.as_ptr().cast(),
+                Ok(p) => level.base = p.as_ptr().cast(),
                 Err(_) => {
                     self.release_levels();
                     return Err(OutOfMemory);
@@ -325,14 +329,12 @@ impl PageAlloc {
     }
 
     fn release_levels(&mut self) {
-        for l in 0..SUMMARY_LEVELS {
-            let base = self.levels[l].base;
-            if !base.is_null() {
-                let bytes = (LEVEL_ENTRIES[l] * core::mem::size_of::<Summary>()).next_multiple_of(os::page_size());
+        for (level, entries) in self.levels.iter_mut().zip(LEVEL_ENTRIES) {
+            if !level.base.is_null() {
                 // SAFETY: the reservation was made by `reserve_levels` and is
                 // owned by `self`; nothing else points into it.
-                unsafe { os::unmap(base as usize, bytes) };
-                self.levels[l] = Level { base: core::ptr::null_mut(), len: 0 };
+                unsafe { os::unmap(level.base as usize, level_reservation_bytes(entries)) };
+                *level = Level { base: core::ptr::null_mut(), len: 0 };
             }
         }
     }
@@ -345,7 +347,7 @@ impl PageAlloc {
         let size = core::mem::size_of::<Summary>();
         let base = self.levels[level].base as usize;
         let page = os::page_size();
-        AddrRange::new(base + (lo * size & !(page - 1)), base + (hi * size).next_multiple_of(page))
+        AddrRange::new(base + ((lo * size) & !(page - 1)), base + (hi * size).next_multiple_of(page))
     }
 
     /// Adds `[base, base + size)` (rounded out to whole chunks) to the heap
@@ -727,7 +729,7 @@ impl PageAlloc {
                 "page heap: freeing {npages} pages at {base:#x}: page {addr:#x} is not in use (double free or foreign pointer)"
             ))
         };
-        if base % PAGE_SIZE != 0 {
+        if !base.is_multiple_of(PAGE_SIZE) {
             bad(base);
         }
         let Some(last) = (npages.checked_mul(PAGE_SIZE)).and_then(|b| base.checked_add(b - 1)) else { bad(base) };
