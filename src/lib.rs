@@ -13,6 +13,8 @@
 //!
 //! | layer | module | owns |
 //! | --- | --- | --- |
+//! | api | [`Scavalloc`], [`stats()`] | the `GlobalAlloc`, configuration ([`config`]), statistics ([`mod@stats`]) |
+//! | spans | [`spans`] | size classes, spans, the page map, central lists, thread caches, large objects |
 //! | pages | [`pages`] | the page heap: 8 KiB pages in 4 MiB chunks, bitmaps, the summary radix tree, address ranges, heap growth |
 //! | os | [`os`] | system calls: address-space states, page sizes, futexes, stderr |
 //!
@@ -41,3 +43,19 @@ pub mod persistent;
 pub mod report;
 #[cfg(not(loom))]
 pub mod spans;
+#[cfg(not(loom))]
+pub mod stats;
+#[cfg(not(loom))]
+mod api;
+
+#[cfg(not(loom))]
+pub use api::Scavalloc;
+#[cfg(not(loom))]
+pub use stats::{stats, ClassStats, Stats};
+
+/// Gives every object cached by the calling thread back to the central
+/// lists, so that its spans can go back to the page heap.
+#[cfg(not(loom))]
+pub fn flush_thread_cache() {
+    spans::cache::flush_current();
+}

@@ -84,6 +84,18 @@ pub fn used_bytes() -> usize {
     USED.load(Ordering::Relaxed)
 }
 
+/// Takes the metadata lock and keeps it, before `fork()`.
+pub(crate) fn lock_for_fork() {
+    core::mem::forget(BUMP.lock());
+}
+
+/// Releases the lock taken by [`lock_for_fork`].
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
+    // guard.
+    unsafe { BUMP.force_unlock() };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

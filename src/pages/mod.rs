@@ -194,8 +194,8 @@ pub struct PageAlloc {
     pages_in_use: usize,
     /// Free pages marked scavenged (released to the OS, or never touched).
     pages_scavenged: usize,
-    /// Bytes of summary and chunk-map memory made ready.
-    metadata_bytes: usize,
+    /// Bytes of summary memory made ready.
+    summary_bytes: usize,
 }
 
 // SAFETY: the raw pointers refer to mappings owned by this value alone;
@@ -225,7 +225,7 @@ impl PageAlloc {
             in_use: AddrRanges::new(),
             pages_in_use: 0,
             pages_scavenged: 0,
-            metadata_bytes: 0,
+            summary_bytes: 0,
         }
     }
 
@@ -254,9 +254,12 @@ impl PageAlloc {
         self.mapped_bytes() / PAGE_SIZE - self.pages_in_use - self.pages_scavenged
     }
 
-    /// Bytes of memory made ready for the summary tree and chunk map.
+    /// Bytes of memory the summary tree and the chunk map take: the
+    /// summary pages made ready, and the data of every chunk the heap owns
+    /// (the chunk map's blocks are mapped whole, but only the entries of
+    /// owned chunks are ever touched).
     pub fn metadata_bytes(&self) -> usize {
-        self.metadata_bytes
+        self.summary_bytes + self.mapped_bytes() / CHUNK_BYTES * core::mem::size_of::<ChunkData>()
     }
 
     /// The current search hint.
@@ -379,7 +382,6 @@ impl PageAlloc {
                 let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(os::page_size());
                 let block = os::alloc_ready(bytes).map_err(|_| OutOfMemory)?;
                 self.chunks[slot] = Some(block.cast());
-                self.metadata_bytes += bytes;
             }
         }
         self.make_summaries_ready(new, succ)?;
@@ -428,12 +430,12 @@ impl PageAlloc {
                             // SAFETY: `d` was made ready just above by this
                             // call and nothing reads it yet.
                             let _ = unsafe { os::unmap_ready(d.base, d.size()) };
-                            self.metadata_bytes -= d.size();
+                            self.summary_bytes -= d.size();
                         }
                     }
                     return Err(OutOfMemory);
                 }
-                self.metadata_bytes += need.size();
+                self.summary_bytes += need.size();
                 done[l] = need;
             }
         }

@@ -114,16 +114,17 @@ impl<T> Mutex<T> {
         self.data.get_mut()
     }
 
-    /// Makes the lock unlocked again without a guard.
+    /// Unlocks a lock whose guard was forgotten with `mem::forget`, waking
+    /// a waiter if there is one.
     ///
     /// # Safety
     ///
-    /// Only for the child side of `fork()`: the calling thread must be the
-    /// only thread of the process, and it must have taken this lock before
-    /// the fork (so the data is consistent) and dropped its guard with
-    /// `mem::forget`.
+    /// The calling thread took this lock and forgot its guard (as the
+    /// `fork()` handlers do, to hold every allocator lock across the fork),
+    /// and nothing else will unlock it. In a forked child the caller is the
+    /// only thread, and the lock is its own.
     pub unsafe fn force_unlock(&self) {
-        self.state.store(UNLOCKED, Ordering::Release);
+        self.unlock();
     }
 }
 

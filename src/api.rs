@@ -1,0 +1,133 @@
+//! The allocator users install: [`Scavalloc`], the `GlobalAlloc`.
+//!
+//! The fast paths are here, inlined into the caller: a small request with
+//! an ordinary alignment pops from (or pushes to) the thread's cache. Every
+//! other request goes through [`crate::spans`]. The first slow-path call in
+//! the process reads the configuration and installs the `fork()` and exit
+//! handlers.
+
+use core::alloc::{GlobalAlloc, Layout};
+
+use crate::spans::{self, cache, sizeclass};
+use crate::{config, pages, persistent, stats};
+
+/// The scavalloc global allocator.
+///
+/// ```ignore
+/// #[global_allocator]
+/// static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scavalloc;
+
+/// Requests up to this size with alignment at most 8 take the inlined fast
+/// path: every class is at least 8-aligned, so the size alone picks it.
+const FAST_MAX: usize = 1024;
+
+#[inline(always)]
+fn fast_class(layout: &Layout) -> Option<usize> {
+    if layout.size() <= FAST_MAX && layout.align() <= 8 {
+        sizeclass::size_to_class(layout.size())
+    } else {
+        None
+    }
+}
+
+// SAFETY: every path returns either null or memory that is valid for the
+// layout's size and aligned to its alignment, owned by nobody else until it
+// is freed (the span layer's invariants); `dealloc` and `realloc` route a
+// pointer by the same layout function that allocated it.
+unsafe impl GlobalAlloc for Scavalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(class) = fast_class(&layout) {
+            let p = cache::pop(class);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        alloc_slow(layout)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(class) = fast_class(&layout) {
+            if cache::push(class, ptr) {
+                return;
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { dealloc_slow(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ensure_init();
+        spans::alloc_zeroed(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ensure_init();
+        // SAFETY: forwarded from the caller (`ptr` was allocated by us with
+        // `layout`).
+        unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(layout: Layout) -> *mut u8 {
+    ensure_init();
+    spans::alloc(layout.size(), layout.align())
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout) {
+    // SAFETY: forwarded from `dealloc`'s caller.
+    unsafe { spans::dealloc(ptr, layout.size(), layout.align()) }
+}
+
+static INIT: spin::Once<()> = spin::Once::new();
+
+/// Reads the configuration and installs the process-wide handlers, once.
+#[inline]
+pub(crate) fn ensure_init() {
+    INIT.call_once(|| {
+        let cfg = config::get();
+        // SAFETY: the handlers are `extern "C"` functions that take only
+        // allocator locks; registering them allocates nothing from us.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        if cfg.print_stats {
+            // SAFETY: `print_stats_at_exit` is an `extern "C" fn()`.
+            unsafe { libc::atexit(print_stats_at_exit) };
+        }
+    });
+}
+
+/// Before `fork()`: take every allocator lock, in lock order, so that the
+/// child starts with consistent state.
+extern "C" fn fork_prepare() {
+    spans::lock_for_fork();
+    pages::heap::lock_for_fork();
+    persistent::lock_for_fork();
+}
+
+/// After `fork()` in the parent: release them.
+extern "C" fn fork_parent() {
+    persistent::unlock_after_fork();
+    pages::heap::unlock_after_fork();
+    spans::unlock_after_fork();
+}
+
+/// After `fork()` in the child: release them too; the child is a single
+/// thread whose cache is intact. Objects cached by the parent's other
+/// threads stay with their caches, which no thread of the child uses.
+extern "C" fn fork_child() {
+    fork_parent();
+}
+
+extern "C" fn print_stats_at_exit() {
+    stats::print(&stats::stats());
+}

@@ -1,0 +1,454 @@
+//! Per-thread caches of free objects (Go's `mcache`, jemalloc's tcache).
+//!
+//! Each thread has, per size class, a stack of free object addresses. The
+//! allocation fast path pops from it and the free fast path pushes onto it:
+//! a thread-local load, one compare and two plain stores, with no atomic
+//! read-modify-write and no lock. When a stack runs dry it is refilled from
+//! the class's central list with a batch (half its capacity); when it is
+//! full, its older half goes back in one batch. An object freed by another
+//! thread than the one that allocated it simply lands in the freeing
+//! thread's cache, so a cross-thread free costs the same as a local one.
+//!
+//! # Bounds
+//!
+//! A class's stack holds `clamp(16 KiB / size, 2, 256)` objects, so a thread
+//! never caches more than [`MAX_CACHED_BYTES_PER_THREAD`] bytes of objects
+//! (about 1.2 MiB over all classes, and in practice only the classes it
+//! uses, filled to half).
+//!
+//! # Set-up and thread exit
+//!
+//! A thread starts pointing at a shared, empty cache whose stacks have no
+//! room, so its first allocation takes the slow path, which attaches a real
+//! cache without allocating through the global allocator: caches come from
+//! persistent memory and are reused after their threads exit. A pthread key
+//! destructor flushes the cache back to the central lists when the thread
+//! exits and points the thread at a second empty cache, the *dead* one: any
+//! allocation or free that a later TLS destructor makes goes straight to the
+//! central lists, so nothing is stranded.
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::central;
+use super::sizeclass::{self, NUM_CLASSES};
+use crate::persistent;
+use crate::sync::Mutex;
+
+/// Target bytes of objects cached per class.
+const BIN_BYTES: usize = 16 << 10;
+/// Fewest slots a class's stack has.
+const MIN_SLOTS: usize = 2;
+/// Most slots a class's stack has.
+const MAX_SLOTS: usize = 256;
+
+/// Slots in the stack of `class`.
+pub const fn bin_capacity(class: usize) -> usize {
+    let n = BIN_BYTES / sizeclass::class_size(class);
+    if n < MIN_SLOTS {
+        MIN_SLOTS
+    } else if n > MAX_SLOTS {
+        MAX_SLOTS
+    } else {
+        n
+    }
+}
+
+const fn slot_offsets() -> [usize; NUM_CLASSES + 1] {
+    let mut off = [0; NUM_CLASSES + 1];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        off[c + 1] = off[c] + bin_capacity(c);
+        c += 1;
+    }
+    off
+}
+
+/// Where each class's slots start in a cache's slot array.
+const SLOT_OFFSETS: [usize; NUM_CLASSES + 1] = slot_offsets();
+const TOTAL_SLOTS: usize = SLOT_OFFSETS[NUM_CLASSES];
+
+/// The most bytes of objects one thread's cache can hold.
+pub const MAX_CACHED_BYTES_PER_THREAD: usize = {
+    let mut total = 0;
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        total += bin_capacity(c) * sizeclass::class_size(c);
+        c += 1;
+    }
+    total
+};
+
+/// One class's stack of cached objects.
+#[repr(C)]
+struct Bin {
+    /// Objects on the stack. Written only by the owning thread, read by
+    /// statistics from any thread, hence atomic (with plain loads and
+    /// stores, never a read-modify-write).
+    count: AtomicU32,
+    /// Slots available; zero in the shared empty caches.
+    cap: u32,
+    /// The stack's storage: `cap` slots.
+    slots: *mut *mut u8,
+}
+
+/// A thread's cache.
+#[repr(C)]
+pub struct ThreadCache {
+    bins: [Bin; NUM_CLASSES],
+    /// Links in the registry of live caches, or in the pool of free ones.
+    next: *mut ThreadCache,
+    prev: *mut ThreadCache,
+}
+
+/// A cache that lives in a static: the shared empty ones.
+struct StaticCache(ThreadCache);
+
+// SAFETY: the static caches have zero capacity everywhere, so nothing ever
+// writes to them: their counts stay 0 and their slots are never touched.
+unsafe impl Sync for StaticCache {}
+
+const fn empty_cache() -> StaticCache {
+    StaticCache(ThreadCache {
+        bins: [const { Bin { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+    })
+}
+
+/// Where every thread starts: no room anywhere, so the first use attaches a
+/// real cache.
+static UNATTACHED: StaticCache = empty_cache();
+/// Where a thread goes once its cache has been flushed at exit: no room,
+/// and the slow path sends everything straight to the central lists.
+static DEAD: StaticCache = empty_cache();
+
+thread_local! {
+    // `const` and not `Drop`: compiled to a plain thread-local slot with no
+    // lazy-initialisation check and no destructor registration, so reading
+    // it never allocates and it stays readable during thread exit.
+    static CURRENT: Cell<*const ThreadCache> = const { Cell::new(&UNATTACHED.0) };
+}
+
+#[inline(always)]
+fn current() -> *const ThreadCache {
+    CURRENT.with(Cell::get)
+}
+
+/// Pops a cached object of `class`, or returns null when the stack is
+/// empty (the caller then takes [`alloc_slow`]).
+#[inline(always)]
+pub fn pop(class: usize) -> *mut u8 {
+    // SAFETY: `current()` is this thread's cache or a static empty one,
+    // valid for the thread's life; `class < NUM_CLASSES` is the caller's
+    // (size-class lookup's) guarantee.
+    let bin = unsafe { &*(*current()).bins.as_ptr().add(class) };
+    let n = bin.count.load(Ordering::Relaxed);
+    if n == 0 {
+        return ptr::null_mut();
+    }
+    bin.count.store(n - 1, Ordering::Relaxed);
+    // SAFETY: n > 0 only in a real cache owned by this thread, whose stack
+    // holds `n` valid entries in `slots[0..n]`.
+    unsafe { *bin.slots.add(n as usize - 1) }
+}
+
+/// Pushes a freed object of `class`; false when the stack is full (the
+/// caller then takes [`dealloc_slow`]).
+#[inline(always)]
+pub fn push(class: usize, object: *mut u8) -> bool {
+    // SAFETY: as in `pop`.
+    let bin = unsafe { &*(*current()).bins.as_ptr().add(class) };
+    let n = bin.count.load(Ordering::Relaxed);
+    if n >= bin.cap {
+        return false;
+    }
+    // SAFETY: n < cap only in a real cache owned by this thread; slot n is
+    // within its stack.
+    unsafe { *bin.slots.add(n as usize) = object };
+    bin.count.store(n + 1, Ordering::Relaxed);
+    true
+}
+
+/// The allocation slow path: refills the stack of `class` (attaching a
+/// cache first if the thread has none) and returns an object, or null when
+/// the OS refuses memory.
+#[cold]
+pub fn alloc_slow(class: usize) -> *mut u8 {
+    let Some(cache) = attached_cache() else {
+        let mut one = [ptr::null_mut(); 1];
+        central::refill(class, &mut one);
+        return one[0];
+    };
+    // SAFETY: `cache` is this thread's own cache.
+    let bin = unsafe { &(*cache).bins[class] };
+    let n = bin.count.load(Ordering::Relaxed) as usize;
+    if n == 0 {
+        let batch = (bin.cap as usize / 2).max(1);
+        // SAFETY: the stack's storage has `cap >= batch` slots owned by
+        // this thread.
+        let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, batch) };
+        let got = central::refill(class, slots);
+        bin.count.store(got as u32, Ordering::Relaxed);
+    }
+    pop(class)
+}
+
+/// The free slow path: makes room in the stack of `class` by giving its
+/// older half back to the central list, then pushes `object`.
+#[cold]
+pub fn dealloc_slow(class: usize, object: *mut u8) {
+    let Some(cache) = attached_cache() else {
+        central::give_back(class, &[object]);
+        return;
+    };
+    // SAFETY: `cache` is this thread's own cache.
+    let bin = unsafe { &(*cache).bins[class] };
+    let n = bin.count.load(Ordering::Relaxed) as usize;
+    if n >= bin.cap as usize {
+        let half = (n / 2).max(1);
+        // SAFETY: `slots[0..n]` are this thread's initialised entries.
+        let stack = unsafe { core::slice::from_raw_parts_mut(bin.slots, n) };
+        central::give_back(class, &stack[..half]);
+        stack.copy_within(half.., 0);
+        bin.count.store((n - half) as u32, Ordering::Relaxed);
+    }
+    if !push(class, object) {
+        central::give_back(class, &[object]);
+    }
+}
+
+/// Gives every cached object of the calling thread back to the central
+/// lists (the cache stays attached).
+pub fn flush_current() {
+    let cache = current();
+    if is_static(cache) {
+        return;
+    }
+    // SAFETY: a non-static current cache is this thread's own.
+    unsafe { flush(cache) };
+}
+
+/// Returns all of `cache`'s objects to the central lists.
+///
+/// # Safety
+///
+/// `cache` is a real cache owned by the calling thread.
+unsafe fn flush(cache: *const ThreadCache) {
+    for class in 0..NUM_CLASSES {
+        // SAFETY: per the contract the cache is ours.
+        let bin = unsafe { &(*cache).bins[class] };
+        let n = bin.count.load(Ordering::Relaxed) as usize;
+        if n > 0 {
+            // SAFETY: `slots[0..n]` are initialised entries.
+            central::give_back(class, unsafe { core::slice::from_raw_parts(bin.slots, n) });
+            bin.count.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn is_static(cache: *const ThreadCache) -> bool {
+    ptr::eq(cache, &UNATTACHED.0) || ptr::eq(cache, &DEAD.0)
+}
+
+/// The calling thread's real cache, attaching one if it has none yet;
+/// `None` for a thread that has exited its cache or when no cache can be
+/// had (the caller then works on the central lists directly).
+fn attached_cache() -> Option<*const ThreadCache> {
+    let cache = current();
+    if ptr::eq(cache, &UNATTACHED.0) {
+        return attach();
+    }
+    if ptr::eq(cache, &DEAD.0) {
+        return None;
+    }
+    Some(cache)
+}
+
+struct Registry {
+    /// Caches attached to live threads.
+    live: *mut ThreadCache,
+    /// Caches of exited threads, ready for reuse.
+    pool: *mut ThreadCache,
+    /// Number of live caches.
+    live_count: usize,
+    /// Caches ever made.
+    made: usize,
+}
+
+// SAFETY: the lists link caches in persistent memory; they are only
+// touched under the registry's lock.
+unsafe impl Send for Registry {}
+
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { live: ptr::null_mut(), pool: ptr::null_mut(), live_count: 0, made: 0 });
+
+/// The pthread key whose destructor flushes a cache at thread exit.
+static EXIT_KEY: spin::Once<Option<libc::pthread_key_t>> = spin::Once::new();
+
+fn exit_key() -> Option<libc::pthread_key_t> {
+    *EXIT_KEY.call_once(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out-pointer; the destructor has the
+        // signature pthreads expects.
+        let r = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+        (r == 0).then_some(key)
+    })
+}
+
+#[cold]
+fn attach() -> Option<*const ThreadCache> {
+    let key = exit_key()?;
+    let cache = {
+        let mut reg = REGISTRY.lock();
+        let mut cache = reg.pool;
+        if cache.is_null() {
+            cache = new_cache()?;
+            reg.made += 1;
+        } else {
+            // SAFETY: pooled caches are live records linked through `next`.
+            reg.pool = unsafe { (*cache).next };
+        }
+        // SAFETY: `cache` is ours (fresh or just unlinked from the pool); we
+        // link it at the head of the live list under the registry lock.
+        unsafe {
+            (*cache).prev = ptr::null_mut();
+            (*cache).next = reg.live;
+            if !reg.live.is_null() {
+                (*reg.live).prev = cache;
+            }
+        }
+        reg.live = cache;
+        reg.live_count += 1;
+        cache
+    };
+    // SAFETY: `key` is a valid key; the value is our cache, handed back to
+    // `on_thread_exit` when the thread ends.
+    if unsafe { libc::pthread_setspecific(key, cache.cast()) } != 0 {
+        // No destructor would run: do not cache on this thread at all.
+        // SAFETY: the cache is empty and attached to nobody.
+        unsafe { detach(cache) };
+        CURRENT.with(|c| c.set(&DEAD.0));
+        return None;
+    }
+    CURRENT.with(|c| c.set(cache));
+    Some(cache)
+}
+
+/// A new cache with its stacks, from persistent memory.
+fn new_cache() -> Option<*mut ThreadCache> {
+    let cache = persistent::alloc_array::<ThreadCache>(1)?.as_ptr();
+    let slots = persistent::alloc_array::<*mut u8>(TOTAL_SLOTS)?.as_ptr();
+    for (class, offset) in SLOT_OFFSETS[..NUM_CLASSES].iter().enumerate() {
+        // SAFETY: the cache is zeroed (counts 0, null pointers: valid) and
+        // ours; the slot ranges lie within the `TOTAL_SLOTS` array.
+        unsafe {
+            let bin = &mut (*cache).bins[class];
+            bin.cap = bin_capacity(class) as u32;
+            bin.slots = slots.add(*offset);
+        }
+    }
+    Some(cache)
+}
+
+/// Moves an empty cache from the live list to the pool.
+///
+/// # Safety
+///
+/// `cache` is on the live list, empty, and no thread uses it any more.
+unsafe fn detach(cache: *mut ThreadCache) {
+    let mut reg = REGISTRY.lock();
+    // SAFETY: per the contract the cache and its neighbours are on the live
+    // list, which we may relink under the lock.
+    unsafe {
+        let (prev, next) = ((*cache).prev, (*cache).next);
+        if prev.is_null() {
+            reg.live = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*cache).prev = ptr::null_mut();
+        (*cache).next = reg.pool;
+    }
+    reg.pool = cache;
+    reg.live_count -= 1;
+}
+
+/// The pthread key destructor: runs on the exiting thread.
+unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    let cache = value as *mut ThreadCache;
+    // From now on this thread bypasses caching altogether.
+    CURRENT.with(|c| c.set(&DEAD.0));
+    // SAFETY: the key's value is the cache `attach` gave this thread; the
+    // thread no longer points at it, so the flush and detach are the last
+    // uses.
+    unsafe {
+        flush(cache);
+        detach(cache);
+    }
+}
+
+/// Objects of `class` cached in all live threads' caches. Exact when no
+/// thread is allocating or freeing concurrently.
+pub fn cached_objects(class: usize) -> usize {
+    let reg = REGISTRY.lock();
+    let mut total = 0;
+    let mut cache = reg.live;
+    while !cache.is_null() {
+        // SAFETY: live caches are valid records, and the registry lock keeps
+        // the list still; counts are atomics, so reading another thread's is
+        // not a data race.
+        unsafe {
+            total += (*cache).bins[class].count.load(Ordering::Relaxed) as usize;
+            cache = (*cache).next;
+        }
+    }
+    total
+}
+
+/// Threads with an attached cache, and caches ever made.
+pub fn cache_counts() -> (usize, usize) {
+    let reg = REGISTRY.lock();
+    (reg.live_count, reg.made)
+}
+
+/// Bytes of persistent memory held by caches (headers and stacks).
+pub fn metadata_bytes() -> usize {
+    let made = REGISTRY.lock().made;
+    made * (core::mem::size_of::<ThreadCache>() + TOTAL_SLOTS * core::mem::size_of::<*mut u8>())
+}
+
+/// Takes the registry lock and keeps it, before `fork()`.
+pub(crate) fn lock_for_fork() {
+    core::mem::forget(REGISTRY.lock());
+}
+
+/// Releases the lock taken by [`lock_for_fork`].
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
+    // guard.
+    unsafe { REGISTRY.force_unlock() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities_and_bound() {
+        assert_eq!(bin_capacity(0), 256);
+        assert_eq!(bin_capacity(NUM_CLASSES - 1), 2);
+        let mut total = 0;
+        for c in 0..NUM_CLASSES {
+            let cap = bin_capacity(c);
+            assert!((MIN_SLOTS..=MAX_SLOTS).contains(&cap));
+            total += cap * sizeclass::class_size(c);
+        }
+        assert_eq!(total, MAX_CACHED_BYTES_PER_THREAD);
+        const { assert!(MAX_CACHED_BYTES_PER_THREAD < 2 << 20) };
+    }
+}

@@ -1,0 +1,149 @@
+//! Large objects (over 32 KiB): each is its own run of pages straight from
+//! the page heap, described by a span record that the page map finds at the
+//! object's first page.
+//!
+//! Only the first page is mapped to the record: a large object is freed and
+//! reallocated by its base address, and an interior pointer passed to free
+//! finds no record and is reported as foreign.
+
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::pagemap;
+use super::span::{self, SpanKind};
+use crate::os;
+use crate::pages::heap::HEAP;
+use crate::pages::PAGE_SIZE;
+use crate::report::fatal;
+
+/// Pages held by large objects.
+static LARGE_PAGES: AtomicUsize = AtomicUsize::new(0);
+/// Bytes users asked for in large objects.
+static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Large objects live.
+static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Pages, requested bytes and number of live large objects.
+pub fn counts() -> (usize, usize, usize) {
+    (LARGE_PAGES.load(Ordering::Relaxed), LARGE_BYTES.load(Ordering::Relaxed), LARGE_COUNT.load(Ordering::Relaxed))
+}
+
+/// A fresh large allocation.
+pub struct LargeAlloc {
+    /// The object's address.
+    pub ptr: *mut u8,
+    /// Whether every byte is known to be zero (all its pages were released
+    /// with `MADV_DONTNEED` or never touched).
+    pub zeroed: bool,
+}
+
+/// Allocates a large object of `size` bytes aligned to `align`, with
+/// `extra_pages` of room after it for growth in place. `None` when the OS
+/// refuses memory.
+pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc> {
+    let npages = size.checked_add(PAGE_SIZE - 1)? / PAGE_SIZE + extra_pages;
+    let align_pages = (align / PAGE_SIZE).max(1);
+    let record = span::alloc_record();
+    if record.is_null() {
+        return None;
+    }
+    let run = HEAP.lock().alloc(npages, align_pages);
+    let run = match run {
+        Some(run) if pagemap::prepare(run.base, 1).is_ok() => run,
+        other => {
+            if let Some(run) = other {
+                HEAP.lock().free(run.base, npages);
+            }
+            // SAFETY: the record is fresh and unused.
+            unsafe { span::free_record(record) };
+            return None;
+        }
+    };
+    // SAFETY: a fresh record only we know of.
+    unsafe { (*record).init_large(run.base, npages, size) };
+    pagemap::set(run.base, 1, record);
+    LARGE_PAGES.fetch_add(npages, Ordering::Relaxed);
+    LARGE_BYTES.fetch_add(size, Ordering::Relaxed);
+    LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
+    let zeroed = run.scavenged_bytes == npages * PAGE_SIZE && os::released_memory_is_zero();
+    Some(LargeAlloc { ptr: run.base as *mut u8, zeroed })
+}
+
+/// The record of the large object at `ptr`, or a fatal report.
+fn record_of(ptr: *mut u8, what: &str) -> &'static mut span::Span {
+    let addr = ptr as usize;
+    let rec = pagemap::lookup(addr);
+    // SAFETY: page-map entries point to span records, which live forever. A
+    // large object's record is used only by whoever holds the object.
+    match unsafe { rec.as_mut() } {
+        Some(s) if s.kind == SpanKind::Large && s.base == addr => s,
+        Some(s) if s.kind == SpanKind::Small => fatal(format_args!(
+            "{what} of {addr:#x} as a large object, but it is a small object (size mismatch or corruption)"
+        )),
+        _ => fatal(format_args!("{what} of {addr:#x}, which is not an allocated large object (double free or foreign pointer)")),
+    }
+}
+
+/// Frees the large object at `ptr`.
+///
+/// # Safety
+///
+/// `ptr` was returned by [`alloc`] and is not used again.
+pub unsafe fn dealloc(ptr: *mut u8) {
+    let s = record_of(ptr, "free");
+    let (base, npages, bytes) = (s.base, s.npages, s.large_bytes);
+    pagemap::set(base, 1, ptr::null_mut());
+    HEAP.lock().free(base, npages);
+    LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
+    LARGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+    LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: the page-map entry is cleared, so nothing reaches the record.
+    unsafe { span::free_record(s) };
+}
+
+/// Resizes the large object at `ptr` to `new_size` bytes without moving
+/// it, if its own pages or the free pages right after it allow; returns
+/// whether it did.
+///
+/// # Safety
+///
+/// `ptr` was returned by [`alloc`] and is live.
+pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
+    let s = record_of(ptr, "realloc");
+    let Some(need) = new_size.checked_add(PAGE_SIZE - 1).map(|b| b / PAGE_SIZE) else {
+        return false;
+    };
+    let have = s.npages;
+    if need > have {
+        let extra = need - have;
+        let end = s.base + have * PAGE_SIZE;
+        let mut heap = HEAP.lock();
+        let pages = heap.pages();
+        if !pages.is_free(end, extra) {
+            return false;
+        }
+        pages.alloc_range(end, extra);
+        drop(heap);
+        s.npages = need;
+        LARGE_PAGES.fetch_add(extra, Ordering::Relaxed);
+    } else if need < have {
+        // Shrinking gives the tail back at once (including any room left
+        // for growth): the caller asked for less memory.
+        HEAP.lock().free(s.base + need * PAGE_SIZE, have - need);
+        s.npages = need;
+        LARGE_PAGES.fetch_sub(have - need, Ordering::Relaxed);
+    }
+    LARGE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+    LARGE_BYTES.fetch_sub(s.large_bytes, Ordering::Relaxed);
+    s.large_bytes = new_size;
+    true
+}
+
+/// The pages the large object at `ptr` holds.
+///
+/// # Safety
+///
+/// `ptr` was returned by [`alloc`] and is live.
+pub unsafe fn pages_of(ptr: *mut u8) -> usize {
+    record_of(ptr, "realloc").npages
+}

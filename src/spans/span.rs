@@ -1,0 +1,364 @@
+//! Spans: a run of pages that holds either objects of one size class or one
+//! large object, and the pool their records come from.
+//!
+//! A small-object span's free state lives out of band, in a bitmap of its
+//! own: bit `i` set means object `i` is handed out (to a user or to a thread
+//! cache). Nothing is ever written into a free object, so a later release of
+//! a free object's pages to the OS loses nothing. Bits past the last object
+//! are set for good, so searches need no masks.
+//!
+//! Span records are fixed-size and come from persistent memory; a freed
+//! record goes on a free list and is reused, never unmapped, so a stale
+//! page-map entry can never point into unmapped memory.
+
+use core::ptr;
+
+use super::sizeclass::{self, MAX_OBJECTS_PER_SPAN};
+use crate::persistent;
+use crate::sync::Mutex;
+
+const BITMAP_WORDS: usize = MAX_OBJECTS_PER_SPAN.div_ceil(64);
+
+/// What a span record currently describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpanKind {
+    /// A record on the pool's free list.
+    Idle,
+    /// Objects of one size class.
+    Small,
+    /// One large object.
+    Large,
+}
+
+/// The metadata of one span.
+#[repr(C)]
+pub struct Span {
+    /// First address of the span's pages.
+    pub base: usize,
+    /// Length in pages.
+    pub npages: usize,
+    /// Small: the size class. Large: unused.
+    pub class: u8,
+    /// What the record describes.
+    pub kind: SpanKind,
+    /// Whether the span is on its class's list of spans with free objects.
+    pub in_partial: bool,
+    /// Small: objects in the span.
+    pub nobjects: u16,
+    /// Small: objects whose bit is clear.
+    pub nfree: u16,
+    /// Large: the bytes the user asked for.
+    pub large_bytes: usize,
+    /// Links of the class's partial list (or the pool's free list).
+    pub next: *mut Span,
+    /// See `next`.
+    pub prev: *mut Span,
+    bits: [u64; BITMAP_WORDS],
+}
+
+/// Why an object could not be returned to its span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutError {
+    /// The address is not the start of an object of this span.
+    NotAnObject,
+    /// The object is already free: a double free.
+    AlreadyFree,
+}
+
+impl Span {
+    /// Sets the record up as a fresh small-object span of `class` over
+    /// `[base, base + npages pages)`, every object free.
+    pub fn init_small(&mut self, base: usize, class: usize) {
+        let nobjects = sizeclass::class_objects(class);
+        self.base = base;
+        self.npages = sizeclass::class_pages(class);
+        self.class = class as u8;
+        self.kind = SpanKind::Small;
+        self.in_partial = false;
+        self.nobjects = nobjects as u16;
+        self.nfree = nobjects as u16;
+        self.large_bytes = 0;
+        self.next = ptr::null_mut();
+        self.prev = ptr::null_mut();
+        self.bits = [u64::MAX; BITMAP_WORDS];
+        // Clear the bits of real objects; the rest stay set forever.
+        for (w, word) in self.bits.iter_mut().enumerate() {
+            let first = w * 64;
+            if first >= nobjects {
+                break;
+            }
+            let n = (nobjects - first).min(64);
+            *word = if n == 64 { 0 } else { u64::MAX << n };
+        }
+    }
+
+    /// Sets the record up as a large-object span.
+    pub fn init_large(&mut self, base: usize, npages: usize, bytes: usize) {
+        self.base = base;
+        self.npages = npages;
+        self.class = 0;
+        self.kind = SpanKind::Large;
+        self.in_partial = false;
+        self.nobjects = 0;
+        self.nfree = 0;
+        self.large_bytes = bytes;
+        self.next = ptr::null_mut();
+        self.prev = ptr::null_mut();
+    }
+
+    /// Marks up to `out.len()` free objects as handed out and writes their
+    /// addresses to `out`, lowest first; returns how many.
+    pub fn take_free(&mut self, out: &mut [*mut u8]) -> usize {
+        let size = sizeclass::class_size(self.class as usize);
+        let mut n = 0;
+        for (w, word) in self.bits.iter_mut().enumerate() {
+            if n == out.len() {
+                break;
+            }
+            let mut free = !*word;
+            while free != 0 && n < out.len() {
+                let bit = free.trailing_zeros() as usize;
+                free &= free - 1;
+                *word |= 1 << bit;
+                out[n] = (self.base + (w * 64 + bit) * size) as *mut u8;
+                n += 1;
+            }
+        }
+        self.nfree -= n as u16;
+        n
+    }
+
+    /// Returns the object at `addr` to the span.
+    pub fn put(&mut self, addr: usize) -> Result<(), PutError> {
+        let class = self.class as usize;
+        let offset = addr.wrapping_sub(self.base);
+        if offset >= self.nobjects as usize * sizeclass::class_size(class) {
+            return Err(PutError::NotAnObject);
+        }
+        let index = sizeclass::object_index(class, offset);
+        if index * sizeclass::class_size(class) != offset {
+            return Err(PutError::NotAnObject);
+        }
+        let (w, bit) = (index / 64, index % 64);
+        if self.bits[w] & (1 << bit) == 0 {
+            return Err(PutError::AlreadyFree);
+        }
+        self.bits[w] &= !(1 << bit);
+        self.nfree += 1;
+        Ok(())
+    }
+
+    /// Whether object `index` is handed out.
+    pub fn is_allocated(&self, index: usize) -> bool {
+        self.bits[index / 64] & (1 << (index % 64)) != 0
+    }
+
+    /// Whether every object is free.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.nfree == self.nobjects
+    }
+
+    /// Bytes this span covers.
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        self.npages * crate::pages::PAGE_SIZE
+    }
+}
+
+/// An intrusive doubly-linked list of spans.
+pub struct SpanList {
+    head: *mut Span,
+    len: usize,
+}
+
+// SAFETY: the list only links span records, which live in persistent memory
+// for the life of the process; whoever owns the list (behind a lock) owns
+// its links.
+unsafe impl Send for SpanList {}
+
+impl SpanList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        SpanList { head: ptr::null_mut(), len: 0 }
+    }
+
+    /// The first span, or null.
+    #[inline]
+    pub fn first(&self) -> *mut Span {
+        self.head
+    }
+
+    /// Number of spans on the list.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Puts `span` at the front.
+    ///
+    /// # Safety
+    ///
+    /// `span` is a live record on no list, and the caller holds the lock
+    /// that guards this list and the record's links.
+    pub unsafe fn push_front(&mut self, span: *mut Span) {
+        // SAFETY: per the contract, we may write the record's links and
+        // those of the current head, which belong to this list.
+        unsafe {
+            (*span).prev = ptr::null_mut();
+            (*span).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = span;
+            }
+        }
+        self.head = span;
+        self.len += 1;
+    }
+
+    /// Takes `span` off the list.
+    ///
+    /// # Safety
+    ///
+    /// `span` is on this list, and the caller holds the list's lock.
+    pub unsafe fn remove(&mut self, span: *mut Span) {
+        // SAFETY: the span and its neighbours are on this list, whose links
+        // the caller may write.
+        unsafe {
+            let (prev, next) = ((*span).prev, (*span).next);
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*span).next = ptr::null_mut();
+            (*span).prev = ptr::null_mut();
+        }
+        self.len -= 1;
+    }
+}
+
+impl Default for SpanList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Records made at a time when the pool runs dry.
+const RECORDS_PER_REFILL: usize = 64;
+
+struct Pool {
+    free: *mut Span,
+    /// Records ever made (for metadata statistics).
+    made: usize,
+}
+
+// SAFETY: the free list links records in persistent memory; it is only
+// touched under the pool's lock.
+unsafe impl Send for Pool {}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool { free: ptr::null_mut(), made: 0 });
+
+/// A span record, zeroed and [`SpanKind::Idle`], or null when the OS
+/// refuses memory.
+pub fn alloc_record() -> *mut Span {
+    let mut pool = POOL.lock();
+    if pool.free.is_null() {
+        let Some(block) = persistent::alloc_array::<Span>(RECORDS_PER_REFILL) else {
+            return ptr::null_mut();
+        };
+        let block = block.as_ptr();
+        for i in 0..RECORDS_PER_REFILL {
+            // SAFETY: the block holds RECORDS_PER_REFILL zeroed records
+            // (all-zero is a valid `Span`: null links, kind Idle); we link
+            // them through `next`.
+            unsafe { (*block.add(i)).next = if i + 1 < RECORDS_PER_REFILL { block.add(i + 1) } else { pool.free } };
+        }
+        pool.free = block;
+        pool.made += RECORDS_PER_REFILL;
+    }
+    let span = pool.free;
+    // SAFETY: `span` is the head of the pool's free list, a live record.
+    unsafe {
+        pool.free = (*span).next;
+        (*span).next = ptr::null_mut();
+    }
+    span
+}
+
+/// Gives a record back to the pool.
+///
+/// # Safety
+///
+/// `span` came from [`alloc_record`], is on no list, and nothing will use it
+/// again (its page-map entries have been cleared).
+pub unsafe fn free_record(span: *mut Span) {
+    let mut pool = POOL.lock();
+    // SAFETY: per the contract the record is ours to relink.
+    unsafe {
+        (*span).kind = SpanKind::Idle;
+        (*span).next = pool.free;
+    }
+    pool.free = span;
+}
+
+/// Bytes of span records made so far.
+pub fn record_bytes() -> usize {
+    POOL.lock().made * core::mem::size_of::<Span>()
+}
+
+/// Takes the pool's lock and keeps it, before `fork()`.
+pub(crate) fn lock_for_fork() {
+    core::mem::forget(POOL.lock());
+}
+
+/// Releases the lock taken by [`lock_for_fork`], in parent or child.
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
+    // guard; the data is consistent because the holder finished its work.
+    unsafe { POOL.force_unlock() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_and_put_track_every_object() {
+        for class in [0usize, 2, 4, 30, 45, 68] {
+            // SAFETY: all-zero bytes are a valid `Span` (null links, kind
+            // Idle, counts zero).
+            let mut s: Span = unsafe { core::mem::zeroed() };
+            let base = 0x7000_0000_0000;
+            s.init_small(base, class);
+            let n = sizeclass::class_objects(class);
+            let size = sizeclass::class_size(class);
+            let mut out = vec![ptr::null_mut(); n + 5];
+            assert_eq!(s.take_free(&mut out), n);
+            assert_eq!(s.nfree, 0);
+            for (i, p) in out[..n].iter().enumerate() {
+                assert_eq!(*p as usize, base + i * size);
+            }
+            assert_eq!(s.put(base + size / 2 + 1), Err(PutError::NotAnObject), "interior pointer");
+            assert_eq!(s.put(base + n * size), Err(PutError::NotAnObject), "past the last object");
+            assert_eq!(s.put(base.wrapping_sub(8)), Err(PutError::NotAnObject), "below the span");
+            assert_eq!(s.put(base + (n - 1) * size), Ok(()));
+            assert_eq!(s.put(base + (n - 1) * size), Err(PutError::AlreadyFree));
+            assert_eq!(s.nfree, 1);
+            let mut one = [ptr::null_mut(); 3];
+            assert_eq!(s.take_free(&mut one), 1);
+            assert_eq!(one[0] as usize, base + (n - 1) * size);
+            for i in 0..n {
+                assert_eq!(s.put(base + i * size), Ok(()));
+            }
+            assert!(s.is_empty());
+        }
+    }
+}

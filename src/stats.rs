@@ -1,0 +1,174 @@
+//! Statistics: what the allocator holds, in figures that add up.
+//!
+//! [`stats()`] returns a plain `Copy` snapshot. Its identities hold exactly
+//! whenever no other thread is allocating or freeing while it is taken
+//! (each part is read under its own lock, so a snapshot taken under load can
+//! be off by the objects that moved between two reads):
+//!
+//! * `mapped == heap_in_use + heap_free + heap_released`
+//! * `heap_in_use == small_spans + large_pages`
+//! * `small_spans == small_allocated + small_cached + small_free + small_waste`
+//!
+//! Bytes allocated to users are `small_allocated + large_allocated`.
+
+use core::fmt::Write;
+
+use crate::pages::heap::HEAP;
+use crate::pages::PAGE_SIZE;
+use crate::report::LineBuf;
+use crate::spans::sizeclass::{self, NUM_CLASSES};
+use crate::persistent;
+use crate::spans::{cache, central, large, pagemap};
+
+/// Figures for one size class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Object size of the class in bytes.
+    pub size: usize,
+    /// Spans of the class.
+    pub spans: usize,
+    /// Objects handed to users and not freed.
+    pub allocated: usize,
+    /// Free objects waiting in thread caches.
+    pub cached: usize,
+    /// Free objects in the spans.
+    pub free: usize,
+}
+
+/// A snapshot of the allocator's memory. All figures are bytes unless said
+/// otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Address space owned by the page heap.
+    pub mapped: usize,
+    /// Page runs handed out by the page heap (spans and large objects).
+    pub heap_in_use: usize,
+    /// Free pages of the page heap that may be resident.
+    pub heap_free: usize,
+    /// Free pages of the page heap released to the OS (or never touched).
+    pub heap_released: usize,
+    /// Pages held by small-object spans.
+    pub small_spans: usize,
+    /// Small objects handed to users (counted at their class size).
+    pub small_allocated: usize,
+    /// Small objects free in thread caches.
+    pub small_cached: usize,
+    /// Small objects free in their spans.
+    pub small_free: usize,
+    /// The tail of each span that no object fits in.
+    pub small_waste: usize,
+    /// Pages held by large objects.
+    pub large_pages: usize,
+    /// Bytes users asked for in large objects.
+    pub large_allocated: usize,
+    /// Live large objects (a count).
+    pub large_objects: usize,
+    /// Memory holding the allocator's own metadata.
+    pub metadata: usize,
+    /// Threads with a cache attached (a count).
+    pub thread_caches: usize,
+    /// Per size class.
+    pub classes: [ClassStats; NUM_CLASSES],
+}
+
+impl Stats {
+    /// Bytes allocated to users: small objects at their class size plus
+    /// large objects at their requested size.
+    pub fn allocated(&self) -> usize {
+        self.small_allocated + self.large_allocated
+    }
+
+    /// Memory the OS may be holding for the heap: mapped minus released.
+    pub fn retained(&self) -> usize {
+        self.mapped - self.heap_released
+    }
+}
+
+/// Takes a snapshot of the allocator's figures.
+pub fn stats() -> Stats {
+    let mut s = Stats {
+        mapped: 0,
+        heap_in_use: 0,
+        heap_free: 0,
+        heap_released: 0,
+        small_spans: 0,
+        small_allocated: 0,
+        small_cached: 0,
+        small_free: 0,
+        small_waste: 0,
+        large_pages: 0,
+        large_allocated: 0,
+        large_objects: 0,
+        metadata: 0,
+        thread_caches: 0,
+        classes: [ClassStats::default(); NUM_CLASSES],
+    };
+    for (class, cs) in s.classes.iter_mut().enumerate() {
+        let counts = central::counts(class);
+        let cached = cache::cached_objects(class);
+        let size = sizeclass::class_size(class);
+        let objects = counts.spans * sizeclass::class_objects(class);
+        cs.size = size;
+        cs.spans = counts.spans;
+        cs.cached = cached;
+        cs.allocated = counts.handed_out.saturating_sub(cached);
+        cs.free = objects - counts.handed_out;
+        s.small_spans += counts.spans * sizeclass::class_span_bytes(class);
+        s.small_allocated += cs.allocated * size;
+        s.small_cached += cs.cached * size;
+        s.small_free += cs.free * size;
+        s.small_waste += counts.spans * (sizeclass::class_span_bytes(class) - sizeclass::class_objects(class) * size);
+    }
+    let (large_pages, large_bytes, large_count) = large::counts();
+    s.large_pages = large_pages * PAGE_SIZE;
+    s.large_allocated = large_bytes;
+    s.large_objects = large_count;
+    let heap = HEAP.lock().stats();
+    s.mapped = heap.mapped;
+    s.heap_in_use = heap.in_use;
+    s.heap_free = heap.free_unscavenged;
+    s.heap_released = heap.released;
+    s.metadata = heap.metadata + persistent::mapped_bytes() + pagemap::metadata_bytes(heap.mapped);
+    s.thread_caches = cache::cache_counts().0;
+    s
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Prints a readable summary to stderr, one `write` per line, without
+/// allocating.
+pub fn print(s: &Stats) {
+    let lines: [(&str, usize); 13] = [
+        ("mapped", s.mapped),
+        ("retained (mapped - released)", s.retained()),
+        ("heap in use", s.heap_in_use),
+        ("heap free, resident", s.heap_free),
+        ("heap free, released", s.heap_released),
+        ("small-object spans", s.small_spans),
+        ("  allocated", s.small_allocated),
+        ("  in thread caches", s.small_cached),
+        ("  free in spans", s.small_free),
+        ("  span tails", s.small_waste),
+        ("large objects (pages)", s.large_pages),
+        ("  requested", s.large_allocated),
+        ("metadata", s.metadata),
+    ];
+    let mut line = LineBuf::<128>::new();
+    let _ = write!(line, "scavalloc stats: {} thread caches, {} large objects", s.thread_caches, s.large_objects);
+    line.emit_line();
+    for (name, bytes) in lines {
+        let mut line = LineBuf::<128>::new();
+        let _ = write!(line, "  {name:<30} {:>12.2} MiB", mib(bytes));
+        line.emit_line();
+    }
+    let mut line = LineBuf::<128>::new();
+    let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", "size", "spans", "allocated", "cached", "free");
+    line.emit_line();
+    for c in s.classes.iter().filter(|c| c.spans > 0) {
+        let mut line = LineBuf::<128>::new();
+        let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", c.size, c.spans, c.allocated, c.cached, c.free);
+        line.emit_line();
+    }
+}
