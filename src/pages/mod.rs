@@ -647,9 +647,10 @@ impl PageAlloc {
     /// Allocates `npages` free pages starting at a multiple of
     /// `align_pages * PAGE_SIZE` (`align_pages` a power of two).
     ///
-    /// Placement: if the lowest free run of at least `npages` pages has room
-    /// for an aligned run, that is the lowest aligned fit and it is used.
-    /// Otherwise the aligned run is placed in the lowest free run of
+    /// Placement: every fit starts at or above the lowest fit of `npages`,
+    /// so that address rounded up to the alignment, if `npages` free pages
+    /// start there, is the lowest aligned fit, and it is used. Otherwise the
+    /// aligned run is placed in the lowest free run of
     /// `npages + align_pages - 1` pages, which always has room for one.
     pub fn alloc_aligned(&mut self, npages: usize, align_pages: usize) -> Option<PageRun> {
         debug_assert!(align_pages.is_power_of_two());
@@ -697,6 +698,9 @@ impl PageAlloc {
     /// returns how many bytes of them were scavenged. Every page must be
     /// owned and free; anything else stops the process.
     pub fn alloc_range(&mut self, base: usize, npages: usize) -> usize {
+        if npages == 0 {
+            return 0;
+        }
         if !self.is_free(base, npages) {
             fatal(format_args!("page heap: allocating {npages} pages at {base:#x}, which are not all free heap pages"));
         }
