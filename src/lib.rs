@@ -29,6 +29,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod scavenge;
 pub mod sync;
 
 #[cfg(not(loom))]

@@ -18,9 +18,9 @@ pub use mutex::{Mutex, MutexGuard};
 /// `cfg(loom)`.
 pub mod atomic {
     #[cfg(not(loom))]
-    pub use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
     #[cfg(loom)]
-    pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 }
 
 /// Blocking on an atomic word: the kernel's futex in a normal build.

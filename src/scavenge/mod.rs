@@ -1,0 +1,3 @@
+//! The scavenger: gives free pages back to the OS (under construction).
+
+pub mod index;
