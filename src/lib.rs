@@ -33,9 +33,11 @@ pub mod scavenge;
 pub mod sync;
 
 #[cfg(not(loom))]
-pub mod os;
+mod api;
 #[cfg(not(loom))]
 pub mod config;
+#[cfg(not(loom))]
+pub mod os;
 #[cfg(not(loom))]
 pub mod pages;
 #[cfg(not(loom))]
@@ -46,8 +48,6 @@ pub mod report;
 pub mod spans;
 #[cfg(not(loom))]
 pub mod stats;
-#[cfg(not(loom))]
-mod api;
 
 #[cfg(not(loom))]
 pub use api::Scavalloc;

@@ -15,9 +15,9 @@ use core::fmt::Write;
 
 use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
+use crate::persistent;
 use crate::report::LineBuf;
 use crate::spans::sizeclass::{self, NUM_CLASSES};
-use crate::persistent;
 use crate::spans::{cache, central, large, pagemap};
 
 /// Figures for one size class.

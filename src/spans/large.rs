@@ -80,7 +80,9 @@ fn record_of(ptr: *mut u8, what: &str) -> &'static mut span::Span {
         Some(s) if s.kind == SpanKind::Small => fatal(format_args!(
             "{what} of {addr:#x} as a large object, but it is a small object (size mismatch or corruption)"
         )),
-        _ => fatal(format_args!("{what} of {addr:#x}, which is not an allocated large object (double free or foreign pointer)")),
+        _ => fatal(format_args!(
+            "{what} of {addr:#x}, which is not an allocated large object (double free or foreign pointer)"
+        )),
     }
 }
 
