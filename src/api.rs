@@ -9,7 +9,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 
 use crate::spans::{self, cache, sizeclass};
-use crate::{config, pages, persistent, stats};
+use crate::{config, pages, persistent, scavenge, stats};
 
 /// The scavalloc global allocator.
 ///
@@ -96,6 +96,7 @@ static INIT: spin::Once<()> = spin::Once::new();
 pub(crate) fn ensure_init() {
     INIT.call_once(|| {
         let cfg = config::get();
+        scavenge::goals::configure(&cfg.scavenger);
         // SAFETY: the handlers are `extern "C"` functions that take only
         // allocator locks; registering them allocates nothing from us.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
@@ -126,6 +127,17 @@ extern "C" fn fork_parent() {
 /// threads stay with their caches, which no thread of the child uses.
 extern "C" fn fork_child() {
     fork_parent();
+    scavenge::background::after_fork_child();
+}
+
+/// Releases every free page of the heap to the OS now, after giving the
+/// calling thread's cached objects back (so that wholly free spans return
+/// to the heap first); returns the bytes released. Like Go's
+/// `debug.FreeOSMemory` or glibc's `malloc_trim(0)`.
+pub fn release_all() -> usize {
+    ensure_init();
+    spans::cache::flush_current();
+    scavenge::release_all_free()
 }
 
 extern "C" fn print_stats_at_exit() {

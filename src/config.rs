@@ -9,19 +9,25 @@ use core::fmt::Write;
 
 use crate::os::{self, ReleaseMode};
 use crate::report::{warn, LineBuf};
+use crate::scavenge::goals::Settings;
 
 /// The allocator's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config {
     /// `SCAVALLOC_STATS=1`: print a statistics summary to stderr at exit.
     pub print_stats: bool,
     /// `SCAVALLOC_RELEASE=dontneed|free`: how free pages are given back.
     pub release_mode: ReleaseMode,
+    /// The scavenger's settings: `SCAVALLOC_SCAVENGE_PERCENT`,
+    /// `SCAVALLOC_RETAIN_EXTRA_PERCENT`, `SCAVALLOC_MEMLIMIT`,
+    /// `SCAVALLOC_BACKGROUND`, `SCAVALLOC_SCAVTRACE`.
+    pub scavenger: Settings,
 }
 
 impl Config {
     /// The settings when no variable is set.
-    pub const DEFAULT: Config = Config { print_stats: false, release_mode: ReleaseMode::DontNeed };
+    pub const DEFAULT: Config =
+        Config { print_stats: false, release_mode: ReleaseMode::DontNeed, scavenger: Settings::DEFAULT };
 }
 
 static CONFIG: spin::Once<Config> = spin::Once::new();
@@ -50,7 +56,55 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             _ => bad_value("SCAVALLOC_RELEASE", v, "dontneed", ReleaseMode::DontNeed),
         };
     }
+    let s = &mut c.scavenger;
+    if let Some(v) = lookup(c"SCAVALLOC_SCAVENGE_PERCENT") {
+        s.cpu_percent = parse_percent(v).unwrap_or_else(|| bad_value("SCAVALLOC_SCAVENGE_PERCENT", v, "1", 1.0));
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_RETAIN_EXTRA_PERCENT") {
+        s.retain_extra_percent = parse_uint(v, 10_000)
+            .map(|n| n as usize)
+            .unwrap_or_else(|| bad_value("SCAVALLOC_RETAIN_EXTRA_PERCENT", v, "10", 10));
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_MEMLIMIT") {
+        s.memory_limit = match trim(v) {
+            b"" | b"off" | b"none" => None,
+            _ => match parse_bytes(v).and_then(|b| usize::try_from(b).ok()) {
+                Some(0) => None,
+                Some(b) => Some(b),
+                None => bad_value("SCAVALLOC_MEMLIMIT", v, "no limit", None),
+            },
+        };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_BACKGROUND") {
+        s.background = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_BACKGROUND", v, "1", true));
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_SCAVTRACE") {
+        s.trace = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_SCAVTRACE", v, "0", false));
+    }
     c
+}
+
+/// A percentage above 0 and at most 100, with up to three decimals
+/// (`1`, `0.5`, `2.25`).
+pub fn parse_percent(v: &[u8]) -> Option<f64> {
+    let v = trim(v);
+    let (int, frac) = match v.iter().position(|&b| b == b'.') {
+        Some(dot) => (&v[..dot], &v[dot + 1..]),
+        None => (v, &b""[..]),
+    };
+    if frac.len() > 3 || (int.is_empty() && frac.is_empty()) {
+        return None;
+    }
+    let whole = if int.is_empty() { 0 } else { parse_uint(int, 100)? };
+    let mut thousandths = 0;
+    for (i, &b) in frac.iter().enumerate() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        thousandths += u64::from(b - b'0') * [100, 10, 1][i];
+    }
+    let value = whole * 1000 + thousandths;
+    (value > 0 && value <= 100_000).then(|| value as f64 / 1000.0)
 }
 
 /// Warns about a bad value and returns the default.
@@ -133,6 +187,15 @@ mod tests {
         assert_eq!(parse_bytes(b"12XB"), None);
         assert_eq!(parse_bytes(b"MiB"), None);
         assert_eq!(parse_bytes(b"99999999999999999999GiB"), None);
+        assert_eq!(parse_percent(b"1"), Some(1.0));
+        assert_eq!(parse_percent(b"0.5"), Some(0.5));
+        assert_eq!(parse_percent(b"2.25"), Some(2.25));
+        assert_eq!(parse_percent(b"100"), Some(100.0));
+        assert_eq!(parse_percent(b"0"), None);
+        assert_eq!(parse_percent(b"101"), None);
+        assert_eq!(parse_percent(b"1.2345"), None);
+        assert_eq!(parse_percent(b"abc"), None);
+        assert_eq!(parse_percent(b"."), None);
     }
 
     #[test]
@@ -141,11 +204,22 @@ mod tests {
             match name.to_bytes() {
                 b"SCAVALLOC_STATS" => Some(b"maybe"),
                 b"SCAVALLOC_RELEASE" => Some(b"free"),
+                b"SCAVALLOC_SCAVENGE_PERCENT" => Some(b"lots"),
+                b"SCAVALLOC_RETAIN_EXTRA_PERCENT" => Some(b"25"),
+                b"SCAVALLOC_MEMLIMIT" => Some(b"256MiB"),
+                b"SCAVALLOC_BACKGROUND" => Some(b"0"),
+                b"SCAVALLOC_SCAVTRACE" => Some(b"yes please"),
                 _ => None,
             }
         };
         let c = from_lookup(table);
         assert!(!c.print_stats);
         assert_eq!(c.release_mode, ReleaseMode::Free);
+        let s = c.scavenger;
+        assert_eq!(s.cpu_percent, 1.0, "bad percent falls back to 1");
+        assert_eq!(s.retain_extra_percent, 25);
+        assert_eq!(s.memory_limit, Some(256 << 20));
+        assert!(!s.background);
+        assert!(!s.trace, "bad flag falls back to 0");
     }
 }

@@ -50,7 +50,7 @@ pub mod spans;
 pub mod stats;
 
 #[cfg(not(loom))]
-pub use api::Scavalloc;
+pub use api::{release_all, Scavalloc};
 #[cfg(not(loom))]
 pub use stats::{stats, ClassStats, Stats};
 

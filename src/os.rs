@@ -347,6 +347,94 @@ pub fn futex_wait(word: &AtomicU32, expected: u32) {
     }
 }
 
+/// Sleeps while `word` holds `expected`, for at most `timeout_ns`
+/// nanoseconds (or until a wake-up, possibly spurious).
+pub fn futex_wait_timeout(word: &AtomicU32, expected: u32, timeout_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic and `ts` a valid
+    // relative timeout for the whole call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; the clocks used here always
+    // exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nanoseconds of the monotonic clock.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time the calling thread has used, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time the whole process has used, in nanoseconds.
+pub fn process_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The number of CPUs this process may run on (at least 1), found without
+/// allocating.
+pub fn cpu_count() -> usize {
+    // SAFETY: a zeroed cpu_set_t is valid; the call fills it in.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `set` is a valid buffer of the size we pass; pid 0 is us.
+    let r = unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r == 0 {
+        // SAFETY: `set` was filled in by the kernel.
+        let n = unsafe { libc::CPU_COUNT(&set) };
+        if n > 0 {
+            return n as usize;
+        }
+    }
+    // SAFETY: `sysconf` has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        1
+    }
+}
+
+/// Starts a detached thread running `entry(arg)` with a small stack,
+/// without any Rust allocation (no `std::thread`).
+pub fn spawn_thread(entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> Result<(), OsError> {
+    // SAFETY: every pthread call gets valid pointers to locals; the
+    // attribute object is initialised before use and destroyed after.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return Err(OsError { errno: libc::EAGAIN });
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
+        let mut thread: libc::pthread_t = 0;
+        let r = libc::pthread_create(&mut thread, &attr, entry, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        if r != 0 {
+            return Err(OsError { errno: r });
+        }
+    }
+    Ok(())
+}
+
 /// Wakes up to `count` threads sleeping in [`futex_wait`] on `word`.
 pub fn futex_wake(word: &AtomicU32, count: u32) {
     // SAFETY: `word` is a live, aligned 32-bit atomic; waking has no other

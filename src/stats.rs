@@ -17,6 +17,7 @@ use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
 use crate::persistent;
 use crate::report::LineBuf;
+use crate::scavenge::{self, background, goals, Path};
 use crate::spans::sizeclass::{self, NUM_CLASSES};
 use crate::spans::{cache, central, large, pagemap};
 
@@ -37,7 +38,7 @@ pub struct ClassStats {
 
 /// A snapshot of the allocator's memory. All figures are bytes unless said
 /// otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
     /// Address space owned by the page heap.
     pub mapped: usize,
@@ -67,6 +68,28 @@ pub struct Stats {
     pub metadata: usize,
     /// Threads with a cache attached (a count).
     pub thread_caches: usize,
+    /// Released by the background scavenger, in all.
+    pub released_background: usize,
+    /// Released because the heap grew while over the retained goal.
+    pub released_eager: usize,
+    /// Released to keep under the memory limit.
+    pub released_limit: usize,
+    /// Released by [`crate::release_all`].
+    pub released_forced: usize,
+    /// CPU time the background scavenger has spent working (ns).
+    pub scavenger_cpu_ns: u64,
+    /// Work batches of the background scavenger.
+    pub scavenger_batches: u64,
+    /// Whether the background scavenger thread is running.
+    pub scavenger_running: bool,
+    /// The background scavenger's current work:sleep ratio.
+    pub sleep_ratio: f64,
+    /// The retained goal (`usize::MAX` before the scavenger has set one).
+    pub retained_goal: usize,
+    /// The memory limit, 0 if none.
+    pub memory_limit: usize,
+    /// Allocations that left retained memory over the memory limit.
+    pub limit_overruns: u64,
     /// Per size class.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -86,6 +109,7 @@ impl Stats {
 
 /// Takes a snapshot of the allocator's figures.
 pub fn stats() -> Stats {
+    let bg = background::stats();
     let mut s = Stats {
         mapped: 0,
         heap_in_use: 0,
@@ -101,6 +125,17 @@ pub fn stats() -> Stats {
         large_objects: 0,
         metadata: 0,
         thread_caches: 0,
+        released_background: scavenge::released_by(Path::Background),
+        released_eager: scavenge::released_by(Path::Eager),
+        released_limit: scavenge::released_by(Path::Limit),
+        released_forced: scavenge::released_by(Path::Forced),
+        scavenger_cpu_ns: bg.cpu_ns,
+        scavenger_batches: bg.batches,
+        scavenger_running: bg.running,
+        sleep_ratio: bg.sleep_ratio,
+        retained_goal: goals::retained_goal(),
+        memory_limit: goals::memory_limit().unwrap_or(0),
+        limit_overruns: scavenge::limit_overruns(),
         classes: [ClassStats::default(); NUM_CLASSES],
     };
     for (class, cs) in s.classes.iter_mut().enumerate() {
@@ -140,7 +175,7 @@ fn mib(bytes: usize) -> f64 {
 /// Prints a readable summary to stderr, one `write` per line, without
 /// allocating.
 pub fn print(s: &Stats) {
-    let lines: [(&str, usize); 13] = [
+    let lines: [(&str, usize); 17] = [
         ("mapped", s.mapped),
         ("retained (mapped - released)", s.retained()),
         ("heap in use", s.heap_in_use),
@@ -154,6 +189,10 @@ pub fn print(s: &Stats) {
         ("large objects (pages)", s.large_pages),
         ("  requested", s.large_allocated),
         ("metadata", s.metadata),
+        ("released: background", s.released_background),
+        ("released: heap growth", s.released_eager),
+        ("released: memory limit", s.released_limit),
+        ("released: release_all", s.released_forced),
     ];
     let mut line = LineBuf::<128>::new();
     let _ = write!(line, "scavalloc stats: {} thread caches, {} large objects", s.thread_caches, s.large_objects);
@@ -163,6 +202,16 @@ pub fn print(s: &Stats) {
         let _ = write!(line, "  {name:<30} {:>12.2} MiB", mib(bytes));
         line.emit_line();
     }
+    let mut line = LineBuf::<128>::new();
+    let _ = write!(
+        line,
+        "  scavenger: {:.1} ms CPU in {} batches, ratio {:.4}, {} limit overruns",
+        s.scavenger_cpu_ns as f64 / 1e6,
+        s.scavenger_batches,
+        s.sleep_ratio,
+        s.limit_overruns
+    );
+    line.emit_line();
     let mut line = LineBuf::<128>::new();
     let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", "size", "spans", "allocated", "cached", "free");
     line.emit_line();

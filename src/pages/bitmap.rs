@@ -279,6 +279,35 @@ pub struct ChunkData {
     /// Number of pages in use, kept so that the scavenger can ask how dense
     /// a chunk is without counting bits.
     in_use: u16,
+    /// The last scavenger generation in which the chunk was seen nearly
+    /// full (see [`DENSE_PAGES`]).
+    pub dense_gen: u32,
+}
+
+/// A chunk with at least this many pages in use (496 of 512, as in Go 1.21)
+/// is *dense*: the background scavenger leaves it alone in the generation
+/// it was dense and the next, so that huge pages in heavy use are not
+/// broken up for the few free pages around them.
+pub const DENSE_PAGES: usize = 496;
+
+/// Sets, in each aligned group of `group` bits (a power of two up to 64),
+/// every bit if any bit of the group is set: a group is clear only if it is
+/// clear as a whole.
+#[inline]
+fn fill_groups(word: u64, group: usize) -> u64 {
+    if group <= 1 {
+        return word;
+    }
+    let mask = if group == 64 { u64::MAX } else { (1u64 << group) - 1 };
+    let mut out = 0;
+    let mut shift = 0;
+    while shift < 64 {
+        if (word >> shift) & mask != 0 {
+            out |= mask << shift;
+        }
+        shift += group;
+    }
+    out
 }
 
 static_assertions::const_assert!(CHUNK_PAGES <= u16::MAX as usize);
@@ -327,6 +356,61 @@ impl ChunkData {
     pub fn mark_scavenged(&mut self, i: usize, n: usize) {
         debug_assert_eq!(self.alloc.count_range(i, n), 0);
         self.scavenged.set_range(i, n);
+    }
+
+    /// Finds the highest-addressed run of free, unscavenged pages to
+    /// release (Go's `findScavengeCandidate`). Returns `(first page, pages)`.
+    ///
+    /// * `min_pages` (a power of two up to 64): the pages of one physical
+    ///   page. Only whole, aligned groups of that many pages qualify, so a
+    ///   release never touches a physical page that is partly in use.
+    /// * `max_pages`: how much the caller still wants; the run is cut to that
+    ///   (rounded up to `min_pages`), keeping its top.
+    /// * `huge_pages`: the pages of one transparent huge page (at most a
+    ///   chunk). If the cut run crosses a huge-page boundary and starts
+    ///   inside a huge page that is free and unreleased from its start, the
+    ///   run is extended down to that start: releasing only the top of a
+    ///   free huge page would split it for nothing, and its rest would be
+    ///   released next anyway.
+    pub fn find_release_candidate(
+        &self,
+        min_pages: usize,
+        max_pages: usize,
+        huge_pages: usize,
+    ) -> Option<(usize, usize)> {
+        debug_assert!(min_pages.is_power_of_two() && min_pages <= 64);
+        let blocked = |w: usize| fill_groups(self.alloc.0[w] | self.scavenged.0[w], min_pages);
+        // The highest candidate page.
+        let top_word = (0..WORDS).rev().find(|&w| blocked(w) != u64::MAX)?;
+        let end = top_word * 64 + 64 - (!blocked(top_word)).leading_zeros() as usize;
+        // Walk down to the run's first page.
+        let mut start = end - 1;
+        loop {
+            let (w, bit) = (start / 64, start % 64);
+            let below = blocked(w) & ((1u64 << bit) - 1);
+            if below != 0 {
+                start = w * 64 + 64 - below.leading_zeros() as usize;
+                break;
+            }
+            start = w * 64;
+            if w == 0 || blocked(w - 1) >> 63 != 0 {
+                break;
+            }
+            start -= 1;
+        }
+        let run = end - start;
+        let want = max_pages.max(1).next_multiple_of(min_pages);
+        let mut first = end - run.min(want);
+        if huge_pages > 1 && huge_pages <= CHUNK_PAGES {
+            let below = first / huge_pages * huge_pages;
+            let above = below + huge_pages;
+            // The candidate reaches into the huge page [below, above) from
+            // its top, and the full free run covers that huge page's start.
+            if first != below && above <= end && below >= start {
+                first = below;
+            }
+        }
+        Some((first, end - first))
     }
 
     /// A fresh chunk: every page free and scavenged (never touched, so it
@@ -466,6 +550,84 @@ mod tests {
         b.clear_range(63, 2);
         assert!(b.get(62) && !b.get(63) && !b.get(64) && b.get(65));
         assert_eq!(b.count(), 8);
+    }
+
+    /// The naive candidate: page by page.
+    fn naive_candidate(c: &ChunkData, min: usize, max: usize, huge: usize) -> Option<(usize, usize)> {
+        let ok = |p: usize| {
+            let g = p / min * min;
+            (g..g + min).all(|q| !c.alloc.get(q) && !c.scavenged.get(q))
+        };
+        let end = (0..CHUNK_PAGES).rev().find(|&p| ok(p))? + 1;
+        let mut start = end - 1;
+        while start > 0 && ok(start - 1) {
+            start -= 1;
+        }
+        let want = max.max(1).next_multiple_of(min);
+        let mut first = end - (end - start).min(want);
+        if huge > 1 {
+            let below = first / huge * huge;
+            if first != below && below + huge <= end && below >= start {
+                first = below;
+            }
+        }
+        Some((first, end - first))
+    }
+
+    #[test]
+    fn release_candidates_match_naive_model() {
+        let mut rng = Rng(0xabcd_ef01_2345_6789);
+        for round in 0..20_000 {
+            let mut c = ChunkData { alloc: random_bits(&mut rng), ..ChunkData::default() };
+            // Scavenged pages only where free.
+            let mut s = random_bits(&mut rng);
+            for w in 0..WORDS {
+                s.0[w] &= !c.alloc.0[w];
+            }
+            if rng.below(3) == 0 {
+                s = PageBits::EMPTY;
+            }
+            c.scavenged = s;
+            let min = 1 << rng.below(4);
+            let max = match rng.below(3) {
+                0 => 1 + rng.below(8),
+                1 => 1 + rng.below(600),
+                _ => usize::MAX / 2,
+            };
+            let huge = [1, 64, 256][rng.below(3)];
+            assert_eq!(
+                c.find_release_candidate(min, max, huge),
+                naive_candidate(&c, min, max, huge),
+                "round {round} min {min} max {max} huge {huge}"
+            );
+        }
+    }
+
+    #[test]
+    fn release_candidate_huge_page_cases() {
+        let mut c = ChunkData::default();
+        c.init_fresh();
+        c.alloc_range(0, CHUNK_PAGES);
+        // Free and unscavenged: pages [100, 300). Huge pages of 64.
+        c.free_range(100, 200).unwrap();
+        // Wanting 8: the top 8, [292, 300), lie inside huge page [256, 320):
+        // nothing to round.
+        assert_eq!(c.find_release_candidate(1, 8, 64), Some((292, 8)));
+        // Wanting 50: [250, 300) would release the top of huge page
+        // [192, 256) and split it, though all of it is free: extend to 192.
+        assert_eq!(c.find_release_candidate(1, 50, 64), Some((192, 108)));
+        // Wanting 190: [110, 300) starts inside [64, 128), whose start is in
+        // use: no extension.
+        assert_eq!(c.find_release_candidate(1, 190, 64), Some((110, 190)));
+        // Without huge pages, exactly what was asked.
+        assert_eq!(c.find_release_candidate(1, 50, 1), Some((250, 50)));
+        // Physical pages of 4 heap pages: only aligned whole groups.
+        c.alloc_range(298, 1);
+        assert_eq!(c.find_release_candidate(4, 1000, 1), Some((100, 196)));
+        // Nothing free and unscavenged.
+        c.mark_scavenged(100, 198);
+        c.mark_scavenged(299, 1);
+        assert_eq!(c.find_release_candidate(1, 1000, 1), None);
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! is made readable and writable at once but is never touched here, so it
 //! costs no physical memory until an allocation writes to it.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::os;
+use crate::scavenge::index::ScavengeIndex;
 use crate::sync::Mutex;
 
 use super::ranges::AddrRange;
@@ -45,7 +48,7 @@ pub struct PageHeapStats {
 impl PageHeap {
     /// An empty heap that owns nothing yet.
     pub const fn new() -> Self {
-        PageHeap { pages: PageAlloc::new(), reserve: AddrRange { base: 0, limit: 0 } }
+        PageHeap { pages: PageAlloc::with_index(&INDEX), reserve: AddrRange { base: 0, limit: 0 } }
     }
 
     /// The page allocator, for callers that hold the heap lock.
@@ -56,21 +59,75 @@ impl PageHeap {
     /// Allocates `npages` pages aligned to `align_pages` pages, growing the
     /// heap if no free run fits. `None` means the OS refused more memory.
     pub fn alloc(&mut self, npages: usize, align_pages: usize) -> Option<PageRun> {
+        self.alloc_growing(npages, align_pages).map(|(run, _)| run)
+    }
+
+    /// [`alloc`](Self::alloc), also returning how many bytes the heap grew
+    /// by to serve it.
+    pub fn alloc_growing(&mut self, npages: usize, align_pages: usize) -> Option<(PageRun, usize)> {
         if let Some(run) = self.pages.alloc_aligned(npages, align_pages) {
-            return Some(run);
+            self.publish();
+            return Some((run, 0));
         }
         // Growing by the run plus its worst-case alignment slack always
         // leaves room, wherever the new space lands.
         let slack = (align_pages.max(1) - 1).checked_mul(PAGE_SIZE)?;
         let need = npages.checked_mul(PAGE_SIZE)?.checked_add(slack)?;
+        let before = self.pages.mapped_bytes();
         self.grow(need)?;
-        self.pages.alloc_aligned(npages, align_pages)
+        let run = self.pages.alloc_aligned(npages, align_pages)?;
+        self.publish();
+        Some((run, self.pages.mapped_bytes() - before))
     }
 
     /// Gives `[base, base + npages * PAGE_SIZE)` back as free, unscavenged
     /// pages.
     pub fn free(&mut self, base: usize, npages: usize) {
         self.pages.free(base, npages, false);
+        self.publish();
+    }
+
+    /// Allocates exactly `[base, base + npages pages)` if all of it is free
+    /// (to grow a large object in place); returns whether it did.
+    pub fn alloc_at(&mut self, base: usize, npages: usize) -> bool {
+        if !self.pages.is_free(base, npages) {
+            return false;
+        }
+        self.pages.alloc_range(base, npages);
+        self.publish();
+        true
+    }
+
+    /// Takes free pages out for a scavenger (see
+    /// [`PageAlloc::begin_release`]).
+    pub fn begin_release(&mut self, base: usize, npages: usize) {
+        self.pages.begin_release(base, npages);
+    }
+
+    /// Puts pages back after a scavenger's release (see
+    /// [`PageAlloc::end_release`]).
+    pub fn end_release(&mut self, base: usize, npages: usize, released: bool) {
+        self.pages.end_release(base, npages, released);
+        self.publish();
+    }
+
+    /// Updates the lock-free figures after a change.
+    #[inline]
+    fn publish(&mut self) {
+        let in_use = self.pages.pages_in_use() * PAGE_SIZE;
+        let retained = self.pages.mapped_bytes() - self.pages.pages_scavenged() * PAGE_SIZE;
+        RETAINED.store(retained, Ordering::Relaxed);
+        IN_USE.store(in_use, Ordering::Relaxed);
+        if in_use > PEAK_IN_USE.load(Ordering::Relaxed) {
+            PEAK_IN_USE.store(in_use, Ordering::Relaxed);
+        }
+    }
+
+    /// The highest in-use figure since the last call, which restarts the
+    /// count from the current figure.
+    pub fn take_peak_in_use(&mut self) -> usize {
+        let now = self.pages.pages_in_use() * PAGE_SIZE;
+        PEAK_IN_USE.swap(now, Ordering::Relaxed).max(now)
     }
 
     /// The counters, consistent with each other.
@@ -144,6 +201,18 @@ impl Default for PageHeap {
         Self::new()
     }
 }
+
+/// Bytes of the heap not released to the OS (mapped minus released), as of
+/// the last change; read without the lock to decide whether to wake the
+/// scavenger.
+pub static RETAINED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes of pages handed out, as of the last change.
+pub static IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// The highest `IN_USE` since the scavenger last asked.
+static PEAK_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// The process heap's scavenge index, searched without the heap lock.
+pub static INDEX: ScavengeIndex = ScavengeIndex::empty();
 
 /// The process's page heap, behind the heap lock.
 pub static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap::new());

@@ -45,7 +45,8 @@ use core::ptr::NonNull;
 use crate::os;
 use crate::report::fatal;
 
-use bitmap::ChunkData;
+use crate::scavenge::index::ScavengeIndex;
+use bitmap::{ChunkData, DENSE_PAGES};
 use ranges::{AddrRange, AddrRanges};
 use summary::Summary;
 
@@ -196,7 +197,41 @@ pub struct PageAlloc {
     pages_scavenged: usize,
     /// Bytes of summary memory made ready.
     summary_bytes: usize,
+    /// Chunks that may hold free pages not yet released. Outside the
+    /// allocator so that scavengers can search it without the heap lock
+    /// (a shared reference into a value behind the lock would alias the
+    /// lock holder's `&mut`).
+    index: &'static ScavengeIndex,
+    /// Bytes of the index's storage made ready.
+    index_bytes: usize,
+    /// Free pages taken out of the heap by a scavenger while it releases
+    /// them (in the bitmap they look in use; in the counters they are free).
+    pages_releasing: usize,
+    /// The scavenger's generation, for chunk density (see
+    /// [`bitmap::DENSE_PAGES`]).
+    generation: u32,
 }
+
+/// What a scavenger found in a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseCandidate {
+    /// Pages `[base, base + npages pages)` are free and unreleased.
+    Run {
+        /// First address.
+        base: usize,
+        /// Length in pages.
+        npages: usize,
+    },
+    /// The chunk is dense now or was in the last generation: the background
+    /// scavenger passes over it.
+    Dense,
+    /// Nothing in the chunk can be released (its index mark was cleared).
+    Nothing,
+}
+
+/// Bytes reserved for the scavenge index: one bit per chunk of the address
+/// space.
+const INDEX_RESERVATION: usize = (1 << (HEAP_ADDR_BITS - LOG_CHUNK_BYTES)) / 8;
 
 // SAFETY: the raw pointers refer to mappings owned by this value alone;
 // moving it to another thread moves that ownership with it.
@@ -213,9 +248,29 @@ pub struct PageRun {
 }
 
 impl PageAlloc {
-    /// An empty page allocator that owns no address space. It reserves its
-    /// summary arrays on the first [`grow`](Self::grow).
-    pub const fn new() -> Self {
+    /// An empty page allocator that owns no address space, with a scavenge
+    /// index of its own (from persistent memory). It reserves its summary
+    /// arrays on the first [`grow`](Self::grow).
+    ///
+    /// # Panics
+    ///
+    /// If the OS refuses the few bytes of the index; for tests and
+    /// benchmarks, which own their heaps (the process heap is
+    /// [`with_index`](Self::with_index)).
+    pub fn new() -> Self {
+        let index = crate::persistent::alloc_array::<ScavengeIndex>(1).expect("metadata for a scavenge index");
+        // SAFETY: fresh persistent memory, never freed, that we initialise
+        // before making a reference to it.
+        let index = unsafe {
+            index.as_ptr().write(ScavengeIndex::empty());
+            &*index.as_ptr()
+        };
+        Self::with_index(index)
+    }
+
+    /// An empty page allocator that marks `index`, which must be used by no
+    /// other page allocator.
+    pub const fn with_index(index: &'static ScavengeIndex) -> Self {
         PageAlloc {
             levels: [Level { base: core::ptr::null_mut(), len: 0 }; SUMMARY_LEVELS],
             chunks: [None; CHUNKS_L1],
@@ -226,6 +281,10 @@ impl PageAlloc {
             pages_in_use: 0,
             pages_scavenged: 0,
             summary_bytes: 0,
+            index,
+            index_bytes: 0,
+            pages_releasing: 0,
+            generation: 2,
         }
     }
 
@@ -249,6 +308,24 @@ impl PageAlloc {
         self.pages_scavenged
     }
 
+    /// Free pages being released by a scavenger right now (counted among
+    /// the free, unscavenged pages).
+    pub fn pages_releasing(&self) -> usize {
+        self.pages_releasing
+    }
+
+    /// The scavenge index, for lock-free searches.
+    pub fn index(&self) -> &'static ScavengeIndex {
+        self.index
+    }
+
+    /// Starts a new scavenger generation (the background scavenger does, about
+    /// once a second). A chunk stays dense for the generation it was seen
+    /// dense in and the next.
+    pub fn next_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1).max(2);
+    }
+
     /// Free pages whose memory may still be resident.
     pub fn pages_free_unscavenged(&self) -> usize {
         self.mapped_bytes() / PAGE_SIZE - self.pages_in_use - self.pages_scavenged
@@ -259,7 +336,7 @@ impl PageAlloc {
     /// (the chunk map's blocks are mapped whole, but only the entries of
     /// owned chunks are ever touched).
     pub fn metadata_bytes(&self) -> usize {
-        self.summary_bytes + self.mapped_bytes() / CHUNK_BYTES * core::mem::size_of::<ChunkData>()
+        self.summary_bytes + self.index_bytes + self.mapped_bytes() / CHUNK_BYTES * core::mem::size_of::<ChunkData>()
     }
 
     /// The current search hint.
@@ -384,7 +461,9 @@ impl PageAlloc {
                 self.chunks[slot] = Some(block.cast());
             }
         }
+        let index_ready = self.make_index_ready(chunk_index(base), chunk_index(limit) - 1)?;
         self.make_summaries_ready(new, succ)?;
+        self.index_bytes = index_ready;
 
         // From here on nothing can fail.
         if self.in_use.is_empty() || chunk_index(base) < self.start {
@@ -403,7 +482,34 @@ impl PageAlloc {
         let npages = (limit - base) / PAGE_SIZE;
         self.pages_scavenged += npages;
         self.update(base, npages, true, false);
+        self.index.grow(chunk_index(base), chunk_index(limit) - 1);
         Ok(())
+    }
+
+    /// Makes ready the index bytes for every chunk between the lowest and
+    /// the highest the heap will own once `[first, last]` is added, and
+    /// returns how many bytes that is. The index storage is reserved on the
+    /// first call.
+    fn make_index_ready(&mut self, first: usize, last: usize) -> Result<usize, OutOfMemory> {
+        if !self.index.has_storage() {
+            let p = os::reserve(INDEX_RESERVATION, os::page_size()).map_err(|_| OutOfMemory)?;
+            // SAFETY: the reservation lives as long as `self` (released in
+            // `Drop`), holds one byte per 8 chunks of the address space, and
+            // each byte is made ready (zeroed) below before `grow` covers it.
+            unsafe { self.index.set_storage(p.as_ptr().cast()) };
+        }
+        let (lo, hi) = match self.index.bounds() {
+            Some((min, max)) => (min.min(first), (max - 1).max(last)),
+            None => (first, last),
+        };
+        let page = os::page_size();
+        let storage = self.index.storage_addr();
+        let from = (storage + lo / 8) & !(page - 1);
+        let to = (storage + hi / 8 + 1).next_multiple_of(page);
+        // SAFETY: the range lies inside the index reservation, owned by
+        // `self`; making ready bytes that already are changes nothing.
+        unsafe { os::map_ready(from, to - from) }.map_err(|_| OutOfMemory)?;
+        Ok(to - from)
     }
 
     /// Makes ready the parts of each summary level that range `new` needs
@@ -698,6 +804,12 @@ impl PageAlloc {
     /// returns how many bytes of them were scavenged. Every page must be
     /// owned and free; anything else stops the process.
     pub fn alloc_range(&mut self, base: usize, npages: usize) -> usize {
+        self.take_range(base, npages, true)
+    }
+
+    /// `alloc_range`, recording chunk density only if `note_density` (a
+    /// scavenger's temporary take does not make a chunk dense).
+    fn take_range(&mut self, base: usize, npages: usize, note_density: bool) -> usize {
         if npages == 0 {
             return 0;
         }
@@ -716,6 +828,9 @@ impl PageAlloc {
         });
         self.pages_in_use += npages;
         self.pages_scavenged -= scavenged;
+        if note_density {
+            self.note_density(chunk_index(base), chunk_index(last));
+        }
         self.update(base, npages, true, true);
         scavenged * PAGE_SIZE
     }
@@ -764,8 +879,75 @@ impl PageAlloc {
         self.pages_in_use -= npages;
         if scavenged {
             self.pages_scavenged += npages;
+        } else {
+            self.index.mark(chunk_index(base), chunk_index(last));
         }
         self.update(base, npages, true, false);
+    }
+
+    /// Looks in chunk `ci` for a run of free, unreleased pages for a
+    /// scavenger (see [`bitmap::ChunkData::find_release_candidate`] for
+    /// `min_pages`, `max_pages` and `huge_pages`). With `skip_dense`, a chunk
+    /// that is dense now or was in the last generation is reported as such
+    /// and left marked. A chunk with nothing to release is unmarked.
+    pub fn release_candidate(
+        &mut self,
+        ci: usize,
+        min_pages: usize,
+        max_pages: usize,
+        huge_pages: usize,
+        skip_dense: bool,
+    ) -> ReleaseCandidate {
+        let generation = self.generation;
+        let Some(chunk) = self.chunk(ci).filter(|_| self.in_use.contains(chunk_base(ci))) else {
+            self.index.clear(ci);
+            return ReleaseCandidate::Nothing;
+        };
+        if skip_dense && (chunk.pages_in_use() >= DENSE_PAGES || chunk.dense_gen.wrapping_add(1) >= generation) {
+            return ReleaseCandidate::Dense;
+        }
+        match chunk.find_release_candidate(min_pages, max_pages, huge_pages) {
+            Some((first, npages)) => ReleaseCandidate::Run { base: chunk_base(ci) + first * PAGE_SIZE, npages },
+            None => {
+                self.index.clear(ci);
+                ReleaseCandidate::Nothing
+            }
+        }
+    }
+
+    /// Takes free, unreleased pages out of the heap for a scavenger, which
+    /// releases them without the heap lock and then calls
+    /// [`end_release`](Self::end_release). Meanwhile they cannot be
+    /// allocated.
+    pub fn begin_release(&mut self, base: usize, npages: usize) {
+        let was_in_use = self.pages_in_use;
+        let scavenged = self.take_range(base, npages, false);
+        if scavenged != 0 {
+            fatal(format_args!("page heap: releasing pages at {base:#x} that are already released"));
+        }
+        self.pages_in_use = was_in_use;
+        self.pages_releasing += npages;
+    }
+
+    /// Puts pages taken by [`begin_release`](Self::begin_release) back as
+    /// free, marked released if `released` (the OS took them), or as
+    /// before otherwise.
+    pub fn end_release(&mut self, base: usize, npages: usize, released: bool) {
+        self.pages_releasing -= npages;
+        self.pages_in_use += npages;
+        self.free(base, npages, released);
+    }
+
+    /// Records the generation in which chunks `[sc, ec]` were dense.
+    #[inline]
+    fn note_density(&mut self, sc: usize, ec: usize) {
+        let generation = self.generation;
+        for ci in sc..=ec {
+            let chunk = self.owned_chunk_mut(ci);
+            if chunk.pages_in_use() >= DENSE_PAGES {
+                chunk.dense_gen = generation;
+            }
+        }
     }
 
     /// Calls `f(chunk, first_page, npages)` for each chunk's part of the
@@ -797,6 +979,11 @@ impl Drop for PageAlloc {
         // Only test and benchmark instances are ever dropped; the process's
         // heap lives in a static.
         self.release_levels();
+        if self.index.has_storage() {
+            // SAFETY: the index reservation was made by `make_index_ready`
+            // for this value alone, and the index dies with it.
+            unsafe { os::unmap(self.index.storage_addr(), INDEX_RESERVATION) };
+        }
         let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(os::page_size());
         for slot in self.chunks.iter_mut() {
             if let Some(block) = slot.take() {

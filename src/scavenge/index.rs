@@ -70,7 +70,7 @@ pub struct ScavengeIndex {
     /// Byte `i` holds the bits of chunks `8 i .. 8 i + 8`. Only the bytes
     /// from `min / 8` to `(max - 1) / 8` may be touched: the rest of the
     /// storage may not be readable.
-    bytes: *const AtomicU8,
+    bytes: AtomicUsize,
     /// The search word (see the module documentation).
     search: AtomicU64,
     /// Chunk bounds `[min, max)` of everything ever marked or grown; both
@@ -79,13 +79,39 @@ pub struct ScavengeIndex {
     max: AtomicUsize,
 }
 
-// SAFETY: `bytes` points to storage that lives as long as the index and is
-// only accessed through atomics.
-unsafe impl Send for ScavengeIndex {}
-// SAFETY: as above; every field is an atomic or never written after set-up.
-unsafe impl Sync for ScavengeIndex {}
-
 impl ScavengeIndex {
+    /// An index with no storage yet; [`set_storage`](Self::set_storage)
+    /// must be called before the first `grow`.
+    #[cfg(not(loom))]
+    pub const fn empty() -> Self {
+        ScavengeIndex {
+            bytes: AtomicUsize::new(0),
+            search: AtomicU64::new(0),
+            min: AtomicUsize::new(usize::MAX),
+            max: AtomicUsize::new(0),
+        }
+    }
+
+    /// Gives an [`empty`](Self::empty) index its storage.
+    ///
+    /// # Safety
+    ///
+    /// As for [`new`](Self::new).
+    /// Serialised with `grow` (the heap lock), and called before it.
+    pub unsafe fn set_storage(&self, storage: *const AtomicU8) {
+        self.bytes.store(storage as usize, Ordering::Release);
+    }
+
+    /// The address of the storage's first byte (0 before any).
+    pub fn storage_addr(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether storage has been given.
+    pub fn has_storage(&self) -> bool {
+        self.storage_addr() != 0
+    }
+
     /// An index over `storage`: one byte for every 8 chunks of the address
     /// space the index may ever cover. No chunk is covered until
     /// [`grow`](Self::grow).
@@ -98,7 +124,7 @@ impl ScavengeIndex {
     /// covers its chunks.
     pub unsafe fn new(storage: *const AtomicU8) -> Self {
         ScavengeIndex {
-            bytes: storage,
+            bytes: AtomicUsize::new(storage as usize),
             search: AtomicU64::new(0),
             min: AtomicUsize::new(usize::MAX),
             max: AtomicUsize::new(0),
@@ -107,9 +133,10 @@ impl ScavengeIndex {
 
     #[inline]
     fn byte(&self, i: usize) -> &AtomicU8 {
-        // SAFETY: callers pass only indices of bytes covered by `grow`,
+        // SAFETY: callers pass only indices of bytes covered by `grow`
+        // (whose bounds they loaded with Acquire after the storage was set),
         // which `new`'s contract makes valid atomics.
-        unsafe { &*self.bytes.add(i) }
+        unsafe { &*(self.bytes.load(Ordering::Relaxed) as *const AtomicU8).add(i) }
     }
 
     /// Widens the covered chunks to include `[first, last]`. The caller has

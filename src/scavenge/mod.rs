@@ -1,3 +1,189 @@
-//! The scavenger: gives free pages back to the OS (under construction).
+//! The scavenger: gives free pages of the page heap back to the OS.
+//!
+//! # What this layer owns
+//!
+//! * [`index`]: which chunks may hold free pages not yet released (a leaf
+//!   structure the page heap marks on every free).
+//! * The release operation ([`release`]): find a chunk through the index,
+//!   pick its highest run of free, unreleased pages under the heap lock,
+//!   take the run out of the heap, drop the lock for the `madvise`, and put
+//!   the run back marked released.
+//! * The goals ([`goals`]): the retained goal, (100 + retain-extra)% of the
+//!   recent peak of pages in use, and the memory limit.
+//! * The paths that release: the background thread ([`background`], paced by
+//!   the [`controller`]), the allocation path when the heap grows past the
+//!   retained goal or the memory limit ([`alloc_pages`]), and
+//!   [`release_all`].
+//!
+//! The span layer takes and returns pages through [`alloc_pages`] and
+//! [`free_pages`], so that these policies see every change. This layer uses
+//! the page heap and the OS; it knows nothing of spans or objects.
 
 pub mod index;
+
+#[cfg(not(loom))]
+pub mod background;
+#[cfg(not(loom))]
+pub mod controller;
+#[cfg(not(loom))]
+pub mod goals;
+
+#[cfg(not(loom))]
+pub use imp::*;
+
+#[cfg(not(loom))]
+mod imp {
+    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use super::{background, goals};
+    use crate::os;
+    use crate::pages::heap::{self, HEAP};
+    use crate::pages::{PageRun, ReleaseCandidate, CHUNK_PAGES, PAGE_SIZE};
+
+    /// Which path a release serves (for the statistics, and for whether
+    /// dense chunks are spared).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Path {
+        /// The background thread: spares dense chunks.
+        Background,
+        /// Heap growth while over the retained goal.
+        Eager,
+        /// The memory limit: takes from any chunk.
+        Limit,
+        /// [`release_all`]: everything free.
+        Forced,
+    }
+
+    /// Bytes released by each path, in [`Path`] order.
+    static RELEASED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    /// Allocations that left retained memory above the memory limit
+    /// although everything free had been released.
+    static LIMIT_OVERRUNS: AtomicU64 = AtomicU64::new(0);
+
+    /// Bytes released so far by `path`.
+    pub fn released_by(path: Path) -> usize {
+        RELEASED[path as usize].load(Ordering::Relaxed)
+    }
+
+    /// Allocations that overran the memory limit.
+    pub fn limit_overruns() -> u64 {
+        LIMIT_OVERRUNS.load(Ordering::Relaxed)
+    }
+
+    /// Heap pages per physical page (1 unless the OS page is larger than
+    /// the heap's 8 KiB page).
+    fn pages_per_physical_page() -> usize {
+        (os::page_size() / PAGE_SIZE).max(1)
+    }
+
+    /// Heap pages per transparent huge page, if huge pages fit in a chunk.
+    fn pages_per_huge_page() -> usize {
+        let n = os::huge_page_size() / PAGE_SIZE;
+        if n > 1 && n <= CHUNK_PAGES {
+            n
+        } else {
+            1
+        }
+    }
+
+    /// Releases up to about `max_bytes` of free pages to the OS, highest
+    /// addresses first, for `path`; returns the bytes released (possibly a
+    /// little more than asked, to keep physical and huge pages whole, and
+    /// less only when nothing more is free).
+    pub fn release(max_bytes: usize, path: Path) -> usize {
+        let index = &heap::INDEX;
+        let skip_dense = path == Path::Background;
+        let (min_pages, huge_pages) = (pages_per_physical_page(), pages_per_huge_page());
+        let mut released = 0;
+        // Once a dense chunk has been passed over, the search goes on below
+        // it without moving the shared search word (others may want it).
+        let mut below: Option<usize> = None;
+        while released < max_bytes {
+            let ci = match below {
+                None => index.find(),
+                Some(limit) => index.find_below(limit),
+            };
+            let Some(ci) = ci else { break };
+            let want = (max_bytes - released).div_ceil(PAGE_SIZE);
+            let candidate = {
+                let mut heap = HEAP.lock();
+                let c = heap.pages().release_candidate(ci, min_pages, want, huge_pages, skip_dense);
+                if let ReleaseCandidate::Run { base, npages } = c {
+                    heap.begin_release(base, npages);
+                }
+                c
+            };
+            match candidate {
+                ReleaseCandidate::Dense => below = Some(ci),
+                ReleaseCandidate::Nothing => {}
+                ReleaseCandidate::Run { base, npages } => {
+                    let bytes = npages * PAGE_SIZE;
+                    // SAFETY: the run is out of the heap (marked in use but
+                    // owned by no one), so nothing lives in it while the
+                    // heap lock is dropped.
+                    let ok = unsafe { os::release(base, bytes) }.is_ok();
+                    HEAP.lock().end_release(base, npages, ok);
+                    if !ok {
+                        break;
+                    }
+                    released += bytes;
+                    if below.is_some() {
+                        // Stay on this chunk: it may hold more.
+                        below = Some(ci + 1);
+                    }
+                }
+            }
+        }
+        RELEASED[path as usize].fetch_add(released, Ordering::Relaxed);
+        released
+    }
+
+    /// Takes `npages` pages aligned to `align_pages` from the page heap;
+    /// afterwards, if the allocation took released pages back into use while
+    /// over the memory limit, or grew the heap while over the retained goal,
+    /// releases free pages to make up for it (Go's heap-growth and
+    /// memory-limit scavenging). Never holds the heap lock while releasing.
+    pub fn alloc_pages(npages: usize, align_pages: usize) -> Option<PageRun> {
+        let (run, grown) = HEAP.lock().alloc_growing(npages, align_pages)?;
+        let retained = heap::RETAINED.load(Ordering::Relaxed);
+        let mut limit_todo = 0;
+        if let Some(limit) = goals::memory_limit() {
+            let target = goals::limit_target(limit);
+            if run.scavenged_bytes > 0 && retained > target {
+                limit_todo = retained - target;
+            }
+        }
+        let mut eager_todo = 0;
+        if grown > 0 {
+            let goal = goals::retained_goal();
+            if retained > goal {
+                eager_todo = (retained - goal).min(grown);
+            }
+        }
+        if limit_todo > 0 {
+            release(limit_todo.max(eager_todo), Path::Limit);
+            if let Some(limit) = goals::memory_limit() {
+                if heap::RETAINED.load(Ordering::Relaxed) > limit {
+                    LIMIT_OVERRUNS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else if eager_todo > 0 {
+            release(eager_todo, Path::Eager);
+        }
+        Some(run)
+    }
+
+    /// Gives pages back to the page heap, and wakes the background
+    /// scavenger if that pushed retained memory over its goal.
+    pub fn free_pages(base: usize, npages: usize) {
+        HEAP.lock().free(base, npages);
+        background::wake_if_over_goal();
+    }
+
+    /// Releases every free page of the heap to the OS now (after giving the
+    /// calling thread's cached objects back, so their spans can be freed);
+    /// returns the bytes released. Like Go's `debug.FreeOSMemory`.
+    pub fn release_all_free() -> usize {
+        release(usize::MAX, Path::Forced)
+    }
+}

@@ -16,8 +16,8 @@ use core::ptr;
 use super::pagemap;
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
-use crate::pages::heap::HEAP;
 use crate::report::fatal;
+use crate::scavenge;
 use crate::sync::Mutex;
 
 /// One class's spans with free objects, and its counters.
@@ -134,7 +134,7 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
 /// Makes a new span of `class` from the page heap, or null.
 fn new_span(class: usize) -> *mut Span {
     let npages = sizeclass::class_pages(class);
-    let Some(run) = HEAP.lock().alloc(npages, sizeclass::class_span_align_pages(class)) else {
+    let Some(run) = scavenge::alloc_pages(npages, sizeclass::class_span_align_pages(class)) else {
         return ptr::null_mut();
     };
     let record = span::alloc_record();
@@ -143,7 +143,7 @@ fn new_span(class: usize) -> *mut Span {
             // SAFETY: the record is fresh and unused.
             unsafe { span::free_record(record) };
         }
-        HEAP.lock().free(run.base, npages);
+        scavenge::free_pages(run.base, npages);
         return ptr::null_mut();
     }
     // SAFETY: a fresh record that only we know of.
@@ -161,7 +161,7 @@ unsafe fn release_span(span: *mut Span) {
     // SAFETY: per the contract the record is ours.
     let (base, npages) = unsafe { ((*span).base, (*span).npages) };
     pagemap::set(base, npages, ptr::null_mut());
-    HEAP.lock().free(base, npages);
+    scavenge::free_pages(base, npages);
     // SAFETY: its page-map entries are cleared; nothing can reach it.
     unsafe { span::free_record(span) };
 }

@@ -15,6 +15,7 @@ use crate::os;
 use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
 use crate::report::fatal;
+use crate::scavenge;
 
 /// Pages held by large objects.
 static LARGE_PAGES: AtomicUsize = AtomicUsize::new(0);
@@ -47,12 +48,12 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
     if record.is_null() {
         return None;
     }
-    let run = HEAP.lock().alloc(npages, align_pages);
+    let run = scavenge::alloc_pages(npages, align_pages);
     let run = match run {
         Some(run) if pagemap::prepare(run.base, 1).is_ok() => run,
         other => {
             if let Some(run) = other {
-                HEAP.lock().free(run.base, npages);
+                scavenge::free_pages(run.base, npages);
             }
             // SAFETY: the record is fresh and unused.
             unsafe { span::free_record(record) };
@@ -95,7 +96,7 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     let s = record_of(ptr, "free");
     let (base, npages, bytes) = (s.base, s.npages, s.large_bytes);
     pagemap::set(base, 1, ptr::null_mut());
-    HEAP.lock().free(base, npages);
+    scavenge::free_pages(base, npages);
     LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
     LARGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
@@ -119,19 +120,15 @@ pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
     if need > have {
         let extra = need - have;
         let end = s.base + have * PAGE_SIZE;
-        let mut heap = HEAP.lock();
-        let pages = heap.pages();
-        if !pages.is_free(end, extra) {
+        if !HEAP.lock().alloc_at(end, extra) {
             return false;
         }
-        pages.alloc_range(end, extra);
-        drop(heap);
         s.npages = need;
         LARGE_PAGES.fetch_add(extra, Ordering::Relaxed);
     } else if need < have {
         // Shrinking gives the tail back at once (including any room left
         // for growth): the caller asked for less memory.
-        HEAP.lock().free(s.base + need * PAGE_SIZE, have - need);
+        scavenge::free_pages(s.base + need * PAGE_SIZE, have - need);
         s.npages = need;
         LARGE_PAGES.fetch_sub(have - need, Ordering::Relaxed);
     }

@@ -1,0 +1,326 @@
+//! The background scavenger thread.
+//!
+//! It starts on the first free of pages to the page heap (never from inside
+//! an allocator lock, and without any Rust allocation: a raw
+//! `pthread_create`), and loops:
+//!
+//! 1. Every quarter second it records the peak of pages in use into the
+//!    [`PeakWindow`] and recomputes the retained goal; every half second it
+//!    starts a new generation for chunk density (see
+//!    [`goals::GENERATION_NS`]).
+//! 2. While retained memory is over the goal it works in batches: 64 KiB
+//!    quanta until it has worked 1 ms (Go's `minScavWorkTime`) or the goal is
+//!    met, measured with the thread's own CPU clock (user and system time,
+//!    so the `madvise` calls count).
+//! 3. Between batches it sleeps `worked / ratio`, where the ratio comes from
+//!    the [`PiController`] so that its CPU use averages the configured share
+//!    of the whole machine (divided by the CPUs the process may use, as Go
+//!    divides by GOMAXPROCS). If the controller breaks down it sleeps at the
+//!    starting ratio for a 5 s cooldown and starts afresh.
+//! 4. At or under the goal it parks on a futex: until the next quarter
+//!    second if the goal can still fall (the window still holds a higher
+//!    peak), or until woken by a free that pushes retained memory over the
+//!    goal.
+//!
+//! All its state but a few published figures lives on its own stack.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use super::controller::PiController;
+use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
+use super::{release, released_by, Path};
+use crate::os;
+use crate::pages::heap::{self, HEAP};
+use crate::report::LineBuf;
+
+const NOT_STARTED: u32 = 0;
+const STARTING: u32 = 1;
+const RUNNING: u32 = 2;
+const FAILED: u32 = 3;
+
+static STATE: AtomicU32 = AtomicU32::new(NOT_STARTED);
+/// The futex word the thread sleeps on: wakers set it to 1.
+static PARK: AtomicU32 = AtomicU32::new(0);
+/// Whether the thread is parked with no deadline (so a waker must wake it);
+/// a thread parked until its next tick wakes itself.
+static PARKED: AtomicBool = AtomicBool::new(false);
+
+/// CPU time the thread has spent working, in nanoseconds.
+static CPU_NS: AtomicU64 = AtomicU64::new(0);
+/// Work batches done.
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+/// The current sleep ratio (work : sleep), as `f64` bits.
+static SLEEP_RATIO: AtomicU64 = AtomicU64::new(STARTING_RATIO.to_bits());
+
+/// The ratio to fall back to during a cooldown after a controller failure
+/// (1:1000, Go's conservative choice).
+const STARTING_RATIO: f64 = 0.001;
+
+/// The work:sleep ratio at which a thread uses `fraction` of `cpus` CPUs:
+/// the controller's steady state, and where it starts (Go starts at 1:1000
+/// and takes a couple of seconds to climb; starting at the answer lets an
+/// idle process shed memory within seconds).
+fn steady_ratio(fraction: f64, cpus: f64) -> f64 {
+    let share = (fraction * cpus).min(0.999);
+    (share / (1.0 - share)).clamp(0.001, 1000.0)
+}
+/// How much to release in one go: 64 KiB, a few tens of microseconds.
+const QUANTUM: usize = 64 << 10;
+/// Work done before sleeping (Go's `minScavWorkTime`).
+const MIN_WORK_NS: u64 = 1_000_000;
+/// How long to hold the starting ratio after the controller fails.
+const COOLDOWN_NS: u64 = 5_000_000_000;
+
+/// What the statistics show of the background scavenger.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackgroundStats {
+    /// Whether the thread has been started.
+    pub running: bool,
+    /// CPU time spent working, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Work batches done.
+    pub batches: u64,
+    /// The current sleep ratio (work : sleep).
+    pub sleep_ratio: f64,
+}
+
+/// The background scavenger's figures.
+pub fn stats() -> BackgroundStats {
+    BackgroundStats {
+        running: STATE.load(Ordering::Relaxed) == RUNNING,
+        cpu_ns: CPU_NS.load(Ordering::Relaxed),
+        batches: BATCHES.load(Ordering::Relaxed),
+        sleep_ratio: f64::from_bits(SLEEP_RATIO.load(Ordering::Relaxed)),
+    }
+}
+
+/// Called after pages are freed to the heap: starts the thread if it has
+/// never run, and wakes it if it is parked and retained memory is over the
+/// goal that the current pages in use will lead to (the goal follows the
+/// peak in use, which this free may have ended). A few loads when there is
+/// nothing to do.
+#[inline]
+pub fn wake_if_over_goal() {
+    if !goals::background_enabled() {
+        return;
+    }
+    let goal = goals::goal_for(heap::IN_USE.load(Ordering::Relaxed));
+    if heap::RETAINED.load(Ordering::Relaxed) <= goal.saturating_add(os::page_size()) {
+        return;
+    }
+    match STATE.load(Ordering::Acquire) {
+        NOT_STARTED => start(),
+        RUNNING if PARKED.load(Ordering::SeqCst) => {
+            PARK.store(1, Ordering::SeqCst);
+            os::futex_wake(&PARK, 1);
+        }
+        _ => {}
+    }
+}
+
+#[cold]
+fn start() {
+    if STATE.compare_exchange(NOT_STARTED, STARTING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return;
+    }
+    let next = if os::spawn_thread(thread_main).is_ok() { RUNNING } else { FAILED };
+    STATE.store(next, Ordering::Release);
+}
+
+/// In a forked child: the thread did not survive the fork; let the next
+/// free start a new one.
+pub(crate) fn after_fork_child() {
+    PARKED.store(false, Ordering::Relaxed);
+    PARK.store(0, Ordering::Relaxed);
+    if STATE.load(Ordering::Relaxed) != FAILED {
+        STATE.store(NOT_STARTED, Ordering::Relaxed);
+    }
+}
+
+extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    Scavenger::new().run()
+}
+
+/// The thread's own state.
+struct Scavenger {
+    controller: PiController,
+    ratio: f64,
+    cooldown_ns: u64,
+    controller_reset: bool,
+    window: PeakWindow,
+    last_tick: u64,
+    last_generation: u64,
+    cpus: f64,
+    trace: Trace,
+}
+
+/// What the trace line reports since the last line.
+struct Trace {
+    at: u64,
+    cpu_ns: u64,
+    released: [usize; 4],
+}
+
+impl Scavenger {
+    fn new() -> Self {
+        let now = os::monotonic_ns();
+        let cpus = os::cpu_count() as f64;
+        let ratio = steady_ratio(goals::cpu_fraction(), cpus);
+        let mut controller = PiController::scavenger();
+        controller.prime(ratio);
+        SLEEP_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
+        Scavenger {
+            controller,
+            ratio,
+            cooldown_ns: 0,
+            controller_reset: false,
+            window: PeakWindow::default(),
+            last_tick: 0,
+            last_generation: now,
+            cpus,
+            trace: Trace { at: now, cpu_ns: 0, released: [0; 4] },
+        }
+    }
+
+    fn run(mut self) -> ! {
+        loop {
+            let now = os::monotonic_ns();
+            if now.saturating_sub(self.last_tick) >= SLOT_NS {
+                self.tick(now);
+            }
+            let in_use = heap::IN_USE.load(Ordering::Relaxed);
+            let peak = self.window.peak(now, in_use);
+            let goal = goals::goal_for(peak);
+            goals::set_retained_goal(goal);
+            let retained = heap::RETAINED.load(Ordering::Relaxed);
+            if retained <= goal.saturating_add(os::page_size()) {
+                self.park(now, goal, peak > in_use);
+                continue;
+            }
+            let worked = self.work(goal);
+            self.sleep(worked);
+        }
+    }
+
+    /// Closes a window slot: records the peak, starts a generation once a
+    /// second, prints a trace line if there is news.
+    fn tick(&mut self, now: u64) {
+        let peak = HEAP.lock().take_peak_in_use();
+        self.window.push(now, peak);
+        self.last_tick = now;
+        if now.saturating_sub(self.last_generation) >= GENERATION_NS {
+            HEAP.lock().pages().next_generation();
+            self.last_generation = now;
+            self.trace_line(now);
+        }
+    }
+
+    /// Releases toward `goal` until 1 ms of CPU time is spent, the goal is
+    /// met, or nothing is left; returns the CPU time worked.
+    fn work(&mut self, goal: usize) -> u64 {
+        let start = os::thread_cpu_ns();
+        loop {
+            let retained = heap::RETAINED.load(Ordering::Relaxed);
+            if retained <= goal {
+                break;
+            }
+            let want = (retained - goal).min(QUANTUM);
+            let got = release(want, Path::Background);
+            if got < want || os::thread_cpu_ns() - start >= MIN_WORK_NS {
+                break;
+            }
+        }
+        let worked = os::thread_cpu_ns() - start;
+        CPU_NS.fetch_add(worked, Ordering::Relaxed);
+        BATCHES.fetch_add(1, Ordering::Relaxed);
+        worked
+    }
+
+    /// Sleeps after a batch for as long as the CPU budget asks, and feeds
+    /// the controller with what the batch cost.
+    fn sleep(&mut self, worked: u64) {
+        // Too little work makes for sleeps too short to measure well:
+        // count it as the minimum, and sleep longer rather than shorter.
+        let worked = worked.max(MIN_WORK_NS) as f64;
+        let sleep_ns = (worked / self.ratio) as u64;
+        let before = os::monotonic_ns();
+        os::futex_wait_timeout(&PARK, 0, sleep_ns);
+        let slept = os::monotonic_ns().saturating_sub(before) as f64;
+        if self.cooldown_ns > 0 {
+            self.cooldown_ns = self.cooldown_ns.saturating_sub((slept + worked) as u64);
+            return;
+        }
+        let fraction = worked / ((slept + worked) * self.cpus);
+        match self.controller.next(fraction, goals::cpu_fraction(), slept + worked) {
+            Some(r) => self.ratio = r,
+            None => {
+                self.ratio = STARTING_RATIO;
+                self.cooldown_ns = COOLDOWN_NS;
+                self.controller_reset = true;
+            }
+        }
+        SLEEP_RATIO.store(self.ratio.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Parks: until the next slot if the goal may still fall (the window
+    /// holds a higher peak than now), else until a free wakes it.
+    fn park(&mut self, now: u64, goal: usize, goal_may_fall: bool) {
+        self.trace_line(now);
+        if goal_may_fall {
+            let until_tick = (self.last_tick + SLOT_NS).saturating_sub(os::monotonic_ns()).max(1_000_000);
+            os::futex_wait_timeout(&PARK, 0, until_tick);
+            return;
+        }
+        PARK.store(0, Ordering::SeqCst);
+        PARKED.store(true, Ordering::SeqCst);
+        // A free between our goal check and `PARKED` saw us awake and did
+        // not wake us: look once more before sleeping.
+        let in_use = heap::IN_USE.load(Ordering::SeqCst);
+        let goal = goal.min(goals::goal_for(in_use));
+        if heap::RETAINED.load(Ordering::SeqCst) <= goal.saturating_add(os::page_size()) {
+            os::futex_wait(&PARK, 0);
+        }
+        PARKED.store(false, Ordering::SeqCst);
+    }
+
+    /// Prints one trace line, at the end of a cycle of work (when the
+    /// thread parks) or once a second while it works, if tracing is on and
+    /// any path released memory since the last line.
+    fn trace_line(&mut self, now: u64) {
+        let released = [
+            released_by(Path::Background),
+            released_by(Path::Eager),
+            released_by(Path::Limit),
+            released_by(Path::Forced),
+        ];
+        let news = released.iter().zip(&self.trace.released).any(|(a, b)| a != b);
+        if !goals::trace_enabled() || !news {
+            return;
+        }
+        let cpu = CPU_NS.load(Ordering::Relaxed);
+        let elapsed = now.saturating_sub(self.trace.at).max(1) as f64;
+        let util = (cpu - self.trace.cpu_ns) as f64 / (elapsed * self.cpus) * 100.0;
+        let kib = |i: usize| (released[i] - self.trace.released[i]) >> 10;
+        let total: usize = released.iter().sum();
+        let mut line = LineBuf::<256>::new();
+        let _ = write!(
+            line,
+            "scavalloc: scav {} KiB bg, {} KiB eager, {} KiB limit, {} KiB forced; {} KiB released in all; \
+             retained {} KiB, goal {} KiB; util {:.2}%; ratio {:.4}{}",
+            kib(0),
+            kib(1),
+            kib(2),
+            kib(3),
+            total >> 10,
+            heap::RETAINED.load(Ordering::Relaxed) >> 10,
+            goals::retained_goal() >> 10,
+            util,
+            self.ratio,
+            if self.controller_reset { " [controller reset]" } else { "" }
+        );
+        line.emit_line();
+        self.controller_reset = false;
+        self.trace = Trace { at: now, cpu_ns: cpu, released };
+    }
+}
