@@ -243,7 +243,16 @@ impl Scavenger {
         // Too little work makes for sleeps too short to measure well:
         // count it as the minimum, and sleep longer rather than shorter.
         let worked = worked.max(MIN_WORK_NS) as f64;
-        let sleep_ns = (worked / self.ratio) as u64;
+        // Never sleep more than twice the steady-state sleep for the
+        // budget. With Go's gains the integral moves in proportion to the
+        // period, so after one long sleep it overshoots, and the loop falls
+        // into a cycle of bursts and one-second sleeps whose average is right
+        // but which stalls releasing for a second at a time (seen in the
+        // burst-idle runs, and in the controller's own simulation). Bounding
+        // the period keeps each period near the target; the average is
+        // unchanged.
+        let longest = 2.0 * worked / steady_ratio(goals::cpu_fraction(), self.cpus);
+        let sleep_ns = (worked / self.ratio).min(longest) as u64;
         let before = os::monotonic_ns();
         os::futex_wait_timeout(&PARK, 0, sleep_ns);
         let slept = os::monotonic_ns().saturating_sub(before) as f64;
