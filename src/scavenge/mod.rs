@@ -86,6 +86,10 @@ mod imp {
         }
     }
 
+    /// Runs taken out of the heap and released together: one heap-lock
+    /// round trip and (where the kernel allows) one system call per batch.
+    const BATCH: usize = 32;
+
     /// Releases up to about `max_bytes` of free pages to the OS, highest
     /// addresses first, for `path`; returns the bytes released (possibly a
     /// little more than asked, to keep physical and huge pages whole, and
@@ -98,39 +102,54 @@ mod imp {
         // Once a dense chunk has been passed over, the search goes on below
         // it without moving the shared search word (others may want it).
         let mut below: Option<usize> = None;
-        while released < max_bytes {
-            let ci = match below {
-                None => index.find(),
-                Some(limit) => index.find_below(limit),
-            };
-            let Some(ci) = ci else { break };
-            let want = (max_bytes - released).div_ceil(PAGE_SIZE);
-            let candidate = {
+        let mut exhausted = false;
+        while released < max_bytes && !exhausted {
+            // Take a batch of runs out of the heap under one lock.
+            let mut runs = [(0usize, 0usize); BATCH];
+            let mut n = 0;
+            let mut taken = 0;
+            {
                 let mut heap = HEAP.lock();
-                let c = heap.pages().release_candidate(ci, min_pages, want, huge_pages, skip_dense);
-                if let ReleaseCandidate::Run { base, npages } = c {
-                    heap.begin_release(base, npages);
-                }
-                c
-            };
-            match candidate {
-                ReleaseCandidate::Dense => below = Some(ci),
-                ReleaseCandidate::Nothing => {}
-                ReleaseCandidate::Run { base, npages } => {
-                    let bytes = npages * PAGE_SIZE;
-                    // SAFETY: the run is out of the heap (marked in use but
-                    // owned by no one), so nothing lives in it while the
-                    // heap lock is dropped.
-                    let ok = unsafe { os::release(base, bytes) }.is_ok();
-                    HEAP.lock().end_release(base, npages, ok);
-                    if !ok {
+                while n < BATCH && released + taken < max_bytes {
+                    let ci = match below {
+                        None => index.find(),
+                        Some(limit) => index.find_below(limit),
+                    };
+                    let Some(ci) = ci else {
+                        exhausted = true;
                         break;
+                    };
+                    let want = (max_bytes - released - taken).div_ceil(PAGE_SIZE);
+                    match heap.pages().release_candidate(ci, min_pages, want, huge_pages, skip_dense) {
+                        ReleaseCandidate::Dense => below = Some(ci),
+                        ReleaseCandidate::Nothing => {}
+                        ReleaseCandidate::Run { base, npages } => {
+                            heap.begin_release(base, npages);
+                            runs[n] = (base, npages * PAGE_SIZE);
+                            n += 1;
+                            taken += npages * PAGE_SIZE;
+                            if below.is_some() {
+                                // Stay on this chunk: it may hold more.
+                                below = Some(ci + 1);
+                            }
+                        }
                     }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            let mut ok = [false; BATCH];
+            // SAFETY: every run is out of the heap (marked in use but owned
+            // by no one), so nothing lives in it while the lock is dropped.
+            unsafe { os::release_many(&runs[..n], &mut ok) };
+            let mut heap = HEAP.lock();
+            for (&(base, bytes), &done) in runs[..n].iter().zip(&ok) {
+                heap.end_release(base, bytes / PAGE_SIZE, done);
+                if done {
                     released += bytes;
-                    if below.is_some() {
-                        // Stay on this chunk: it may hold more.
-                        below = Some(ci + 1);
-                    }
+                } else {
+                    exhausted = true;
                 }
             }
         }
