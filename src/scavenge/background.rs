@@ -144,6 +144,23 @@ pub(crate) fn after_fork_child() {
     }
 }
 
+/// Sleeps for `ns` nanoseconds (wakers do not cut it short: they only wake
+/// a thread parked without a deadline). The futex word is reset first, or a
+/// wake-up left over from an earlier park would end every later sleep at
+/// once and turn the thread into a busy loop.
+fn nap(ns: u64) {
+    PARK.store(0, Ordering::SeqCst);
+    let deadline = os::monotonic_ns().saturating_add(ns);
+    loop {
+        let now = os::monotonic_ns();
+        if now >= deadline {
+            return;
+        }
+        os::futex_wait_timeout(&PARK, 0, deadline - now);
+        PARK.store(0, Ordering::SeqCst);
+    }
+}
+
 extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
     Scavenger::new().run()
 }
@@ -204,7 +221,16 @@ impl Scavenger {
                 self.park(now, goal, peak > in_use);
                 continue;
             }
-            let worked = self.work(goal);
+            let (worked, released) = self.work(goal);
+            if released == 0 {
+                // Over the goal, but nothing it may release: the free pages
+                // are in dense chunks (spared for two generations) or
+                // cannot be released. Go parks here; a timed park lets the
+                // next generation make those chunks fair game.
+                self.trace_line(now);
+                nap(SLOT_NS);
+                continue;
+            }
             self.sleep(worked);
         }
     }
@@ -223,9 +249,11 @@ impl Scavenger {
     }
 
     /// Releases toward `goal` until 1 ms of CPU time is spent, the goal is
-    /// met, or nothing is left; returns the CPU time worked.
-    fn work(&mut self, goal: usize) -> u64 {
+    /// met, or nothing is left; returns the CPU time worked and the bytes
+    /// released.
+    fn work(&mut self, goal: usize) -> (u64, usize) {
         let start = os::thread_cpu_ns();
+        let mut released = 0;
         loop {
             let retained = heap::RETAINED.load(Ordering::Relaxed);
             if retained <= goal {
@@ -233,6 +261,7 @@ impl Scavenger {
             }
             let want = (retained - goal).min(QUANTUM);
             let got = release(want, Path::Background);
+            released += got;
             if got < want || os::thread_cpu_ns() - start >= MIN_WORK_NS {
                 break;
             }
@@ -240,7 +269,7 @@ impl Scavenger {
         let worked = os::thread_cpu_ns() - start;
         CPU_NS.fetch_add(worked, Ordering::Relaxed);
         BATCHES.fetch_add(1, Ordering::Relaxed);
-        worked
+        (worked, released)
     }
 
     /// Sleeps after a batch for as long as the CPU budget asks, and feeds
@@ -260,7 +289,7 @@ impl Scavenger {
         let longest = 2.0 * worked / steady_ratio(goals::cpu_fraction(), self.cpus);
         let sleep_ns = (worked / self.ratio).min(longest) as u64;
         let before = os::monotonic_ns();
-        os::futex_wait_timeout(&PARK, 0, sleep_ns);
+        nap(sleep_ns);
         let slept = os::monotonic_ns().saturating_sub(before) as f64;
         if self.cooldown_ns > 0 {
             self.cooldown_ns = self.cooldown_ns.saturating_sub((slept + worked) as u64);
@@ -284,7 +313,7 @@ impl Scavenger {
         self.trace_line(now);
         if goal_may_fall {
             let until_tick = (self.last_tick + SLOT_NS).saturating_sub(os::monotonic_ns()).max(1_000_000);
-            os::futex_wait_timeout(&PARK, 0, until_tick);
+            nap(until_tick);
             return;
         }
         PARK.store(0, Ordering::SeqCst);
