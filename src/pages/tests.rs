@@ -1226,3 +1226,96 @@ fn alloc_range_of_zero_pages_changes_nothing() {
     }
     assert_eq!(pa.alloc(1024), Some(PageRun { base: BASE, scavenged_bytes: 1024 * PS }));
 }
+
+/// Scavenger steps (find a chunk through the index, take a candidate run,
+/// release it or fail to, put it back) mixed with allocations and frees,
+/// against a per-page model: after every step the counters add up, the
+/// bitmaps match, `alloc` reports exactly the released pages it took, and
+/// every chunk holding a free, unreleased page is marked in the index.
+#[test]
+fn release_steps_keep_counters_bitmaps_and_index_exact() {
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum St {
+        Used,
+        Free,
+        Released,
+    }
+    const CHUNKS: usize = 6;
+    let mut rng = Rng::new(0x5ca7_e1de);
+    let mut pa = Box::new(PageAlloc::new());
+    pa.grow(BASE, CHUNKS * CHUNK_BYTES).unwrap();
+    let npages = CHUNKS * CHUNK_PAGES;
+    let mut model = vec![St::Released; npages];
+    let mut live: Vec<(usize, usize)> = Vec::new();
+    let page_of = |addr: usize| (addr - BASE) / PS;
+    for step in 0..20_000 {
+        match rng.below(10) {
+            0..=3 => {
+                let big = rng.below(4) == 0;
+                let n = 1 + rng.below(if big { 700 } else { 16 });
+                if let Some(run) = pa.alloc(n) {
+                    let p = page_of(run.base);
+                    let released = model[p..p + n].iter().filter(|&&s| s == St::Released).count();
+                    assert_eq!(run.scavenged_bytes, released * PS, "step {step}");
+                    assert!(model[p..p + n].iter().all(|&s| s != St::Used), "step {step}");
+                    model[p..p + n].iter_mut().for_each(|s| *s = St::Used);
+                    live.push((p, n));
+                }
+            }
+            4..=6 if !live.is_empty() => {
+                let (p, n) = live.swap_remove(rng.below(live.len()));
+                pa.free(BASE + p * PS, n, false);
+                model[p..p + n].iter_mut().for_each(|s| *s = St::Free);
+            }
+            _ => {
+                let Some(ci) = pa.index().find() else { continue };
+                let max = 1 + rng.below(300);
+                let huge = [1, 64, 256][rng.below(3)];
+                let skip_dense = rng.below(2) == 0;
+                match pa.release_candidate(ci, 1, max, huge, skip_dense) {
+                    ReleaseCandidate::Run { base, npages: n } => {
+                        let p = page_of(base);
+                        assert!(model[p..p + n].iter().all(|&s| s == St::Free), "step {step}: candidate not free");
+                        pa.begin_release(base, n);
+                        assert_eq!(pa.pages_releasing(), n);
+                        assert!(!pa.is_free(base, n), "a run being released must not be allocatable");
+                        let ok = rng.below(8) != 0;
+                        pa.end_release(base, n, ok);
+                        if ok {
+                            model[p..p + n].iter_mut().for_each(|s| *s = St::Released);
+                        }
+                    }
+                    ReleaseCandidate::Dense => assert!(skip_dense),
+                    ReleaseCandidate::Nothing => {
+                        let first = (ci - chunk_index(BASE)) * CHUNK_PAGES;
+                        assert!(
+                            model[first..first + CHUNK_PAGES].iter().all(|&s| s != St::Free),
+                            "step {step}: chunk {ci:#x} has free pages but no candidate"
+                        );
+                    }
+                }
+            }
+        }
+        // Counters against the model.
+        let count = |st: St| model.iter().filter(|&&s| s == st).count();
+        assert_eq!(pa.pages_in_use(), count(St::Used), "step {step}");
+        assert_eq!(pa.pages_scavenged(), count(St::Released), "step {step}");
+        assert_eq!(pa.pages_free_unscavenged(), count(St::Free), "step {step}");
+        assert_eq!(pa.pages_releasing(), 0);
+        assert_eq!(pa.mapped_bytes() / PS, npages);
+        if step % 97 == 0 {
+            for c in 0..CHUNKS {
+                let ci = chunk_index(BASE) + c;
+                let chunk = pa.chunk(ci).unwrap();
+                let pages = &model[c * CHUNK_PAGES..(c + 1) * CHUNK_PAGES];
+                for (i, &s) in pages.iter().enumerate() {
+                    assert_eq!(chunk.alloc.get(i), s == St::Used, "step {step} page {i}");
+                    assert_eq!(chunk.scavenged.get(i), s == St::Released, "step {step} page {i}");
+                }
+                if pages.contains(&St::Free) {
+                    assert!(pa.index().is_marked(ci), "step {step}: chunk {c} has free pages but is not marked");
+                }
+            }
+        }
+    }
+}
