@@ -117,7 +117,7 @@ fn fork_with_busy_threads() {
                     if held.len() > 500 {
                         held.drain(..250);
                     }
-                    if i % 97 == 0 {
+                    if i.is_multiple_of(97) {
                         held.push(vec![0u8; 200_000]);
                     }
                     i += 1;
