@@ -137,6 +137,7 @@ extern "C" fn fork_child() {
 pub fn release_all() -> usize {
     ensure_init();
     spans::cache::flush_current();
+    spans::central::release_spares();
     scavenge::release_all_free()
 }
 

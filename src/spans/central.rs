@@ -5,8 +5,12 @@
 //! Each class has its own lock, so threads working on different sizes never
 //! meet. A thread cache takes objects in batches ([`refill`]) and gives them
 //! back in batches ([`give_back`]); one lock round trip serves a whole batch.
-//! A span that becomes wholly free goes straight back to the page heap, where
-//! the scavenger can release it.
+//! A span that becomes wholly free goes back to the page heap, where the
+//! scavenger can release it, except that each class keeps one such span
+//! aside as a spare: classes whose spans hold one to three objects would
+//! otherwise make and unmake a span (two page-heap round trips) for nearly
+//! every allocation. Spares cost at most one span per class (about 1.7 MiB
+//! over all classes) and [`release_spares`] gives them back.
 //!
 //! Lock order: a central lock may be held while taking the heap lock, never
 //! the other way round.
@@ -24,6 +28,8 @@ use crate::sync::Mutex;
 pub struct Central {
     /// Spans with at least one free object.
     partial: SpanList,
+    /// Wholly free spans kept for reuse (at most [`SPARES`]).
+    spare: SpanList,
     /// Spans of this class that exist.
     spans: usize,
     /// Objects handed out (to users or to thread caches).
@@ -35,8 +41,12 @@ pub struct Central {
 #[repr(align(128))]
 struct Padded(Mutex<Central>);
 
-static CENTRAL: [Padded; NUM_CLASSES] =
-    [const { Padded(Mutex::new(Central { partial: SpanList::new(), spans: 0, handed_out: 0 })) }; NUM_CLASSES];
+static CENTRAL: [Padded; NUM_CLASSES] = [const {
+    Padded(Mutex::new(Central { partial: SpanList::new(), spare: SpanList::new(), spans: 0, handed_out: 0 }))
+}; NUM_CLASSES];
+
+/// Wholly free spans a class keeps aside.
+const SPARES: usize = 1;
 
 /// Counters of one class, read under its lock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +71,16 @@ pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
     let mut got = 0;
     while got < out.len() {
         let mut span = central.partial.first();
+        if span.is_null() && !central.spare.is_empty() {
+            span = central.spare.first();
+            // SAFETY: the spare is on this class's spare list; it moves to
+            // the partial list under the lock we hold.
+            unsafe {
+                central.spare.remove(span);
+                central.partial.push_front(span);
+                (*span).in_partial = true;
+            }
+        }
         if span.is_null() {
             span = new_span(class);
             if span.is_null() {
@@ -119,6 +139,11 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
                 unsafe { central.partial.remove(span) };
                 s.in_partial = false;
             }
+            if central.spare.len() < SPARES {
+                // SAFETY: the span is on no list; the spare list is ours.
+                unsafe { central.spare.push_front(span) };
+                continue;
+            }
             central.spans -= 1;
             // SAFETY: the span is wholly free, off every list, and no
             // pointer into it is live.
@@ -129,6 +154,29 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
             s.in_partial = true;
         }
     }
+}
+
+/// Gives every class's spare spans back to the page heap; returns how many.
+pub fn release_spares() -> usize {
+    let mut n = 0;
+    for c in &CENTRAL {
+        let mut central = c.0.lock();
+        loop {
+            let span = central.spare.first();
+            if span.is_null() {
+                break;
+            }
+            // SAFETY: the spare is wholly free and on this class's list; off
+            // it, nothing refers to it.
+            unsafe {
+                central.spare.remove(span);
+                release_span(span);
+            }
+            central.spans -= 1;
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Makes a new span of `class` from the page heap, or null.
