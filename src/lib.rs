@@ -31,6 +31,8 @@
 
 pub mod scavenge;
 pub mod sync;
+#[cfg(all(test, not(loom)))]
+mod testutil;
 
 #[cfg(not(loom))]
 mod api;

@@ -412,18 +412,7 @@ pub unsafe fn huge_page_hint(addr: usize, size: usize, hint: HugePageHint) -> Re
 
 /// Sleeps while `word` holds `expected` (or until a spurious wake-up).
 pub fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: `word` is a live, aligned 32-bit atomic for the whole call; a
-    // null timeout means wait without a deadline. EINTR and EAGAIN are
-    // ordinary outcomes that the caller's loop re-checks.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            core::ptr::null::<libc::timespec>(),
-        );
-    }
+    futex_wait_until(word, expected, None);
 }
 
 /// Sleeps while `word` holds `expected`, for at most `timeout_ns`
@@ -433,16 +422,16 @@ pub fn futex_wait_timeout(word: &AtomicU32, expected: u32, timeout_ns: u64) {
         tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
     };
-    // SAFETY: `word` is a live, aligned 32-bit atomic and `ts` a valid
-    // relative timeout for the whole call.
+    futex_wait_until(word, expected, Some(&ts));
+}
+
+fn futex_wait_until(word: &AtomicU32, expected: u32, timeout: Option<&libc::timespec>) {
+    let ts = timeout.map_or(core::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned 32-bit atomic and `ts` null (no
+    // deadline) or a valid relative timeout for the whole call. EINTR,
+    // EAGAIN and ETIMEDOUT are ordinary outcomes that callers re-check.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const libc::timespec,
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, ts);
     }
 }
 

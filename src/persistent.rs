@@ -86,14 +86,13 @@ pub fn used_bytes() -> usize {
 
 /// Takes the metadata lock and keeps it, before `fork()`.
 pub(crate) fn lock_for_fork() {
-    core::mem::forget(BUMP.lock());
+    BUMP.hold_for_fork();
 }
 
 /// Releases the lock taken by [`lock_for_fork`].
 pub(crate) fn unlock_after_fork() {
-    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
-    // guard.
-    unsafe { BUMP.force_unlock() };
+    // SAFETY: `lock_for_fork` held it on this thread.
+    unsafe { BUMP.release_after_fork() };
 }
 
 #[cfg(test)]

@@ -426,19 +426,7 @@ impl ChunkData {
 mod tests {
     use super::*;
 
-    /// A tiny deterministic generator for tests (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::testutil::Rng;
 
     fn naive_runs(bits: &PageBits) -> (usize, usize, usize) {
         let free: Vec<bool> = (0..CHUNK_PAGES).map(|i| !bits.get(i)).collect();
@@ -502,7 +490,7 @@ mod tests {
 
     #[test]
     fn summarize_matches_naive_on_random_maps() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         for _ in 0..20_000 {
             let b = random_bits(&mut rng);
             assert_eq!(b.summarize().unpack(), naive_runs(&b), "{b:x?}");
@@ -511,7 +499,7 @@ mod tests {
 
     #[test]
     fn find_matches_naive_on_random_maps() {
-        let mut rng = Rng(0xfeed_beef_cafe_f00d);
+        let mut rng = Rng::new(0xfeed_beef_cafe_f00d);
         for _ in 0..20_000 {
             let mut b = random_bits(&mut rng);
             // The search hint promises everything below it is in use.
@@ -576,7 +564,7 @@ mod tests {
 
     #[test]
     fn release_candidates_match_naive_model() {
-        let mut rng = Rng(0xabcd_ef01_2345_6789);
+        let mut rng = Rng::new(0xabcd_ef01_2345_6789);
         for round in 0..20_000 {
             let mut c = ChunkData { alloc: random_bits(&mut rng), ..ChunkData::default() };
             // Scavenged pages only where free.

@@ -219,12 +219,11 @@ pub static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap::new());
 
 /// Takes the heap lock and keeps it, before `fork()`.
 pub(crate) fn lock_for_fork() {
-    core::mem::forget(HEAP.lock());
+    HEAP.hold_for_fork();
 }
 
 /// Releases the lock taken by [`lock_for_fork`].
 pub(crate) fn unlock_after_fork() {
-    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
-    // guard.
-    unsafe { HEAP.force_unlock() };
+    // SAFETY: `lock_for_fork` held it on this thread.
+    unsafe { HEAP.release_after_fork() };
 }

@@ -222,15 +222,7 @@ impl Default for AddrRanges {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
+    use crate::testutil::Rng;
 
     /// The naive model: one flag per unit of address space.
     fn model_ranges(units: &[bool], unit: usize) -> Vec<AddrRange> {
@@ -292,7 +284,7 @@ mod tests {
     fn random_operations_match_naive_model() {
         const UNITS: usize = 400;
         const UNIT: usize = 0x1000;
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _round in 0..50 {
             let mut model = vec![false; UNITS];
             let mut r = AddrRanges::new();

@@ -29,38 +29,14 @@ const ROOT_PAGES: usize = 1 << LEVEL_LOG_PAGES[0];
 // ---------------------------------------------------------------------------
 // Random numbers.
 
-/// xorshift64* (Vigna); small, deterministic, good enough for tests.
-struct Rng(u64);
+use crate::testutil::Rng;
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // Spread the seed so that small seeds give unrelated streams; the
-        // state must not be zero.
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03 | 1)
-    }
+/// Page-heap specific draws.
+trait PageRng {
+    fn npages(&mut self) -> usize;
+}
 
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `[0, n)`; `n > 0`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// Uniform in `[lo, hi]`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `percent`/100.
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
+impl PageRng for Rng {
     /// A run length: single pages, small, medium (up to a chunk) and
     /// multi-chunk runs.
     fn npages(&mut self) -> usize {

@@ -424,14 +424,13 @@ pub fn metadata_bytes() -> usize {
 
 /// Takes the registry lock and keeps it, before `fork()`.
 pub(crate) fn lock_for_fork() {
-    core::mem::forget(REGISTRY.lock());
+    REGISTRY.hold_for_fork();
 }
 
 /// Releases the lock taken by [`lock_for_fork`].
 pub(crate) fn unlock_after_fork() {
-    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
-    // guard.
-    unsafe { REGISTRY.force_unlock() };
+    // SAFETY: `lock_for_fork` held it on this thread.
+    unsafe { REGISTRY.release_after_fork() };
 }
 
 #[cfg(test)]

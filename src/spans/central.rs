@@ -217,15 +217,14 @@ unsafe fn release_span(span: *mut Span) {
 /// Takes every class lock and keeps them, before `fork()`.
 pub(crate) fn lock_for_fork() {
     for c in &CENTRAL {
-        core::mem::forget(c.0.lock());
+        c.0.hold_for_fork();
     }
 }
 
 /// Releases the locks taken by [`lock_for_fork`].
 pub(crate) fn unlock_after_fork() {
     for c in &CENTRAL {
-        // SAFETY: `lock_for_fork` took this lock on this thread and forgot
-        // the guard.
-        unsafe { c.0.force_unlock() };
+        // SAFETY: `lock_for_fork` held it on this thread.
+        unsafe { c.0.release_after_fork() };
     }
 }

@@ -316,14 +316,13 @@ pub fn record_bytes() -> usize {
 
 /// Takes the pool's lock and keeps it, before `fork()`.
 pub(crate) fn lock_for_fork() {
-    core::mem::forget(POOL.lock());
+    POOL.hold_for_fork();
 }
 
 /// Releases the lock taken by [`lock_for_fork`], in parent or child.
 pub(crate) fn unlock_after_fork() {
-    // SAFETY: `lock_for_fork` took the lock on this thread and forgot the
-    // guard; the data is consistent because the holder finished its work.
-    unsafe { POOL.force_unlock() };
+    // SAFETY: `lock_for_fork` held it on this thread.
+    unsafe { POOL.release_after_fork() };
 }
 
 #[cfg(test)]

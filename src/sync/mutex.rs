@@ -114,6 +114,26 @@ impl<T> Mutex<T> {
         self.data.get_mut()
     }
 
+    /// Takes the lock and keeps it held with no guard: before `fork()`, so
+    /// that the child starts with consistent data. Undo with
+    /// [`release_after_fork`](Self::release_after_fork).
+    pub fn hold_for_fork(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken by [`hold_for_fork`](Self::hold_for_fork), in
+    /// the parent or the child.
+    ///
+    /// # Safety
+    ///
+    /// This thread called `hold_for_fork` on this lock and has not released
+    /// it since.
+    pub unsafe fn release_after_fork(&self) {
+        // SAFETY: per the contract, this thread holds the lock with its
+        // guard forgotten.
+        unsafe { self.force_unlock() };
+    }
+
     /// Unlocks a lock whose guard was forgotten with `mem::forget`, waking
     /// a waiter if there is one.
     ///
