@@ -58,8 +58,11 @@ pub struct Stats {
     pub small_free: usize,
     /// The tail of each span that no object fits in.
     pub small_waste: usize,
-    /// Pages held by large objects.
+    /// Pages held by large objects, including freed ones kept in thread
+    /// caches (`large_cached`).
     pub large_pages: usize,
+    /// Pages of freed large objects kept in thread caches for reuse.
+    pub large_cached: usize,
     /// Bytes users asked for in large objects.
     pub large_allocated: usize,
     /// Live large objects (a count).
@@ -121,6 +124,7 @@ pub fn stats() -> Stats {
         small_free: 0,
         small_waste: 0,
         large_pages: 0,
+        large_cached: 0,
         large_allocated: 0,
         large_objects: 0,
         metadata: 0,
@@ -154,8 +158,9 @@ pub fn stats() -> Stats {
         s.small_free += cs.free * size;
         s.small_waste += counts.spans * (sizeclass::class_span_bytes(class) - sizeclass::class_objects(class) * size);
     }
-    let (large_pages, large_bytes, large_count) = large::counts();
+    let (large_pages, large_bytes, large_count, large_cached) = large::counts();
     s.large_pages = large_pages * PAGE_SIZE;
+    s.large_cached = large_cached * PAGE_SIZE;
     s.large_allocated = large_bytes;
     s.large_objects = large_count;
     let heap = HEAP.lock().stats();
@@ -175,7 +180,7 @@ fn mib(bytes: usize) -> f64 {
 /// Prints a readable summary to stderr, one `write` per line, without
 /// allocating.
 pub fn print(s: &Stats) {
-    let lines: [(&str, usize); 17] = [
+    let lines: [(&str, usize); 18] = [
         ("mapped", s.mapped),
         ("retained (mapped - released)", s.retained()),
         ("heap in use", s.heap_in_use),
@@ -188,6 +193,7 @@ pub fn print(s: &Stats) {
         ("  span tails", s.small_waste),
         ("large objects (pages)", s.large_pages),
         ("  requested", s.large_allocated),
+        ("  freed, cached in threads", s.large_cached),
         ("metadata", s.metadata),
         ("released: background", s.released_background),
         ("released: heap growth", s.released_eager),

@@ -75,8 +75,11 @@ fn child() {
             // SAFETY: deliberately wrong, as above.
             unsafe { dealloc(p, Layout::from_size_align(50_000, 8).unwrap()) };
         }
-        "double_large" => {
-            let layout = Layout::from_size_align(100_000, 8).unwrap();
+        "double_large" | "double_large_cached" => {
+            // 100,000 bytes go back to the page heap when freed; 40,000 (five
+            // pages) stay in the thread's large-object cache.
+            let size = if case == "double_large" { 100_000 } else { 40_000 };
+            let layout = Layout::from_size_align(size, 8).unwrap();
             // SAFETY: non-zero size; then freed twice on purpose.
             unsafe {
                 let p = alloc(layout);
@@ -218,6 +221,11 @@ fn foreign_large_free_stops_the_process() {
 #[test]
 fn double_free_of_a_large_object_stops_the_process() {
     assert_fatal("double_large", "not an allocated large object");
+}
+
+#[test]
+fn double_free_of_a_cached_large_object_stops_the_process() {
+    assert_fatal("double_large_cached", "not an allocated large object");
 }
 
 #[test]

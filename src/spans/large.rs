@@ -9,8 +9,8 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::pagemap;
 use super::span::{self, SpanKind};
+use super::{cache, pagemap};
 use crate::os;
 use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
@@ -23,10 +23,19 @@ static LARGE_PAGES: AtomicUsize = AtomicUsize::new(0);
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Large objects live.
 static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Pages of freed large objects kept in thread caches (part of
+/// `LARGE_PAGES`).
+static CACHED_PAGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Pages, requested bytes and number of live large objects.
-pub fn counts() -> (usize, usize, usize) {
-    (LARGE_PAGES.load(Ordering::Relaxed), LARGE_BYTES.load(Ordering::Relaxed), LARGE_COUNT.load(Ordering::Relaxed))
+/// Pages (live and cached), requested bytes, number of live large objects,
+/// and pages of freed ones kept in thread caches.
+pub fn counts() -> (usize, usize, usize, usize) {
+    (
+        LARGE_PAGES.load(Ordering::Relaxed),
+        LARGE_BYTES.load(Ordering::Relaxed),
+        LARGE_COUNT.load(Ordering::Relaxed),
+        CACHED_PAGES.load(Ordering::Relaxed),
+    )
 }
 
 /// A fresh large allocation.
@@ -44,6 +53,18 @@ pub struct LargeAlloc {
 pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc> {
     let npages = size.checked_add(PAGE_SIZE - 1)? / PAGE_SIZE + extra_pages;
     let align_pages = (align / PAGE_SIZE).max(1);
+    if align_pages == 1 {
+        let cached = cache::take_large(npages);
+        // SAFETY: a span of this thread's cache, now out of it: ours.
+        if let Some(s) = unsafe { cached.as_mut() } {
+            s.kind = SpanKind::Large;
+            s.large_bytes = size;
+            CACHED_PAGES.fetch_sub(npages, Ordering::Relaxed);
+            LARGE_BYTES.fetch_add(size, Ordering::Relaxed);
+            LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
+            return Some(LargeAlloc { ptr: s.base as *mut u8, zeroed: false });
+        }
+    }
     let record = span::alloc_record();
     if record.is_null() {
         return None;
@@ -95,13 +116,37 @@ fn record_of(ptr: *mut u8, what: &str) -> &'static mut span::Span {
 pub unsafe fn dealloc(ptr: *mut u8) {
     let s = record_of(ptr, "free");
     let (base, npages, bytes) = (s.base, s.npages, s.large_bytes);
+    LARGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+    LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
+    // Marked first, so that a double free of a cached object is caught.
+    s.kind = SpanKind::CachedLarge;
+    if cache::keep_large(s, npages) {
+        CACHED_PAGES.fetch_add(npages, Ordering::Relaxed);
+        return;
+    }
     pagemap::set(base, 1, ptr::null_mut());
     scavenge::free_pages(base, npages);
     LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
-    LARGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
-    LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
     // SAFETY: the page-map entry is cleared, so nothing reaches the record.
     unsafe { span::free_record(s) };
+}
+
+/// Gives a large object's span that a thread cache kept back to the page
+/// heap.
+///
+/// # Safety
+///
+/// `span` was kept by [`cache::keep_large`] and has been taken out of the
+/// cache.
+pub(crate) unsafe fn discard_cached(span: *mut span::Span) {
+    // SAFETY: per the contract the record is ours.
+    let (base, npages) = unsafe { ((*span).base, (*span).npages) };
+    pagemap::set(base, 1, ptr::null_mut());
+    scavenge::free_pages(base, npages);
+    LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
+    CACHED_PAGES.fetch_sub(npages, Ordering::Relaxed);
+    // SAFETY: its page-map entry is cleared; nothing reaches it.
+    unsafe { span::free_record(span) };
 }
 
 /// Resizes the large object at `ptr` to `new_size` bytes without moving

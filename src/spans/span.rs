@@ -29,6 +29,8 @@ pub enum SpanKind {
     Small,
     /// One large object.
     Large,
+    /// A freed large object kept in a thread cache for reuse.
+    CachedLarge,
 }
 
 /// The metadata of one span.
