@@ -50,7 +50,7 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
         c.print_stats = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_STATS", v, "0", false));
     }
     if let Some(v) = lookup(c"SCAVALLOC_RELEASE") {
-        c.release_mode = match trim(v) {
+        c.release_mode = match v.trim_ascii() {
             b"dontneed" | b"DONTNEED" => ReleaseMode::DontNeed,
             b"free" | b"FREE" => ReleaseMode::Free,
             _ => bad_value("SCAVALLOC_RELEASE", v, "dontneed", ReleaseMode::DontNeed),
@@ -66,7 +66,7 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             .unwrap_or_else(|| bad_value("SCAVALLOC_RETAIN_EXTRA_PERCENT", v, "10", 10));
     }
     if let Some(v) = lookup(c"SCAVALLOC_MEMLIMIT") {
-        s.memory_limit = match trim(v) {
+        s.memory_limit = match v.trim_ascii() {
             b"" | b"off" | b"none" => None,
             _ => match parse_bytes(v).and_then(|b| usize::try_from(b).ok()) {
                 Some(0) => None,
@@ -87,7 +87,7 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
 /// A percentage above 0 and at most 100, with up to three decimals
 /// (`1`, `0.5`, `2.25`).
 pub fn parse_percent(v: &[u8]) -> Option<f64> {
-    let v = trim(v);
+    let v = v.trim_ascii();
     let (int, frac) = match v.iter().position(|&b| b == b'.') {
         Some(dot) => (&v[..dot], &v[dot + 1..]),
         None => (v, &b""[..]),
@@ -118,15 +118,9 @@ fn bad_value<T>(name: &str, value: &[u8], shown_default: &str, default: T) -> T 
     default
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
 /// `0`/`1` (also `false`/`true`, `off`/`on`).
 pub fn parse_flag(v: &[u8]) -> Option<bool> {
-    match trim(v) {
+    match v.trim_ascii() {
         b"1" | b"true" | b"on" | b"yes" => Some(true),
         b"0" | b"false" | b"off" | b"no" => Some(false),
         _ => None,
@@ -135,7 +129,7 @@ pub fn parse_flag(v: &[u8]) -> Option<bool> {
 
 /// A non-negative integer no larger than `max`.
 pub fn parse_uint(v: &[u8], max: u64) -> Option<u64> {
-    let v = trim(v);
+    let v = v.trim_ascii();
     if v.is_empty() {
         return None;
     }
@@ -153,10 +147,10 @@ pub fn parse_uint(v: &[u8], max: u64) -> Option<u64> {
 /// (also `K`, `M`, `G`, `T`, and `KB`/`MB`/`GB`/`TB` meaning the same powers of
 /// 1024, as Go's `GOMEMLIMIT` does not, but users write them).
 pub fn parse_bytes(v: &[u8]) -> Option<u64> {
-    let v = trim(v);
+    let v = v.trim_ascii();
     let digits = v.iter().position(|b| !b.is_ascii_digit()).unwrap_or(v.len());
     let n = parse_uint(&v[..digits], u64::MAX)?;
-    let shift = match trim(&v[digits..]) {
+    let shift = match v[digits..].trim_ascii() {
         b"" | b"B" => 0,
         b"K" | b"KB" | b"KiB" => 10,
         b"M" | b"MB" | b"MiB" => 20,

@@ -124,7 +124,7 @@ fn read_sysfs_usize(path: &core::ffi::CStr) -> Option<usize> {
 
 /// Parses leading ASCII digits (surrounding white space allowed).
 pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<usize> {
-    let text = trim_ascii(bytes);
+    let text = bytes.trim_ascii();
     if text.is_empty() {
         return None;
     }
@@ -136,24 +136,6 @@ pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<usize> {
         value = value.checked_mul(10)?.checked_add((b - b'0') as usize)?;
     }
     Some(value)
-}
-
-fn trim_ascii(mut b: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = b {
-        if first.is_ascii_whitespace() {
-            b = rest;
-        } else {
-            break;
-        }
-    }
-    while let [rest @ .., last] = b {
-        if last.is_ascii_whitespace() {
-            b = rest;
-        } else {
-            break;
-        }
-    }
-    b
 }
 
 fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, OsError> {
