@@ -15,6 +15,7 @@
 //! | --- | --- | --- |
 //! | api | [`Scavalloc`], [`stats()`] | the `GlobalAlloc`, configuration ([`config`]), statistics ([`mod@stats`]) |
 //! | spans | [`spans`] | size classes, spans, the page map, central lists, thread caches, large objects |
+//! | scavenge | [`scavenge`] | the scavenge index, releasing free runs, goals (retained, memory limit), the background thread and its PI controller |
 //! | pages | [`pages`] | the page heap: 8 KiB pages in 4 MiB chunks, bitmaps, the summary radix tree, address ranges, heap growth |
 //! | os | [`os`] | system calls: address-space states, page sizes, futexes, stderr |
 //!
