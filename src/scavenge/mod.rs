@@ -13,7 +13,7 @@
 //! * The paths that release: the background thread ([`background`], paced by
 //!   the [`controller`]), the allocation path when the heap grows past the
 //!   retained goal or the memory limit ([`alloc_pages`]), and
-//!   [`release_all`].
+//!   [`crate::release_all`].
 //!
 //! The span layer takes and returns pages through [`alloc_pages`] and
 //! [`free_pages`], so that these policies see every change. This layer uses
@@ -50,7 +50,7 @@ mod imp {
         Eager,
         /// The memory limit: takes from any chunk.
         Limit,
-        /// [`release_all`]: everything free.
+        /// [`crate::release_all`]: everything free.
         Forced,
     }
 
