@@ -12,10 +12,11 @@
 //!    quanta until it has worked 1 ms (Go's `minScavWorkTime`) or the goal is
 //!    met, measured with the thread's own CPU clock (user and system time,
 //!    so the `madvise` calls count).
-//! 3. Between batches it sleeps `worked / ratio`, where the ratio comes from
-//!    the [`PiController`] so that its CPU use averages the configured share
-//!    of the whole machine (divided by the CPUs the process may use, as Go
-//!    divides by GOMAXPROCS). If the controller breaks down it sleeps at the
+//! 3. Between batches it sleeps `worked / ratio` (once the budget banked
+//!    while parked, at most one second's worth, is spent), where the ratio
+//!    comes from the [`PiController`] so that its CPU use averages the
+//!    configured share of the whole machine (divided by the CPUs the process
+//!    may use, as Go divides by GOMAXPROCS). If the controller breaks down it sleeps at the
 //!    starting ratio for a 5 s cooldown and starts afresh.
 //! 4. At or under the goal it parks on a futex: until the next quarter
 //!    second if the goal can still fall (the window still holds a higher
@@ -75,6 +76,18 @@ fn steady_ratio(fraction: f64, cpus: f64) -> f64 {
 const QUANTUM: usize = 32 * (64 << 10);
 /// Work done before sleeping (Go's `minScavWorkTime`).
 const MIN_WORK_NS: u64 = 1_000_000;
+/// The CPU share is an average: time the thread spends parked banks
+/// budget (at the configured share), up to one second's worth, which the
+/// next work is allowed to use at once before the controller paces it. An
+/// idle process that frees a burst therefore starts giving memory back at
+/// full speed, and over any interval the thread uses at most its share plus
+/// one second's worth (20 ms at 1% of two CPUs).
+const BANK_NS: f64 = 1e9;
+
+fn bank_limit(cpus: f64) -> f64 {
+    BANK_NS * goals::cpu_fraction() * cpus
+}
+
 /// How long to hold the starting ratio after the controller fails.
 const COOLDOWN_NS: u64 = 5_000_000_000;
 
@@ -170,6 +183,9 @@ struct Scavenger {
     controller: PiController,
     ratio: f64,
     cooldown_ns: u64,
+    /// CPU time banked while parked, spent on work before any sleep (see
+    /// [`BANK_NS`]).
+    banked_ns: f64,
     controller_reset: bool,
     window: PeakWindow,
     last_tick: u64,
@@ -197,6 +213,7 @@ impl Scavenger {
             controller,
             ratio,
             cooldown_ns: 0,
+            banked_ns: bank_limit(cpus),
             controller_reset: false,
             window: PeakWindow::default(),
             last_tick: 0,
@@ -222,6 +239,11 @@ impl Scavenger {
                 continue;
             }
             let (worked, released) = self.work(goal);
+            if released > 0 && self.banked_ns >= worked as f64 {
+                // Spend the budget saved while idle before pacing kicks in.
+                self.banked_ns -= worked as f64;
+                continue;
+            }
             if released == 0 {
                 // Over the goal, but nothing it may release: the free pages
                 // are in dense chunks (spared for two generations) or
@@ -311,6 +333,14 @@ impl Scavenger {
     /// holds a higher peak than now), else until a free wakes it.
     fn park(&mut self, now: u64, goal: usize, goal_may_fall: bool) {
         self.trace_line(now);
+        let start = os::monotonic_ns();
+        self.park_inner(goal, goal_may_fall);
+        let parked = os::monotonic_ns().saturating_sub(start) as f64;
+        let share = goals::cpu_fraction() * self.cpus;
+        self.banked_ns = (self.banked_ns + parked * share).min(bank_limit(self.cpus));
+    }
+
+    fn park_inner(&mut self, goal: usize, goal_may_fall: bool) {
         if goal_may_fall {
             let until_tick = (self.last_tick + SLOT_NS).saturating_sub(os::monotonic_ns()).max(1_000_000);
             nap(until_tick);
