@@ -148,10 +148,19 @@ fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, 
     NonNull::new(p.cast()).ok_or(OsError { errno: libc::ENOMEM })
 }
 
-const RESERVE_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+/// Address space for the heap is reserved *with* commit accounting: the
+/// reservation itself (no access) costs nothing, but making it writable is
+/// then checked by the kernel's overcommit policy, as glibc's mappings are,
+/// so an absurd request (more than RAM and swap under the default policy)
+/// fails and returns null instead of succeeding on paper.
+const RESERVE_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+/// Metadata tables are mapped whole and touched sparsely; they are not
+/// charged against the commit limit.
+const SPARSE_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
 /// Reserves `size` bytes of address space aligned to `align` (a power of two,
-/// at least the page size), with no access and no commit charge.
+/// at least the page size), with no access and no commit charge (the charge
+/// comes with [`map_ready`]).
 pub fn reserve(size: usize, align: usize) -> Result<NonNull<u8>, OsError> {
     debug_assert!(align.is_power_of_two() && align >= page_size());
     debug_assert!(size.is_multiple_of(page_size()));
@@ -360,7 +369,7 @@ pub unsafe fn unmap(addr: usize, size: usize) {
 /// metadata. Pages cost physical memory only once touched, so sparse tables
 /// may be mapped whole (no commit charge is taken for them either).
 pub fn alloc_ready(size: usize) -> Result<NonNull<u8>, OsError> {
-    mmap(0, size, libc::PROT_READ | libc::PROT_WRITE, RESERVE_FLAGS)
+    mmap(0, size, libc::PROT_READ | libc::PROT_WRITE, SPARSE_FLAGS)
 }
 
 /// Which way to steer transparent huge pages for a range.

@@ -226,11 +226,25 @@ pub fn push(class: usize, object: *mut u8) -> bool {
     if n >= bin.cap {
         return false;
     }
+    // The cheapest double-free check there is: the same object freed twice
+    // in a row lands on top of the stack twice. (Others are caught when the
+    // object goes back to its span.)
+    // SAFETY: n > 0 only in a real cache owned by this thread, whose slot
+    // n - 1 is initialised.
+    if n > 0 && unsafe { *bin.slots.add(n as usize - 1) } == object {
+        double_free(object);
+    }
     // SAFETY: n < cap only in a real cache owned by this thread; slot n is
     // within its stack.
     unsafe { *bin.slots.add(n as usize) = object };
     bin.count.store(n + 1, Ordering::Relaxed);
     true
+}
+
+#[cold]
+#[inline(never)]
+fn double_free(object: *mut u8) -> ! {
+    crate::report::fatal(format_args!("double free of {:#x}", object as usize))
 }
 
 /// The allocation slow path: refills the stack of `class` (attaching a

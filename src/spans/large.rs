@@ -170,9 +170,10 @@ pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
         }
         s.npages = need;
         LARGE_PAGES.fetch_add(extra, Ordering::Relaxed);
-    } else if need < have {
-        // Shrinking gives the tail back at once (including any room left
-        // for growth): the caller asked for less memory.
+    } else if need < have && new_size < s.large_bytes {
+        // A real shrink gives the tail back at once (including any room
+        // left for growth): the caller asked for less memory. Growing into
+        // the room keeps the rest of it.
         scavenge::free_pages(s.base + need * PAGE_SIZE, have - need);
         s.npages = need;
         LARGE_PAGES.fetch_sub(have - need, Ordering::Relaxed);
