@@ -257,8 +257,8 @@ impl Scavenger {
         }
     }
 
-    /// Closes a window slot: records the peak, starts a generation once a
-    /// second, prints a trace line if there is news.
+    /// Closes a window slot: records the peak; every half second starts a
+    /// density generation and prints a trace line if there is news.
     fn tick(&mut self, now: u64) {
         let peak = HEAP.lock().take_peak_in_use();
         self.window.push(now, peak);
