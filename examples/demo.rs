@@ -38,7 +38,11 @@ fn rss_mib() -> f64 {
 /// One burst: `threads` workers each build `mib` MiB of "requests" (buffers
 /// of 64 B to 16 KiB, with a session map and a log line each), and keep
 /// one in ten. Returns the kept objects and the requests handled.
-fn burst(threads: usize, mib: usize) -> (Vec<Vec<Vec<u8>>>, Vec<HashMap<u64, String>>, u64) {
+/// What a burst leaves alive: each worker's kept requests and sessions, and
+/// the number of requests handled.
+type Survivors = (Vec<Vec<Vec<u8>>>, Vec<HashMap<u64, String>>, u64);
+
+fn burst(threads: usize, mib: usize) -> Survivors {
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
@@ -55,7 +59,7 @@ fn burst(threads: usize, mib: usize) -> (Vec<Vec<Vec<u8>>>, Vec<HashMap<u64, Str
                     x ^= x << 17;
                     let size = 64 + (x % 16_320) as usize;
                     queue.push(vec![(n % 251) as u8; size]);
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         sessions.insert(n, format!("request {n} from client {} took {} us", x % 1000, size / 7));
                     }
                     bytes += size;
@@ -64,7 +68,7 @@ fn burst(threads: usize, mib: usize) -> (Vec<Vec<Vec<u8>>>, Vec<HashMap<u64, Str
                 let mut i = 0;
                 queue.retain(|_| {
                     i += 1;
-                    i % 10 == 0
+                    i.is_multiple_of(10)
                 });
                 let kept = queue;
                 (kept, sessions, n)
