@@ -65,7 +65,7 @@ fn burst(threads: usize, mib: usize) -> Survivors {
                     bytes += size;
                     n += 1;
                 }
-                let mut i = 0;
+                let mut i = 0u64;
                 queue.retain(|_| {
                     i += 1;
                     i.is_multiple_of(10)
