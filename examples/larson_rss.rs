@@ -26,9 +26,6 @@
 //! (`VmHWM`) and RSS (`VmRSS`) after the run, from `/proc/self/status`, and
 //! the time.
 
-use std::alloc::{handle_alloc_error, GlobalAlloc, Layout};
-use std::ptr;
-use std::sync::mpsc;
 use std::time::Instant;
 
 #[path = "support/dispatch.rs"]
@@ -38,88 +35,9 @@ use dispatch::{Dispatch, SCAVALLOC, SYSTEM};
 #[global_allocator]
 static GLOBAL: Dispatch = Dispatch;
 
-// ---------------------------------------------------------------------------
-// The workload, as in benches/alloc.rs (kept in step with it), run here on
-// the global allocator.
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
-    }
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-/// # Safety
-///
-/// `size` is non-zero.
-unsafe fn alloc_touch<A: GlobalAlloc>(a: &A, size: usize) -> *mut u8 {
-    let l = layout(size);
-    // SAFETY: non-zero size (the caller's promise).
-    let p = unsafe { a.alloc(l) };
-    if p.is_null() {
-        handle_alloc_error(l);
-    }
-    // SAFETY: `p` is valid for `size >= 1` bytes.
-    unsafe { ptr::write_volatile(p, 1) };
-    p
-}
-
-const THREADS: usize = 4;
-const SLOTS: usize = 5000;
-const STEPS: usize = 5000;
-
-fn larson_size(rng: &mut Rng) -> usize {
-    8 + rng.below(993)
-}
-
-fn larson<A: GlobalAlloc + Sync>(a: &A, threads: usize, rounds: usize) {
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<Vec<(usize, usize)>>()).unzip();
-    std::thread::scope(|scope| {
-        for (t, rx) in rxs.into_iter().enumerate() {
-            let tx = txs[(t + 1) % threads].clone();
-            scope.spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1));
-                let mut slots: Vec<(usize, usize)> = (0..SLOTS)
-                    .map(|_| {
-                        let s = larson_size(&mut rng);
-                        // SAFETY: non-zero size.
-                        (unsafe { alloc_touch(a, s) } as usize, s)
-                    })
-                    .collect();
-                for _ in 0..rounds {
-                    for _ in 0..STEPS {
-                        let i = rng.below(SLOTS);
-                        let (p, s) = slots[i];
-                        // SAFETY: allocated by `a` with this layout (here or
-                        // in another thread), freed once.
-                        unsafe { a.dealloc(p as *mut u8, layout(s)) };
-                        let s = larson_size(&mut rng);
-                        // SAFETY: non-zero size.
-                        slots[i] = (unsafe { alloc_touch(a, s) } as usize, s);
-                    }
-                    tx.send(slots.split_off(SLOTS / 2)).unwrap();
-                    slots.extend(rx.recv().unwrap());
-                }
-                for (p, s) in slots {
-                    // SAFETY: allocated by `a` with this layout, freed once.
-                    unsafe { a.dealloc(p as *mut u8, layout(s)) };
-                }
-            });
-        }
-    });
-}
+#[path = "support/workload.rs"]
+mod workload;
+use workload::{larson, LARSON_SLOTS as SLOTS, LARSON_STEPS as STEPS, LARSON_THREADS as THREADS};
 
 /// A `kB` field of `/proc/self/status`, in MiB.
 fn status_mib(field: &str) -> f64 {
