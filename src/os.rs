@@ -255,11 +255,12 @@ pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
     Ok(())
 }
 
-/// The pid whose pidfd is cached, and the pidfd (or -1 when
-/// `process_madvise` on ourselves does not work on this kernel). A forked
-/// child has another pid, so it never advises its parent's memory through an
-/// inherited pidfd.
-static SELF_PIDFD: spin::Mutex<(i32, i32)> = spin::Mutex::new((0, -1));
+/// The pid whose pidfd is cached (high 32 bits) and the pidfd (low 32
+/// bits), 0 before the first use. A forked child has another pid, so it
+/// never advises its parent's memory through an inherited pidfd. An atomic
+/// rather than a lock: a lock held by another thread at `fork()` would stay
+/// held forever in the child.
+static SELF_PIDFD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static VECTORED_RELEASE_BROKEN: AtomicU8 = AtomicU8::new(0);
 
 /// Releases many ranges at once, as [`release`] does each: with one
@@ -289,15 +290,27 @@ pub unsafe fn release_many(ranges: &[(usize, usize)], released: &mut [bool]) {
 unsafe fn release_vectored(ranges: &[(usize, usize)]) -> usize {
     // SAFETY: `getpid` has no preconditions.
     let pid = unsafe { libc::getpid() };
-    let pidfd = {
-        let mut cached = SELF_PIDFD.lock();
-        if cached.0 != pid {
-            // SAFETY: pidfd_open takes a pid and flags; the result is a new
-            // descriptor (always close-on-exec) or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-            *cached = (pid, fd);
+    let cached = SELF_PIDFD.load(Ordering::Acquire);
+    let pidfd = if cached != 0 && (cached >> 32) as i32 == pid {
+        cached as u32 as i32
+    } else {
+        // SAFETY: pidfd_open takes a pid and flags; the result is a new
+        // descriptor (always close-on-exec) or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        let word = ((pid as u32 as u64) << 32) | fd as u32 as u64;
+        if SELF_PIDFD.compare_exchange(cached, word, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if cached != 0 && (cached as u32 as i32) >= 0 {
+                // The parent's pidfd, inherited across fork: not ours to use.
+                // SAFETY: a descriptor this process holds and no longer uses.
+                unsafe { libc::close(cached as u32 as i32) };
+            }
+        } else if fd >= 0 {
+            // Another thread installed one first; ours is not needed.
+            // SAFETY: the descriptor we just opened, used by nobody.
+            unsafe { libc::close(fd) };
+            return 0;
         }
-        cached.1
+        fd
     };
     if pidfd < 0 {
         VECTORED_RELEASE_BROKEN.store(1, Ordering::Relaxed);
