@@ -158,8 +158,7 @@ pub fn stats() -> Stats {
         s.small_free += cs.free * size;
         s.small_waste += counts.spans * (sizeclass::class_span_bytes(class) - sizeclass::class_objects(class) * size);
     }
-    let (large_pages, large_bytes, large_count, large_cached) = large::counts();
-    s.large_pages = large_pages * PAGE_SIZE;
+    let (large_bytes, large_count, large_cached) = large::counts();
     s.large_cached = large_cached * PAGE_SIZE;
     s.large_allocated = large_bytes;
     s.large_objects = large_count;
@@ -168,6 +167,7 @@ pub fn stats() -> Stats {
     s.heap_in_use = heap.in_use;
     s.heap_free = heap.free_unscavenged;
     s.heap_released = heap.released;
+    s.large_pages = heap.large;
     s.metadata = heap.metadata + persistent::mapped_bytes() + pagemap::metadata_bytes(heap.mapped);
     s.thread_caches = cache::cache_counts().0;
     s

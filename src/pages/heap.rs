@@ -21,10 +21,23 @@ use super::{PageAlloc, PageRun, CHUNK_BYTES, PAGE_SIZE};
 /// Address space reserved at a time when growing.
 const RESERVATION_BYTES: usize = 1 << 30;
 
+/// What a run of pages is for, counted under the heap lock so that the
+/// statistics stay consistent with the heap's own figures even in a child
+/// forked in the middle of another thread's allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunUse {
+    /// A small-object span.
+    Span,
+    /// A large object.
+    Large,
+}
+
 /// The page allocator and the address space reserved for it but not yet
 /// handed over.
 pub struct PageHeap {
     pages: PageAlloc,
+    /// Pages handed out for [`RunUse::Large`].
+    large_pages: usize,
     /// Reserved address space `[base, limit)` not yet given to `pages`.
     reserve: AddrRange,
 }
@@ -43,12 +56,14 @@ pub struct PageHeapStats {
     pub released: usize,
     /// Bytes of memory holding the page heap's own metadata.
     pub metadata: usize,
+    /// Bytes of `in_use` handed out for large objects.
+    pub large: usize,
 }
 
 impl PageHeap {
     /// An empty heap that owns nothing yet.
     pub const fn new() -> Self {
-        PageHeap { pages: PageAlloc::with_index(&INDEX), reserve: AddrRange { base: 0, limit: 0 } }
+        PageHeap { pages: PageAlloc::with_index(&INDEX), large_pages: 0, reserve: AddrRange { base: 0, limit: 0 } }
     }
 
     /// The page allocator, for callers that hold the heap lock.
@@ -56,16 +71,12 @@ impl PageHeap {
         &mut self.pages
     }
 
-    /// Allocates `npages` pages aligned to `align_pages` pages, growing the
-    /// heap if no free run fits. `None` means the OS refused more memory.
-    pub fn alloc(&mut self, npages: usize, align_pages: usize) -> Option<PageRun> {
-        self.alloc_growing(npages, align_pages).map(|(run, _)| run)
-    }
-
-    /// [`alloc`](Self::alloc), also returning how many bytes the heap grew
-    /// by to serve it.
-    pub fn alloc_growing(&mut self, npages: usize, align_pages: usize) -> Option<(PageRun, usize)> {
+    /// Allocates `npages` pages aligned to `align_pages` pages for `usage`,
+    /// growing the heap if no free run fits; also returns how many bytes the
+    /// heap grew by to serve it. `None` means the OS refused more memory.
+    pub fn alloc_growing(&mut self, npages: usize, align_pages: usize, usage: RunUse) -> Option<(PageRun, usize)> {
         if let Some(run) = self.pages.alloc_aligned(npages, align_pages) {
+            self.count(npages, usage, true);
             self.publish();
             return Some((run, 0));
         }
@@ -76,24 +87,37 @@ impl PageHeap {
         let before = self.pages.mapped_bytes();
         self.grow(need)?;
         let run = self.pages.alloc_aligned(npages, align_pages)?;
+        self.count(npages, usage, true);
         self.publish();
         Some((run, self.pages.mapped_bytes() - before))
     }
 
-    /// Gives `[base, base + npages * PAGE_SIZE)` back as free, unscavenged
-    /// pages.
-    pub fn free(&mut self, base: usize, npages: usize) {
+    /// Gives `[base, base + npages * PAGE_SIZE)`, allocated for `usage`,
+    /// back as free, unscavenged pages.
+    pub fn free(&mut self, base: usize, npages: usize, usage: RunUse) {
         self.pages.free(base, npages, false);
+        self.count(npages, usage, false);
         self.publish();
     }
 
-    /// Allocates exactly `[base, base + npages pages)` if all of it is free
-    /// (to grow a large object in place); returns whether it did.
+    fn count(&mut self, npages: usize, usage: RunUse, taken: bool) {
+        if usage == RunUse::Large {
+            if taken {
+                self.large_pages += npages;
+            } else {
+                self.large_pages -= npages;
+            }
+        }
+    }
+
+    /// Allocates exactly `[base, base + npages pages)` if all of it is free,
+    /// to grow a large object in place; returns whether it did.
     pub fn alloc_at(&mut self, base: usize, npages: usize) -> bool {
         if !self.pages.is_free(base, npages) {
             return false;
         }
         self.pages.alloc_range(base, npages);
+        self.count(npages, RunUse::Large, true);
         self.publish();
         true
     }
@@ -139,6 +163,7 @@ impl PageHeap {
             free_unscavenged: p.pages_free_unscavenged() * PAGE_SIZE,
             released: p.pages_scavenged() * PAGE_SIZE,
             metadata: p.metadata_bytes(),
+            large: self.large_pages * PAGE_SIZE,
         }
     }
 

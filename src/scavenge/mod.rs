@@ -37,7 +37,7 @@ mod imp {
 
     use super::{background, goals};
     use crate::os;
-    use crate::pages::heap::{self, HEAP};
+    use crate::pages::heap::{self, RunUse, HEAP};
     use crate::pages::{PageRun, ReleaseCandidate, CHUNK_PAGES, PAGE_SIZE};
 
     /// Which path a release serves (for the statistics, and for whether
@@ -157,13 +157,14 @@ mod imp {
         released
     }
 
-    /// Takes `npages` pages aligned to `align_pages` from the page heap;
+    /// Takes `npages` pages aligned to `align_pages` from the page heap, for
+    /// `usage`;
     /// afterwards, if the allocation took released pages back into use while
     /// over the memory limit, or grew the heap while over the retained goal,
     /// releases free pages to make up for it (Go's heap-growth and
     /// memory-limit scavenging). Never holds the heap lock while releasing.
-    pub fn alloc_pages(npages: usize, align_pages: usize) -> Option<PageRun> {
-        let (run, grown) = HEAP.lock().alloc_growing(npages, align_pages)?;
+    pub fn alloc_pages(npages: usize, align_pages: usize, usage: RunUse) -> Option<PageRun> {
+        let (run, grown) = HEAP.lock().alloc_growing(npages, align_pages, usage)?;
         let retained = heap::RETAINED.load(Ordering::Relaxed);
         let mut limit_todo = 0;
         if let Some(limit) = goals::memory_limit() {
@@ -194,8 +195,8 @@ mod imp {
 
     /// Gives pages back to the page heap, and wakes the background
     /// scavenger if that pushed retained memory over its goal.
-    pub fn free_pages(base: usize, npages: usize) {
-        HEAP.lock().free(base, npages);
+    pub fn free_pages(base: usize, npages: usize, usage: RunUse) {
+        HEAP.lock().free(base, npages, usage);
         background::wake_if_over_goal();
     }
 

@@ -21,6 +21,7 @@ use super::pagemap;
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
 use crate::report::fatal;
+use crate::pages::heap::RunUse;
 use crate::scavenge;
 use crate::sync::Mutex;
 
@@ -182,7 +183,7 @@ pub fn release_spares() -> usize {
 /// Makes a new span of `class` from the page heap, or null.
 fn new_span(class: usize) -> *mut Span {
     let npages = sizeclass::class_pages(class);
-    let Some(run) = scavenge::alloc_pages(npages, sizeclass::class_span_align_pages(class)) else {
+    let Some(run) = scavenge::alloc_pages(npages, sizeclass::class_span_align_pages(class), RunUse::Span) else {
         return ptr::null_mut();
     };
     let record = span::alloc_record();
@@ -191,7 +192,7 @@ fn new_span(class: usize) -> *mut Span {
             // SAFETY: the record is fresh and unused.
             unsafe { span::free_record(record) };
         }
-        scavenge::free_pages(run.base, npages);
+        scavenge::free_pages(run.base, npages, RunUse::Span);
         return ptr::null_mut();
     }
     // SAFETY: a fresh record that only we know of.
@@ -209,7 +210,7 @@ unsafe fn release_span(span: *mut Span) {
     // SAFETY: per the contract the record is ours.
     let (base, npages) = unsafe { ((*span).base, (*span).npages) };
     pagemap::set(base, npages, ptr::null_mut());
-    scavenge::free_pages(base, npages);
+    scavenge::free_pages(base, npages, RunUse::Span);
     // SAFETY: its page-map entries are cleared; nothing can reach it.
     unsafe { span::free_record(span) };
 }

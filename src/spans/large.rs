@@ -12,26 +12,23 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use super::span::{self, SpanKind};
 use super::{cache, pagemap};
 use crate::os;
-use crate::pages::heap::HEAP;
+use crate::pages::heap::{RunUse, HEAP};
 use crate::pages::PAGE_SIZE;
 use crate::report::fatal;
 use crate::scavenge;
 
-/// Pages held by large objects.
-static LARGE_PAGES: AtomicUsize = AtomicUsize::new(0);
 /// Bytes users asked for in large objects.
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Large objects live.
 static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Pages of freed large objects kept in thread caches (part of
-/// `LARGE_PAGES`).
+/// Pages of freed large objects kept in thread caches (part of the page
+/// heap's large-object pages, which it counts under its lock).
 static CACHED_PAGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Pages (live and cached), requested bytes, number of live large objects,
-/// and pages of freed ones kept in thread caches.
-pub fn counts() -> (usize, usize, usize, usize) {
+/// Requested bytes, number of live large objects, and pages of freed ones
+/// kept in thread caches.
+pub fn counts() -> (usize, usize, usize) {
     (
-        LARGE_PAGES.load(Ordering::Relaxed),
         LARGE_BYTES.load(Ordering::Relaxed),
         LARGE_COUNT.load(Ordering::Relaxed),
         CACHED_PAGES.load(Ordering::Relaxed),
@@ -69,12 +66,12 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
     if record.is_null() {
         return None;
     }
-    let run = scavenge::alloc_pages(npages, align_pages);
+    let run = scavenge::alloc_pages(npages, align_pages, RunUse::Large);
     let run = match run {
         Some(run) if pagemap::prepare(run.base, 1).is_ok() => run,
         other => {
             if let Some(run) = other {
-                scavenge::free_pages(run.base, npages);
+                scavenge::free_pages(run.base, npages, RunUse::Large);
             }
             // SAFETY: the record is fresh and unused.
             unsafe { span::free_record(record) };
@@ -84,7 +81,6 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
     // SAFETY: a fresh record only we know of.
     unsafe { (*record).init_large(run.base, npages, size) };
     pagemap::set(run.base, 1, record);
-    LARGE_PAGES.fetch_add(npages, Ordering::Relaxed);
     LARGE_BYTES.fetch_add(size, Ordering::Relaxed);
     LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
     let zeroed = run.scavenged_bytes == npages * PAGE_SIZE && os::released_memory_is_zero();
@@ -125,8 +121,7 @@ pub unsafe fn dealloc(ptr: *mut u8) {
         return;
     }
     pagemap::set(base, 1, ptr::null_mut());
-    scavenge::free_pages(base, npages);
-    LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
+    scavenge::free_pages(base, npages, RunUse::Large);
     // SAFETY: the page-map entry is cleared, so nothing reaches the record.
     unsafe { span::free_record(s) };
 }
@@ -142,8 +137,7 @@ pub(crate) unsafe fn discard_cached(span: *mut span::Span) {
     // SAFETY: per the contract the record is ours.
     let (base, npages) = unsafe { ((*span).base, (*span).npages) };
     pagemap::set(base, 1, ptr::null_mut());
-    scavenge::free_pages(base, npages);
-    LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
+    scavenge::free_pages(base, npages, RunUse::Large);
     CACHED_PAGES.fetch_sub(npages, Ordering::Relaxed);
     // SAFETY: its page-map entry is cleared; nothing reaches it.
     unsafe { span::free_record(span) };
@@ -169,14 +163,12 @@ pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
             return false;
         }
         s.npages = need;
-        LARGE_PAGES.fetch_add(extra, Ordering::Relaxed);
     } else if need < have && new_size < s.large_bytes {
         // A real shrink gives the tail back at once (including any room
         // left for growth): the caller asked for less memory. Growing into
         // the room keeps the rest of it.
-        scavenge::free_pages(s.base + need * PAGE_SIZE, have - need);
+        scavenge::free_pages(s.base + need * PAGE_SIZE, have - need, RunUse::Large);
         s.npages = need;
-        LARGE_PAGES.fetch_sub(have - need, Ordering::Relaxed);
     }
     LARGE_BYTES.fetch_add(new_size, Ordering::Relaxed);
     LARGE_BYTES.fetch_sub(s.large_bytes, Ordering::Relaxed);
