@@ -20,8 +20,8 @@ use core::ptr;
 use super::pagemap;
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
-use crate::report::fatal;
 use crate::pages::heap::RunUse;
+use crate::report::fatal;
 use crate::scavenge;
 use crate::sync::Mutex;
 

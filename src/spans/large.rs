@@ -28,11 +28,7 @@ static CACHED_PAGES: AtomicUsize = AtomicUsize::new(0);
 /// Requested bytes, number of live large objects, and pages of freed ones
 /// kept in thread caches.
 pub fn counts() -> (usize, usize, usize) {
-    (
-        LARGE_BYTES.load(Ordering::Relaxed),
-        LARGE_COUNT.load(Ordering::Relaxed),
-        CACHED_PAGES.load(Ordering::Relaxed),
-    )
+    (LARGE_BYTES.load(Ordering::Relaxed), LARGE_COUNT.load(Ordering::Relaxed), CACHED_PAGES.load(Ordering::Relaxed))
 }
 
 /// A fresh large allocation.
