@@ -16,8 +16,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{wait_pid, Pattern, Rng};
+mod support;
+use support::{wait_pid, Pattern, Rng};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -257,7 +257,7 @@ fn fork_and_wait(body: impl FnOnce() -> i32) -> i32 {
         // (no atexit handlers, no harness).
         unsafe { libc::_exit(code) };
     }
-    wait_pid(pid, Duration::from_secs(30))
+    wait_pid(pid, Duration::from_secs(30), "deadlock after fork?")
 }
 
 fn describe(status: i32) -> String {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
 use support::{Pattern, Rng};
@@ -169,25 +169,7 @@ fn fork_and_wait(parent_objs: &mut Vec<(*mut u8, Layout, Pattern)>, wait_for_sca
         // SAFETY: ends the child at once, running nothing of the parent's.
         unsafe { libc::_exit(code) };
     }
-    let deadline = Instant::now() + CHILD_TIMEOUT;
-    loop {
-        let mut status = 0;
-        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid failed");
-        if r == pid {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            // SAFETY: `pid` is our child, not yet reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("child {pid} still running after {CHILD_TIMEOUT:?} (deadlock after fork?): killed");
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
+    support::wait_pid(pid, CHILD_TIMEOUT, "deadlock after fork?")
 }
 
 #[test]

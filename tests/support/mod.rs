@@ -30,6 +30,11 @@ impl Rng {
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
         lo + self.below(hi - lo + 1)
     }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: usize, den: usize) -> bool {
+        self.below(den) < num
+    }
 }
 
 /// The splitmix64 finaliser.
@@ -214,4 +219,28 @@ pub fn no_core_dumps() {
     let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a valid rlimit value; RLIMIT_CORE only affects core files.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &lim) };
+}
+
+/// Waits for the forked child `pid` to end, for at most `timeout`; kills it
+/// and panics (naming `what`) if it does not. Returns the raw wait status.
+pub fn wait_pid(pid: libc::pid_t, timeout: Duration, what: &str) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid({pid}) failed: {}", std::io::Error::last_os_error());
+        if r == pid {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: `pid` is our child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("child {pid} still running after {timeout:?} ({what}): killed");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
