@@ -14,6 +14,8 @@
 //! RSS after the idle, throughput of the bursts, scavenger CPU), and writes
 //! an SVG chart to `target/demo.svg`.
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "support/dispatch.rs"]
 mod dispatch;
 
@@ -179,43 +181,39 @@ fn ascii_chart(runs: &[Run]) {
     println!("  +{}", "-".repeat(W));
 }
 
+/// RSS over time of both runs, and the throughput of their bursts.
 fn svg(runs: &[Run]) -> String {
-    let t_max = runs.iter().flat_map(|r| r.samples.last()).map(|s| s.0).fold(1.0, f64::max);
-    let rss_max = runs.iter().flat_map(|r| r.samples.iter()).map(|s| s.1).fold(1.0, f64::max) * 1.05;
-    let (w, h, pad) = (800.0, 400.0, 50.0);
-    let mut out = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
-         <rect width='100%' height='100%' fill='white'/>\n\
-         <text x='{pad}' y='20' font-size='15'>RSS over time: burst, 8 s idle, second burst, idle</text>\n\
-         <line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>\n<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{}' stroke='black'/>\n",
-        h - pad,
-        w - pad,
-        h - pad,
-        h - pad
+    let series: Vec<chart::Series> = runs.iter().map(|r| chart::Series { name: r.name, points: &r.samples }).collect();
+    let frame = chart::Frame {
+        x: 0.0,
+        y: 0.0,
+        width: 900.0,
+        height: 420.0,
+        title: "RSS over time: burst, 8 s idle, second burst, 4 s idle",
+        x_label: "seconds",
+        y_label: "RSS (MiB)",
+    };
+    let mut body = String::new();
+    chart::line_chart(&mut body, &frame, &series);
+    let names: Vec<&str> = runs.iter().map(|r| r.name).collect();
+    let thousands = |key: &str| runs.iter().map(|r| r.results.get(key).map_or(f64::NAN, |v| v / 1e3)).collect();
+    let bars = chart::Frame {
+        y: 440.0,
+        height: 300.0,
+        title: "Throughput of the bursts",
+        x_label: "",
+        y_label: "thousand requests/s",
+        ..frame
+    };
+    chart::bar_chart(
+        &mut body,
+        &bars,
+        &["burst 1", "burst 2"],
+        &names,
+        &[thousands("burst1"), thousands("burst2")],
+        None,
     );
-    for i in 0..=4 {
-        let v = rss_max * i as f64 / 4.0;
-        let y = h - pad - (h - 2.0 * pad) * i as f64 / 4.0;
-        out += &format!("<text x='5' y='{y:.0}'>{v:.0} MiB</text>\n");
-    }
-    out += &format!("<text x='{:.0}' y='{:.0}'>{t_max:.0} s</text>\n", w - pad - 20.0, h - pad + 20.0);
-    for (i, (run, color)) in runs.iter().zip(["#d62728", "#1f77b4"]).enumerate() {
-        let pts: Vec<String> = run
-            .samples
-            .iter()
-            .map(|&(t, rss)| {
-                format!("{:.1},{:.1}", pad + (w - 2.0 * pad) * t / t_max, h - pad - (h - 2.0 * pad) * rss / rss_max)
-            })
-            .collect();
-        out += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", pts.join(" "));
-        out += &format!(
-            "<text x='{:.0}' y='{}' fill='{color}'>{}</text>\n",
-            w - pad - 120.0,
-            pad + 18.0 * i as f64,
-            run.name
-        );
-    }
-    out + "</svg>\n"
+    chart::document(frame.width, bars.y + bars.height, &body)
 }
 
 fn main() {
@@ -252,6 +250,10 @@ fn main() {
             cpu
         );
     }
+    println!(
+        "\nBoth bursts fault fresh pages in on scavalloc: the second one takes back pages the scavenger\n\
+         returned during the idle, which the system allocator never gave up (it reuses them at no cost)."
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&dir).ok();
     let path = dir.join("demo.svg");

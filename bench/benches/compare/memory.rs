@@ -1,0 +1,201 @@
+//! The memory workloads: fragmentation (how much RSS a pattern of frees
+//! strands) and burst-idle (what RSS does after a burst, while the program
+//! does nothing). They are measured once each, not timed by criterion, and
+//! report through `emit` lines (see `main.rs`).
+
+use std::time::{Duration, Instant};
+
+use crate::dispatch::Backend;
+use crate::emit;
+use crate::workloads::{Rng, Scale};
+
+const MIB: usize = 1 << 20;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Resident bytes now, from `/proc/self/statm`.
+pub fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0) * page_size()
+}
+
+/// The process's highest resident bytes so far (`VmHWM`).
+pub fn peak_rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// User plus system CPU time of the whole process, every thread.
+fn process_cpu() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` writes one `rusage` into the buffer.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// A filled object: `Box<[u8]>` of `size` bytes of `byte` (every page it
+/// spans is written, so it is resident).
+fn object(size: usize, byte: u8) -> Box<[u8]> {
+    vec![byte; size].into_boxed_slice()
+}
+
+/// Bytes held by `objects`, and the distinct OS pages their bytes touch:
+/// the floor under any allocator's RSS for them.
+fn live_and_pages(objects: &[Box<[u8]>]) -> (usize, usize) {
+    let ps = page_size();
+    let mut pages: Vec<usize> = Vec::new();
+    let mut live = 0;
+    for o in objects {
+        let start = o.as_ptr() as usize;
+        live += o.len();
+        pages.extend(start / ps..=(start + o.len() - 1) / ps);
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    (live, pages.len() * ps)
+}
+
+/// Fill memory with small objects of 16-512 B, free nine in ten at random
+/// (scattered: nearly every page keeps a live object), then allocate
+/// larger objects of 1-8 KiB, as a program does whose small cache entries
+/// expire and whose next phase builds bigger records. An allocator that
+/// can reuse the holes for the larger objects ends near the live bytes; a
+/// size-segregated one holds both. Reports the live bytes at the end (the
+/// most that were ever live), the peak RSS and the RSS at the end.
+pub fn fragmentation(scale: Scale) {
+    let phase = scale.pick(256, 8) * MIB;
+    let base = rss();
+    let mut rng = Rng(0xf4a9);
+    let mut small = Vec::new();
+    let mut bytes = 0;
+    while bytes < phase {
+        let size = rng.between(16, 512);
+        small.push(object(size, size as u8));
+        bytes += size;
+    }
+    emit("rss_after_fill", rss());
+    small.retain(|_| rng.below(10) == 0);
+    emit("rss_after_free", rss());
+    let mut large = Vec::new();
+    let mut bytes = 0;
+    while bytes < phase {
+        let size = rng.between(1024, 8192);
+        large.push(object(size, size as u8));
+        bytes += size;
+    }
+    let (live_small, _) = live_and_pages(&small);
+    let (live_large, _) = live_and_pages(&large);
+    // Every object is still holding its byte (nothing was corrupted).
+    assert!(small.iter().chain(&large).all(|o| o[o.len() - 1] == o.len() as u8));
+    emit("base_rss", base);
+    emit("live", live_small + live_large);
+    emit("rss_end", rss());
+    emit("peak_rss", peak_rss());
+}
+
+/// How the burst is freed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pattern {
+    /// The first 90% in allocation order: whole spans and pages empty.
+    Whole,
+    /// Keep every 10th object: nearly every span keeps a live object.
+    Scattered,
+}
+
+/// The sizes of the burst (as in the scavenger's own test): small objects
+/// of 16 B to 4 KiB, and a large one (64-256 KiB) every 47th (47 is prime
+/// to 10, so keeping every 10th object keeps every 10th large one).
+fn burst_size(i: usize) -> usize {
+    if i % 47 == 46 {
+        (64 << 10) + (i * 2654435761) % (192 << 10)
+    } else {
+        16 + (i * 7919) % 4080
+    }
+}
+
+/// A 1 GiB burst, 90% of it freed in `pattern`, then 10 s of idle with RSS
+/// sampled every 250 ms (`sample <seconds> <bytes>` lines). Also reports
+/// the live bytes, the pages they touch, the RSS 5 s into the idle, the
+/// process's CPU time over the idle, and, on scavalloc, the scavenger
+/// issue's bound on RSS at 5 s.
+pub fn burst_idle(pattern: Pattern, scale: Scale) {
+    let (burst, idle, every) = match scale {
+        Scale::Full => (1024 * MIB, Duration::from_secs(10), Duration::from_millis(250)),
+        Scale::Smoke => (16 * MIB, Duration::from_millis(500), Duration::from_millis(50)),
+    };
+    let base = rss();
+    let mut objects = Vec::new();
+    let mut bytes = 0;
+    while bytes < burst {
+        let size = burst_size(objects.len());
+        objects.push(object(size, objects.len() as u8));
+        bytes += size;
+    }
+    match pattern {
+        Pattern::Whole => drop(objects.drain(..objects.len() / 10 * 9)),
+        Pattern::Scattered => {
+            let mut i = 0;
+            objects.retain(|_| {
+                i += 1;
+                i % 10 == 0
+            });
+        }
+    }
+    let (live, touched) = live_and_pages(&objects);
+    emit("base_rss", base);
+    emit("live", live);
+    emit("live_pages", touched);
+
+    let start = Instant::now();
+    let cpu_start = process_cpu();
+    let mut at_5s = None;
+    let mut next = Duration::ZERO;
+    while next <= idle {
+        let now = start.elapsed();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+        let r = rss();
+        let t = start.elapsed();
+        emit("sample", format!("{:.3} {r}", t.as_secs_f64()));
+        if at_5s.is_none() && t >= idle / 2 {
+            at_5s = Some(r);
+            if Backend::current() == Backend::Scavalloc {
+                scavalloc_bound(pattern, r, live, base);
+            }
+        }
+        next += every;
+    }
+    emit("idle_cpu_ns", (process_cpu() - cpu_start).as_nanos());
+    emit("rss_5s", at_5s.unwrap_or(0));
+    emit("peak_rss", peak_rss());
+    assert!(objects.iter().all(|o| o.iter().all(|&b| b == o[0])), "a live object changed");
+}
+
+/// The scavenger issue's bound on RSS 5 s into the idle, from scavalloc's
+/// own statistics: whole spans, 1.15 x live + 16 MiB; scattered, retained
+/// memory at most 1.1 x the pages in use + 16 MiB, plus metadata. Both add
+/// what was resident outside the heap before the burst (the binary, the
+/// harness).
+fn scavalloc_bound(pattern: Pattern, rss: usize, live: usize, base: usize) {
+    let s = scavalloc::stats();
+    let bound = match pattern {
+        Pattern::Whole => live + live * 15 / 100 + 16 * MIB + base,
+        Pattern::Scattered => s.heap_in_use + s.heap_in_use / 10 + 16 * MIB + s.metadata + base,
+    };
+    emit("bound_5s", bound);
+    emit("bound_met", u8::from(rss <= bound));
+    emit("retained_5s", s.mapped - s.heap_released);
+    emit("in_use_5s", s.heap_in_use);
+}

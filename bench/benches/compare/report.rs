@@ -1,0 +1,301 @@
+//! The driver's output: a sanity check of what the children reported, the
+//! Markdown tables, and the SVG chart.
+
+use std::fmt::Write;
+
+use crate::chart::{self, Frame, Series};
+use crate::dispatch::Backend;
+use crate::workloads::{self, Scale};
+use crate::Record;
+
+const MIB: f64 = (1 << 20) as f64;
+
+/// A time in the unit that suits it.
+pub fn duration(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn find<'a>(records: &'a [Record], workload: &str, backend: Backend) -> Option<&'a Record> {
+    records.iter().find(|r| r.workload == workload && r.backend == backend)
+}
+
+/// Every child reported what its workload is about: a positive median and
+/// peak RSS, a timeline, live bytes. A smoke run exists to catch a harness
+/// that runs but measures nothing.
+pub fn check(records: &[Record]) -> Result<(), String> {
+    let positive = |r: &Record, key: &str| -> Result<(), String> {
+        match r.get(key) {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(()),
+            other => Err(format!("{} on {}: {key} is {other:?}", r.workload, r.backend.name())),
+        }
+    };
+    for r in records {
+        positive(r, "peak_rss")?;
+        if workloads::ALL.iter().any(|w| w.name == r.workload) {
+            positive(r, "median_ns")?;
+        } else {
+            positive(r, "live")?;
+        }
+        if r.workload.starts_with("burst_idle") {
+            positive(r, "rss_5s")?;
+            if r.samples.len() < 5 || r.samples.iter().any(|s| !(s.0.is_finite() && s.1 > 0.0)) {
+                return Err(format!("{} on {}: bad RSS timeline {:?}", r.workload, r.backend.name(), r.samples));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Speed relative to the system allocator (its median over this one's),
+/// if both ran.
+fn speedup(records: &[Record], workload: &str, b: Backend) -> Option<f64> {
+    let base = find(records, workload, Backend::System)?.get("median_ns")?;
+    Some(base / find(records, workload, b)?.get("median_ns")?)
+}
+
+fn geomean(values: &[f64]) -> f64 {
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
+}
+
+/// The throughput workloads that ran, in their order.
+fn throughput_names(records: &[Record]) -> Vec<&'static str> {
+    workloads::ALL.iter().map(|w| w.name).filter(|n| records.iter().any(|r| r.workload == *n)).collect()
+}
+
+/// Geometric mean of the speedups over the workloads where it is known.
+fn geomean_speedup(records: &[Record], b: Backend) -> Option<f64> {
+    let v: Vec<f64> = throughput_names(records).iter().filter_map(|w| speedup(records, w, b)).collect();
+    (!v.is_empty()).then(|| geomean(&v))
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+/// The machine and the date, for the report's first line.
+fn machine() -> String {
+    let cpuinfo = read_trimmed("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = read_trimmed("/proc/sys/kernel/osrelease");
+    // SAFETY: `time` with a null pointer only returns the time; `gmtime_r`
+    // writes one `tm` into the zeroed buffer.
+    let tm = unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::gmtime_r(&now, &mut tm);
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC, {model}, {cpus} CPUs, Linux {kernel}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
+}
+
+fn header(out: &mut String, first: &str, backends: &[Backend]) {
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let _ = writeln!(out, "| {first} | {} |", names.join(" | "));
+    let _ = writeln!(out, "| --- |{}", " ---: |".repeat(backends.len()));
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{:.1}", v / MIB))
+}
+
+/// The RSS sample nearest to `t` seconds into the idle.
+fn rss_at(r: &Record, t: f64) -> Option<f64> {
+    r.samples.iter().min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs())).map(|s| s.1)
+}
+
+pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# scavalloc against the system allocator, jemalloc and mimalloc\n");
+    let _ = writeln!(
+        out,
+        "Measured {}{}. Regenerate with `cargo bench -p scavalloc-bench --bench compare` \
+         (about 6 minutes; one child process per workload and allocator).\n",
+        machine(),
+        if scale == Scale::Smoke { " **(smoke sizes: not a measurement)**" } else { "" }
+    );
+
+    let names = throughput_names(records);
+    if !names.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Throughput\n\nMedian time of one iteration (criterion); in brackets, speed relative to the \
+             system allocator (its time over this one's: higher is faster).\n"
+        );
+        header(&mut out, "workload", backends);
+        for w in &names {
+            let cells: Vec<String> = backends
+                .iter()
+                .map(|&b| {
+                    let Some(ns) = find(records, w, b).and_then(|r| r.get("median_ns")) else { return "-".into() };
+                    match speedup(records, w, b) {
+                        Some(s) if b != Backend::System => format!("{} ({s:.2}x)", duration(ns)),
+                        _ => duration(ns),
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
+        }
+        let means: Vec<String> =
+            backends.iter().map(|&b| geomean_speedup(records, b).map_or("-".into(), |g| format!("{g:.2}x"))).collect();
+        let _ = writeln!(out, "| **geometric mean, speed vs system** | {} |\n", means.join(" | "));
+        let _ = writeln!(out, "One iteration:\n");
+        for w in workloads::ALL.iter().filter(|w| names.contains(&w.name)) {
+            let _ = writeln!(out, "- `{}`: {}", w.name, w.per_iter);
+        }
+        let _ = writeln!(out);
+    }
+
+    let all_workloads: Vec<&str> = workloads::ALL
+        .iter()
+        .map(|w| w.name)
+        .chain(crate::MEMORY_WORKLOADS)
+        .filter(|n| records.iter().any(|r| r.workload == *n))
+        .collect();
+    let _ = writeln!(
+        out,
+        "## Peak RSS (MiB)\n\nThe child process's `VmHWM`: the workload, plus the harness (a few MiB).\n"
+    );
+    header(&mut out, "workload", backends);
+    for w in &all_workloads {
+        let cells: Vec<String> =
+            backends.iter().map(|&b| mib(find(records, w, b).and_then(|r| r.get("peak_rss")))).collect();
+        let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(out);
+
+    if records.iter().any(|r| r.workload == "fragmentation") {
+        let _ = writeln!(
+            out,
+            "## Fragmentation\n\n256 MiB of 16-512 B objects, nine in ten freed at random, then 256 MiB of \
+             1-8 KiB objects. Live is what is allocated at the end (the most ever live).\n\n\
+             | allocator | live (MiB) | peak RSS (MiB) | RSS at end (MiB) | peak RSS / live |\n| --- | ---: | ---: | ---: | ---: |"
+        );
+        for &b in backends {
+            let Some(r) = find(records, "fragmentation", b) else { continue };
+            let ratio = r.get("peak_rss").zip(r.get("live")).map_or("-".into(), |(p, l)| format!("{:.2}", p / l));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {ratio} |",
+                b.name(),
+                mib(r.get("live")),
+                mib(r.get("peak_rss")),
+                mib(r.get("rss_end"))
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    for (w, what) in [
+        ("burst_idle_whole", "the first 90% in allocation order freed (whole spans free)"),
+        ("burst_idle_scattered", "every 10th object kept (nearly every span keeps one)"),
+    ] {
+        if !records.iter().any(|r| r.workload == w) {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "## Burst-idle: {what}\n\n1 GiB of 16 B-4 KiB objects and some of 64-256 KiB, 90% freed, then 10 s \
+             of idle. RSS in MiB at times into the idle; CPU is the whole process's over the idle.\n\n\
+             | allocator | peak | 0 s | 1 s | 2 s | 5 s | 10 s | live | pages touched by live | idle CPU |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for &b in backends {
+            let Some(r) = find(records, w, b) else { continue };
+            let times: Vec<String> = [0.0, 1.0, 2.0, 5.0, 10.0].iter().map(|&t| mib(rss_at(r, t))).collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                b.name(),
+                mib(r.get("peak_rss")),
+                times.join(" | "),
+                mib(r.get("live")),
+                mib(r.get("live_pages")),
+                r.get("idle_cpu_ns").map_or("-".into(), |ns| format!("{:.0} ms", ns / 1e6))
+            );
+        }
+        if let Some(r) = find(records, w, Backend::Scavalloc) {
+            if let (Some(bound), Some(met)) = (r.get("bound_5s"), r.get("bound_met")) {
+                let _ = writeln!(
+                    out,
+                    "\nscavalloc's bound 5 s into the idle (the scavenger issue's): {} MiB RSS, {}; \
+                     it used {:.0} ms of scavenger CPU in all.",
+                    mib(Some(bound)),
+                    if met == 1.0 { "met" } else { "**missed**" },
+                    r.get("scavenger_cpu_ns").unwrap_or(f64::NAN) / 1e6
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+/// Speed relative to the system allocator per workload (and the geometric
+/// mean), and the two burst-idle timelines.
+pub fn svg(records: &[Record], backends: &[Backend]) -> String {
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let mut body = String::new();
+    let mut y = 0.0;
+    let width = 1100.0;
+    let workloads = throughput_names(records);
+    if !workloads.is_empty() {
+        let mut categories = workloads.clone();
+        categories.push("geomean");
+        let mut values: Vec<Vec<f64>> = workloads
+            .iter()
+            .map(|w| backends.iter().map(|&b| speedup(records, w, b).unwrap_or(f64::NAN)).collect())
+            .collect();
+        values.push(backends.iter().map(|&b| geomean_speedup(records, b).unwrap_or(f64::NAN)).collect());
+        let frame = Frame {
+            x: 0.0,
+            y,
+            width,
+            height: 380.0,
+            title: "Throughput relative to the system allocator (higher is faster; dashed: system)",
+            x_label: "workload",
+            y_label: "speed vs system",
+        };
+        chart::bar_chart(&mut body, &frame, &categories, &names, &values, Some(1.0));
+        y += 400.0;
+    }
+    for (w, title) in [
+        ("burst_idle_whole", "RSS after a 1 GiB burst, 90% freed as whole spans"),
+        ("burst_idle_scattered", "RSS after a 1 GiB burst, every 10th object kept"),
+    ] {
+        let timelines: Vec<(&str, Vec<(f64, f64)>)> = backends
+            .iter()
+            .filter_map(|&b| {
+                find(records, w, b).map(|r| (b.name(), r.samples.iter().map(|&(t, v)| (t, v / MIB)).collect()))
+            })
+            .collect();
+        if timelines.is_empty() {
+            continue;
+        }
+        let series: Vec<Series> = timelines.iter().map(|(n, p)| Series { name: n, points: p }).collect();
+        let frame =
+            Frame { x: 0.0, y, width, height: 360.0, title, x_label: "seconds into the idle", y_label: "RSS (MiB)" };
+        chart::line_chart(&mut body, &frame, &series);
+        y += 380.0;
+    }
+    chart::document(width, y.max(100.0), &body)
+}
