@@ -251,8 +251,8 @@ fn main() {
         );
     }
     println!(
-        "\nBoth bursts fault fresh pages in on scavalloc: the second one takes back pages the scavenger\n\
-         returned during the idle, which the system allocator never gave up (it reuses them at no cost)."
+        "\nOn scavalloc the second burst faults back in the pages the scavenger returned during the idle;\n\
+         the system allocator kept them, and reuses them without a fault."
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&dir).ok();

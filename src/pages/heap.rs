@@ -3,7 +3,8 @@
 //!
 //! Address space is reserved from the OS in large pieces (1 GiB when the
 //! process may have that much address space, less otherwise), and handed to
-//! the page allocator a few chunks at a time as allocations need it; each
+//! the page allocator as allocations need it, in steps of an eighth of the
+//! heap (at least a 4 MiB chunk, at most 64 MiB beyond the request); each
 //! new reservation is first tried directly after the previous one so that
 //! the heap stays one contiguous range. Memory given to the page allocator
 //! is made readable and writable at once but is never touched here, so it
