@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p scavalloc-bench --bench compare                 # full run, about 6 minutes
 //! cargo bench -p scavalloc-bench --bench compare -- --smoke      # tiny sizes, as CI runs it
+//! cargo bench -p scavalloc-bench --bench compare -- --write-readme  # full run, tables into README.md
 //! cargo bench -p scavalloc-bench --bench compare -- --only json_tree,fragmentation --alloc system,scavalloc
 //! ```
 //!
@@ -73,13 +74,17 @@ impl Record {
 
 struct Options {
     scale: Scale,
+    /// Put the tables into README.md, between its benchmark markers.
+    write_readme: bool,
     workloads: Vec<&'static str>,
     backends: Vec<Backend>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("compare: {problem}");
-    eprintln!("usage: compare [--smoke] [--only w1,w2,...] [--alloc system,scavalloc,jemalloc,mimalloc]");
+    eprintln!(
+        "usage: compare [--smoke] [--write-readme] [--only w1,w2,...] [--alloc system,scavalloc,jemalloc,mimalloc]"
+    );
     let names: Vec<&str> = workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).collect();
     eprintln!("workloads: {}", names.join(", "));
     std::process::exit(2)
@@ -87,11 +92,13 @@ fn usage(problem: &str) -> ! {
 
 fn parse_options(args: &[String]) -> Options {
     let all: Vec<&'static str> = workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).collect();
-    let mut o = Options { scale: Scale::Full, workloads: all.clone(), backends: dispatch::ALL.to_vec() };
+    let mut o =
+        Options { scale: Scale::Full, write_readme: false, workloads: all.clone(), backends: dispatch::ALL.to_vec() };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--smoke" => o.scale = Scale::Smoke,
+            "--write-readme" => o.write_readme = true,
             "--only" => {
                 let list = it.next().unwrap_or_else(|| usage("--only needs a list"));
                 o.workloads = list
@@ -120,7 +127,9 @@ fn output_dir(scale: Scale) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
-    target.join(if scale == Scale::Smoke { "compare-smoke" } else { "compare" })
+    let dir = target.join(if scale == Scale::Smoke { "compare-smoke" } else { "compare" });
+    std::fs::create_dir_all(&dir).expect("create the output directory");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 fn main() {
@@ -231,7 +240,6 @@ fn progress(r: &Record) {
 
 fn driver(o: Options) {
     let out = output_dir(o.scale);
-    std::fs::create_dir_all(&out).expect("create the output directory");
     let backends: Vec<&str> = o.backends.iter().map(|b| b.name()).collect();
     println!(
         "compare: {} workload(s) on {}{}",
@@ -258,4 +266,15 @@ fn driver(o: Options) {
     std::fs::write(&svg_path, report::svg(&records, &o.backends)).expect("write report.svg");
     println!("\n{md}");
     println!("written: {}\n         {}", md_path.display(), svg_path.display());
+    if o.write_readme {
+        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("README.md");
+        let readme = readme.canonicalize().unwrap_or(readme);
+        match report::splice_into_readme(&readme, &md) {
+            Ok(()) => println!("         {} (benchmark section)", readme.display()),
+            Err(problem) => {
+                eprintln!("compare: README.md not updated: {problem}");
+                std::process::exit(1);
+            }
+        }
+    }
 }
