@@ -97,6 +97,7 @@ pub(crate) fn ensure_init() {
     INIT.call_once(|| {
         let cfg = config::get();
         scavenge::goals::configure(&cfg.scavenger);
+        scavenge::set_deep_release(&spans::deep::HOOK);
         // SAFETY: the handlers are `extern "C"` functions that take only
         // allocator locks; registering them allocates nothing from us.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };

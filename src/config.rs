@@ -20,7 +20,8 @@ pub struct Config {
     pub release_mode: ReleaseMode,
     /// The scavenger's settings: `SCAVALLOC_SCAVENGE_PERCENT`,
     /// `SCAVALLOC_RETAIN_EXTRA_PERCENT`, `SCAVALLOC_MEMLIMIT`,
-    /// `SCAVALLOC_BACKGROUND`, `SCAVALLOC_SCAVTRACE`.
+    /// `SCAVALLOC_BACKGROUND`, `SCAVALLOC_SCAVTRACE`,
+    /// `SCAVALLOC_DEEP_RELEASE`.
     pub scavenger: Settings,
 }
 
@@ -77,6 +78,9 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
     }
     if let Some(v) = lookup(c"SCAVALLOC_BACKGROUND") {
         s.background = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_BACKGROUND", v, "1", true));
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_DEEP_RELEASE") {
+        s.deep_release = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_DEEP_RELEASE", v, "1", true));
     }
     if let Some(v) = lookup(c"SCAVALLOC_SCAVTRACE") {
         s.trace = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_SCAVTRACE", v, "0", false));
@@ -203,6 +207,7 @@ mod tests {
                 b"SCAVALLOC_MEMLIMIT" => Some(b"256MiB"),
                 b"SCAVALLOC_BACKGROUND" => Some(b"0"),
                 b"SCAVALLOC_SCAVTRACE" => Some(b"yes please"),
+                b"SCAVALLOC_DEEP_RELEASE" => Some(b"0"),
                 _ => None,
             }
         };
@@ -215,5 +220,10 @@ mod tests {
         assert_eq!(s.memory_limit, Some(256 << 20));
         assert!(!s.background);
         assert!(!s.trace, "bad flag falls back to 0");
+        assert!(!s.deep_release);
+        let off = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
+            (name.to_bytes() == b"SCAVALLOC_DEEP_RELEASE").then_some(&b"sometimes"[..])
+        };
+        assert!(from_lookup(off).scavenger.deep_release, "a bad deep-release flag falls back to on");
     }
 }

@@ -263,6 +263,11 @@ pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
 static SELF_PIDFD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static VECTORED_RELEASE_BROKEN: AtomicU8 = AtomicU8::new(0);
 
+/// The most ranges [`release_many`] takes at once (each call flushes the
+/// TLB of every CPU the process runs on once, so bigger batches are
+/// cheaper; the kernel takes up to 1024).
+pub const MAX_RELEASE_RANGES: usize = 256;
+
 /// Releases many ranges at once, as [`release`] does each: with one
 /// `process_madvise` call where the kernel allows it on the calling process
 /// (Linux 6.13 and later), which costs one system call and one TLB flush
@@ -273,7 +278,7 @@ static VECTORED_RELEASE_BROKEN: AtomicU8 = AtomicU8::new(0);
 ///
 /// As for [`release`], for every range.
 pub unsafe fn release_many(ranges: &[(usize, usize)], released: &mut [bool]) {
-    debug_assert!(released.len() >= ranges.len() && ranges.len() <= 64);
+    debug_assert!(released.len() >= ranges.len() && ranges.len() <= MAX_RELEASE_RANGES);
     let mut done = 0;
     if ranges.len() > 1 && VECTORED_RELEASE_BROKEN.load(Ordering::Relaxed) == 0 {
         // SAFETY: forwarded from the caller.
@@ -316,7 +321,7 @@ unsafe fn release_vectored(ranges: &[(usize, usize)]) -> usize {
         VECTORED_RELEASE_BROKEN.store(1, Ordering::Relaxed);
         return 0;
     }
-    let mut iov = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; 64];
+    let mut iov = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; MAX_RELEASE_RANGES];
     for (v, &(addr, len)) in iov.iter_mut().zip(ranges) {
         *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
     }
@@ -450,6 +455,13 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// Nanoseconds of the monotonic clock.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Milliseconds of the coarse monotonic clock (a few milliseconds of
+/// resolution, and cheaper to read than [`monotonic_ns`]): for stamps that
+/// only need to tell seconds apart.
+pub fn coarse_ms() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE) / 1_000_000
 }
 
 /// CPU time the calling thread has used, in nanoseconds.

@@ -8,6 +8,8 @@
 //! * `mapped == heap_in_use + heap_free + heap_released`
 //! * `heap_in_use == small_spans + large_pages`
 //! * `small_spans == small_allocated + small_cached + small_free + small_waste`
+//! * `span_released <= small_free + small_waste` (deep release only gives
+//!   back pages that hold no handed-out object)
 //!
 //! Bytes allocated to users are `small_allocated + large_allocated`.
 
@@ -19,7 +21,7 @@ use crate::persistent;
 use crate::report::LineBuf;
 use crate::scavenge::{self, background, goals, Path};
 use crate::spans::sizeclass::{self, NUM_CLASSES};
-use crate::spans::{cache, central, large, pagemap};
+use crate::spans::{cache, central, deep, large, pagemap};
 
 /// Figures for one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub struct ClassStats {
     pub cached: usize,
     /// Free objects in the spans.
     pub free: usize,
+    /// Bytes of the class's spans released to the OS by deep release.
+    pub released: usize,
 }
 
 /// A snapshot of the allocator's memory. All figures are bytes unless said
@@ -79,6 +83,18 @@ pub struct Stats {
     pub released_limit: usize,
     /// Released by [`crate::release_all`].
     pub released_forced: usize,
+    /// Bytes inside small-object spans given back to the OS by deep release
+    /// and not reused since (part of `small_free` plus `small_waste`).
+    pub span_released: usize,
+    /// Bytes deep release has given back inside spans, in all (background
+    /// and `release_all`).
+    pub released_deep: usize,
+    /// Spans deep release has given pages of back, in all (a span counts
+    /// again each time it loses more pages).
+    pub deep_spans: u64,
+    /// CPU time the background scavenger spent on deep release (ns; part of
+    /// `scavenger_cpu_ns`).
+    pub deep_cpu_ns: u64,
     /// CPU time the background scavenger has spent working (ns).
     pub scavenger_cpu_ns: u64,
     /// Work batches of the background scavenger.
@@ -104,15 +120,17 @@ impl Stats {
         self.small_allocated + self.large_allocated
     }
 
-    /// Memory the OS may be holding for the heap: mapped minus released.
+    /// Memory the OS may be holding for the heap: mapped minus what was
+    /// released, by the page heap or inside spans.
     pub fn retained(&self) -> usize {
-        self.mapped - self.heap_released
+        self.mapped - self.heap_released - self.span_released
     }
 }
 
 /// Takes a snapshot of the allocator's figures.
 pub fn stats() -> Stats {
     let bg = background::stats();
+    let deep = deep::stats();
     let mut s = Stats {
         mapped: 0,
         heap_in_use: 0,
@@ -133,6 +151,10 @@ pub fn stats() -> Stats {
         released_eager: scavenge::released_by(Path::Eager),
         released_limit: scavenge::released_by(Path::Limit),
         released_forced: scavenge::released_by(Path::Forced),
+        span_released: 0,
+        released_deep: deep.released_total,
+        deep_spans: deep.spans_total,
+        deep_cpu_ns: bg.deep_cpu_ns,
         scavenger_cpu_ns: bg.cpu_ns,
         scavenger_batches: bg.batches,
         scavenger_running: bg.running,
@@ -152,6 +174,8 @@ pub fn stats() -> Stats {
         cs.cached = cached;
         cs.allocated = counts.handed_out.saturating_sub(cached);
         cs.free = objects - counts.handed_out;
+        cs.released = counts.released;
+        s.span_released += counts.released;
         s.small_spans += counts.spans * sizeclass::class_span_bytes(class);
         s.small_allocated += cs.allocated * size;
         s.small_cached += cs.cached * size;
@@ -180,7 +204,7 @@ fn mib(bytes: usize) -> f64 {
 /// Prints a readable summary to stderr, one `write` per line, without
 /// allocating.
 pub fn print(s: &Stats) {
-    let lines: [(&str, usize); 18] = [
+    let lines: [(&str, usize); 20] = [
         ("mapped", s.mapped),
         ("retained (mapped - released)", s.retained()),
         ("heap in use", s.heap_in_use),
@@ -191,6 +215,7 @@ pub fn print(s: &Stats) {
         ("  in thread caches", s.small_cached),
         ("  free in spans", s.small_free),
         ("  span tails", s.small_waste),
+        ("  released inside spans", s.span_released),
         ("large objects (pages)", s.large_pages),
         ("  requested", s.large_allocated),
         ("  freed, cached in threads", s.large_cached),
@@ -199,6 +224,7 @@ pub fn print(s: &Stats) {
         ("released: heap growth", s.released_eager),
         ("released: memory limit", s.released_limit),
         ("released: release_all", s.released_forced),
+        ("released: inside spans (deep)", s.released_deep),
     ];
     let mut line = LineBuf::<128>::new();
     let _ = write!(line, "scavalloc stats: {} thread caches, {} large objects", s.thread_caches, s.large_objects);
@@ -211,8 +237,10 @@ pub fn print(s: &Stats) {
     let mut line = LineBuf::<128>::new();
     let _ = write!(
         line,
-        "  scavenger: {:.1} ms CPU in {} batches, ratio {:.4}, {} limit overruns",
+        "  scavenger: {:.1} ms CPU ({:.1} ms deep, {} spans) in {} batches, ratio {:.4}, {} limit overruns",
         s.scavenger_cpu_ns as f64 / 1e6,
+        s.deep_cpu_ns as f64 / 1e6,
+        s.deep_spans,
         s.scavenger_batches,
         s.sleep_ratio,
         s.limit_overruns

@@ -98,9 +98,10 @@ impl PageHeap {
     }
 
     /// Gives `[base, base + npages * PAGE_SIZE)`, allocated for `usage`,
-    /// back as free, unscavenged pages.
-    pub fn free(&mut self, base: usize, npages: usize, usage: RunUse) {
-        self.pages.free(base, npages, false);
+    /// back as free pages: released to the OS already if `released`, else
+    /// unscavenged.
+    pub fn free(&mut self, base: usize, npages: usize, usage: RunUse, released: bool) {
+        self.pages.free(base, npages, released);
         self.count(npages, usage, false);
         self.publish();
     }

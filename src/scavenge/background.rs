@@ -13,27 +13,31 @@
 //!    met, measured with the thread's own CPU clock (user and system time,
 //!    so the `madvise` calls count).
 //! 3. Between batches it sleeps `worked / ratio` (once the budget banked
-//!    while parked, at most one second's worth, is spent), where the ratio
+//!    while parked, at most four seconds' worth, is spent), where the ratio
 //!    comes from the [`PiController`] so that its CPU use averages the
 //!    configured share of the whole machine (divided by the CPUs the process
 //!    may use, as Go divides by GOMAXPROCS). If the controller breaks down it sleeps at the
 //!    starting ratio for a 5 s cooldown and starts afresh.
-//! 4. At or under the goal it parks on a futex: until the next quarter
-//!    second if the goal can still fall (the window still holds a higher
-//!    peak), or until woken by a free that pushes retained memory over the
-//!    goal.
+//! 4. At or under the goal it runs deep release (the free pages inside
+//!    partly used spans, installed by the span layer) on the same budget
+//!    while that is over its own goal.
+//! 5. Then it parks on a futex: until the next quarter second if the goal
+//!    can still fall (the window still holds a higher peak) or deep release
+//!    expects work soon, or until woken by a free that pushes retained
+//!    memory over the goal.
 //!
 //! All its state but a few published figures lives on its own stack.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::controller::PiController;
 use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
-use super::{release, released_by, Path};
+use super::{release, released_by, DeepOutcome, Path};
 use crate::os;
-use crate::pages::heap::{self, HEAP};
+use crate::pages::heap::HEAP;
 use crate::report::LineBuf;
+use crate::scavenge;
 
 const NOT_STARTED: u32 = 0;
 const STARTING: u32 = 1;
@@ -51,6 +55,11 @@ static PARKED: AtomicBool = AtomicBool::new(false);
 static CPU_NS: AtomicU64 = AtomicU64::new(0);
 /// Work batches done.
 static BATCHES: AtomicU64 = AtomicU64::new(0);
+/// CPU time spent on deep release, in nanoseconds (part of `CPU_NS`).
+static DEEP_CPU_NS: AtomicU64 = AtomicU64::new(0);
+/// Bytes deep release gave back from this thread, and spans it touched.
+static DEEP_RELEASED: AtomicUsize = AtomicUsize::new(0);
+static DEEP_SPANS: AtomicU64 = AtomicU64::new(0);
 /// The current sleep ratio (work : sleep), as `f64` bits.
 static SLEEP_RATIO: AtomicU64 = AtomicU64::new(STARTING_RATIO.to_bits());
 
@@ -77,12 +86,16 @@ const QUANTUM: usize = 32 * (64 << 10);
 /// Work done before sleeping (Go's `minScavWorkTime`).
 const MIN_WORK_NS: u64 = 1_000_000;
 /// The CPU share is an average: time the thread spends parked banks
-/// budget (at the configured share), up to one second's worth, which the
+/// budget (at the configured share), up to four seconds' worth, which the
 /// next work is allowed to use at once before the controller paces it. An
 /// idle process that frees a burst therefore starts giving memory back at
 /// full speed, and over any interval the thread uses at most its share plus
-/// one second's worth (20 ms at 1% of two CPUs).
-const BANK_NS: f64 = 1e9;
+/// four seconds' worth (80 ms at 1% of two CPUs; over any ten seconds at
+/// most 1.4% in place of 1%). Four seconds because giving back a gigabyte
+/// scattered over free runs and the insides of spans costs the kernel over
+/// 0.1 s of CPU (about 0.4 microseconds per 4 KiB page in whole runs, twice
+/// that inside spans), which at 1% alone would take six seconds or more.
+const BANK_NS: f64 = 4e9;
 
 fn bank_limit(cpus: f64) -> f64 {
     BANK_NS * goals::cpu_fraction() * cpus
@@ -102,6 +115,8 @@ pub struct BackgroundStats {
     pub batches: u64,
     /// The current sleep ratio (work : sleep).
     pub sleep_ratio: f64,
+    /// CPU time spent on deep release (part of `cpu_ns`).
+    pub deep_cpu_ns: u64,
 }
 
 /// The background scavenger's figures.
@@ -111,6 +126,7 @@ pub fn stats() -> BackgroundStats {
         cpu_ns: CPU_NS.load(Ordering::Relaxed),
         batches: BATCHES.load(Ordering::Relaxed),
         sleep_ratio: f64::from_bits(SLEEP_RATIO.load(Ordering::Relaxed)),
+        deep_cpu_ns: DEEP_CPU_NS.load(Ordering::Relaxed),
     }
 }
 
@@ -124,8 +140,8 @@ pub fn wake_if_over_goal() {
     if !goals::background_enabled() {
         return;
     }
-    let goal = goals::goal_for(heap::IN_USE.load(Ordering::Relaxed));
-    if heap::RETAINED.load(Ordering::Relaxed) <= goal.saturating_add(os::page_size()) {
+    let goal = goals::goal_for(scavenge::resident_in_use());
+    if scavenge::retained() <= goal.saturating_add(os::page_size()) {
         return;
     }
     match STATE.load(Ordering::Acquire) {
@@ -178,6 +194,16 @@ extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
     Scavenger::new().run()
 }
 
+/// What a turn of deep release came to.
+enum DeepCycle {
+    /// Work done, taking this much CPU time.
+    Worked(u64),
+    /// Nothing now; look again at the next tick.
+    Later,
+    /// Nothing until memory use changes.
+    Idle,
+}
+
 /// The thread's own state.
 struct Scavenger {
     controller: PiController,
@@ -199,6 +225,9 @@ struct Trace {
     at: u64,
     cpu_ns: u64,
     released: [usize; 4],
+    deep_cpu_ns: u64,
+    deep_released: usize,
+    deep_spans: u64,
 }
 
 impl Scavenger {
@@ -219,7 +248,7 @@ impl Scavenger {
             last_tick: 0,
             last_generation: now,
             cpus,
-            trace: Trace { at: now, cpu_ns: 0, released: [0; 4] },
+            trace: Trace { at: now, cpu_ns: 0, released: [0; 4], deep_cpu_ns: 0, deep_released: 0, deep_spans: 0 },
         }
     }
 
@@ -229,13 +258,27 @@ impl Scavenger {
             if now.saturating_sub(self.last_tick) >= SLOT_NS {
                 self.tick(now);
             }
-            let in_use = heap::IN_USE.load(Ordering::Relaxed);
+            let in_use = scavenge::resident_in_use();
             let peak = self.window.peak(now, in_use);
             let goal = goals::goal_for(peak);
             goals::set_retained_goal(goal);
-            let retained = heap::RETAINED.load(Ordering::Relaxed);
+            let retained = scavenge::retained();
             if retained <= goal.saturating_add(os::page_size()) {
-                self.park(now, goal, peak > in_use);
+                // The page heap is at its goal: the budget goes to the free
+                // pages inside partly used spans, if they are over their
+                // goal (deep release leaves spans alone for a second after
+                // they were last allocated from, as the window does runs).
+                match self.deep_work(now) {
+                    DeepCycle::Worked(worked) => {
+                        if self.banked_ns >= worked as f64 {
+                            self.banked_ns -= worked as f64;
+                        } else {
+                            self.sleep(worked);
+                        }
+                    }
+                    DeepCycle::Later => self.park(now, goal, true),
+                    DeepCycle::Idle => self.park(now, goal, peak > in_use),
+                }
                 continue;
             }
             let (worked, released) = self.work(goal);
@@ -260,7 +303,7 @@ impl Scavenger {
     /// Closes a window slot: records the peak; every half second starts a
     /// density generation and prints a trace line if there is news.
     fn tick(&mut self, now: u64) {
-        let peak = HEAP.lock().take_peak_in_use();
+        let peak = scavenge::resident(HEAP.lock().take_peak_in_use());
         self.window.push(now, peak);
         self.last_tick = now;
         if now.saturating_sub(self.last_generation) >= GENERATION_NS {
@@ -277,7 +320,7 @@ impl Scavenger {
         let start = os::thread_cpu_ns();
         let mut released = 0;
         loop {
-            let retained = heap::RETAINED.load(Ordering::Relaxed);
+            let retained = scavenge::retained();
             if retained <= goal {
                 break;
             }
@@ -292,6 +335,34 @@ impl Scavenger {
         CPU_NS.fetch_add(worked, Ordering::Relaxed);
         BATCHES.fetch_add(1, Ordering::Relaxed);
         (worked, released)
+    }
+
+    /// One batch of deep release: steps until 1 ms of CPU time is spent or
+    /// the pass pauses.
+    fn deep_work(&mut self, now: u64) -> DeepCycle {
+        let Some(deep) = scavenge::deep_release() else { return DeepCycle::Idle };
+        let start = os::thread_cpu_ns();
+        let mut worked_any = false;
+        loop {
+            match (deep.work)(now, QUANTUM) {
+                DeepOutcome::Worked { released, spans, more } => {
+                    worked_any = true;
+                    DEEP_RELEASED.fetch_add(released, Ordering::Relaxed);
+                    DEEP_SPANS.fetch_add(spans as u64, Ordering::Relaxed);
+                    if !more || os::thread_cpu_ns() - start >= MIN_WORK_NS {
+                        break;
+                    }
+                }
+                DeepOutcome::Later if !worked_any => return DeepCycle::Later,
+                DeepOutcome::Idle if !worked_any => return DeepCycle::Idle,
+                DeepOutcome::Later | DeepOutcome::Idle => break,
+            }
+        }
+        let worked = os::thread_cpu_ns() - start;
+        CPU_NS.fetch_add(worked, Ordering::Relaxed);
+        DEEP_CPU_NS.fetch_add(worked, Ordering::Relaxed);
+        BATCHES.fetch_add(1, Ordering::Relaxed);
+        DeepCycle::Worked(worked)
     }
 
     /// Sleeps after a batch for as long as the CPU budget asks, and feeds
@@ -350,9 +421,8 @@ impl Scavenger {
         PARKED.store(true, Ordering::SeqCst);
         // A free between our goal check and `PARKED` saw us awake and did
         // not wake us: look once more before sleeping.
-        let in_use = heap::IN_USE.load(Ordering::SeqCst);
-        let goal = goal.min(goals::goal_for(in_use));
-        if heap::RETAINED.load(Ordering::SeqCst) <= goal.saturating_add(os::page_size()) {
+        let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
+        if scavenge::retained() <= goal.saturating_add(os::page_size()) {
             os::futex_wait(&PARK, 0);
         }
         PARKED.store(false, Ordering::SeqCst);
@@ -368,7 +438,9 @@ impl Scavenger {
             released_by(Path::Limit),
             released_by(Path::Forced),
         ];
-        let news = released.iter().zip(&self.trace.released).any(|(a, b)| a != b);
+        let deep_released = DEEP_RELEASED.load(Ordering::Relaxed);
+        let news =
+            released.iter().zip(&self.trace.released).any(|(a, b)| a != b) || deep_released != self.trace.deep_released;
         if !goals::trace_enabled() || !news {
             return;
         }
@@ -377,24 +449,30 @@ impl Scavenger {
         let util = (cpu - self.trace.cpu_ns) as f64 / (elapsed * self.cpus) * 100.0;
         let kib = |i: usize| (released[i] - self.trace.released[i]) >> 10;
         let total: usize = released.iter().sum();
-        let mut line = LineBuf::<256>::new();
+        let deep_cpu = DEEP_CPU_NS.load(Ordering::Relaxed);
+        let deep_spans = DEEP_SPANS.load(Ordering::Relaxed);
+        let worked = (cpu - self.trace.cpu_ns).max(1) as f64;
+        let mut line = LineBuf::<320>::new();
         let _ = write!(
             line,
-            "scavalloc: scav {} KiB bg, {} KiB eager, {} KiB limit, {} KiB forced; {} KiB released in all; \
-             retained {} KiB, goal {} KiB; util {:.2}%; ratio {:.4}{}",
+            "scavalloc: scav {} KiB bg, {} KiB eager, {} KiB limit, {} KiB forced, {} KiB in {} spans (deep); \
+             {} KiB released in all; retained {} KiB, goal {} KiB; util {:.2}% ({:.0}% deep); ratio {:.4}{}",
             kib(0),
             kib(1),
             kib(2),
             kib(3),
-            total >> 10,
-            heap::RETAINED.load(Ordering::Relaxed) >> 10,
+            (deep_released - self.trace.deep_released) >> 10,
+            deep_spans - self.trace.deep_spans,
+            (total + deep_released) >> 10,
+            scavenge::retained() >> 10,
             goals::retained_goal() >> 10,
             util,
+            (deep_cpu - self.trace.deep_cpu_ns) as f64 / worked * 100.0,
             self.ratio,
             if self.controller_reset { " [controller reset]" } else { "" }
         );
         line.emit_line();
         self.controller_reset = false;
-        self.trace = Trace { at: now, cpu_ns: cpu, released };
+        self.trace = Trace { at: now, cpu_ns: cpu, released, deep_cpu_ns: deep_cpu, deep_released, deep_spans };
     }
 }

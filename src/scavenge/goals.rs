@@ -30,13 +30,21 @@ pub struct Settings {
     pub background: bool,
     /// Whether the background scavenger prints a trace line per cycle.
     pub trace: bool,
+    /// Whether free pages inside partly used spans are released too.
+    pub deep_release: bool,
 }
 
 impl Settings {
     /// The defaults: 1% of the CPU, 10% over the peak, no limit, background
-    /// on, no trace.
-    pub const DEFAULT: Settings =
-        Settings { cpu_percent: 1.0, retain_extra_percent: 10, memory_limit: None, background: true, trace: false };
+    /// on, no trace, deep release on.
+    pub const DEFAULT: Settings = Settings {
+        cpu_percent: 1.0,
+        retain_extra_percent: 10,
+        memory_limit: None,
+        background: true,
+        trace: false,
+        deep_release: true,
+    };
 }
 
 /// The CPU share in thousandths of a percent.
@@ -46,6 +54,7 @@ static RETAIN_EXTRA: AtomicUsize = AtomicUsize::new(10);
 static MEMORY_LIMIT: AtomicUsize = AtomicUsize::new(0);
 static BACKGROUND: AtomicBool = AtomicBool::new(true);
 static TRACE: AtomicBool = AtomicBool::new(false);
+static DEEP_RELEASE: AtomicBool = AtomicBool::new(true);
 /// The retained goal the background scavenger last computed; `usize::MAX`
 /// until it has (so heap growth releases nothing before then).
 static RETAINED_GOAL: AtomicUsize = AtomicUsize::new(usize::MAX);
@@ -57,6 +66,7 @@ pub fn configure(s: &Settings) {
     MEMORY_LIMIT.store(s.memory_limit.unwrap_or(0), Ordering::Relaxed);
     BACKGROUND.store(s.background, Ordering::Relaxed);
     TRACE.store(s.trace, Ordering::Relaxed);
+    DEEP_RELEASE.store(s.deep_release, Ordering::Relaxed);
 }
 
 /// The settings in force.
@@ -67,7 +77,13 @@ pub fn settings() -> Settings {
         memory_limit: memory_limit(),
         background: background_enabled(),
         trace: trace_enabled(),
+        deep_release: deep_release_enabled(),
     }
+}
+
+/// Whether free pages inside partly used spans are released too.
+pub fn deep_release_enabled() -> bool {
+    DEEP_RELEASE.load(Ordering::Relaxed)
 }
 
 /// The memory limit, if one is set.

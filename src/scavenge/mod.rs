@@ -14,10 +14,14 @@
 //!   the [`controller`]), the allocation path when the heap grows past the
 //!   retained goal or the memory limit ([`alloc_pages`]), and
 //!   [`crate::release_all`].
+//! * When deep release runs: the span layer installs it ([`DeepRelease`]),
+//!   and the background thread gives it the CPU budget the page heap does
+//!   not need.
 //!
 //! The span layer takes and returns pages through [`alloc_pages`] and
 //! [`free_pages`], so that these policies see every change. This layer uses
-//! the page heap and the OS; it knows nothing of spans or objects.
+//! the page heap and the OS; it knows nothing of spans or objects (deep
+//! release reaches it only as the functions the span layer installs).
 
 pub mod index;
 
@@ -33,7 +37,7 @@ pub use imp::*;
 
 #[cfg(not(loom))]
 mod imp {
-    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     use super::{background, goals};
     use crate::os;
@@ -59,6 +63,40 @@ mod imp {
     /// Allocations that left retained memory above the memory limit
     /// although everything free had been released.
     static LIMIT_OVERRUNS: AtomicU64 = AtomicU64::new(0);
+
+    /// Bytes released inside spans by deep release and not reused since;
+    /// the span layer keeps it up to date so that the goals count what is
+    /// truly resident.
+    static SPAN_RELEASED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Deep release gave back `bytes` inside spans.
+    pub fn note_span_released(bytes: usize) {
+        SPAN_RELEASED.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `bytes` that deep release had given back are in use again (or went
+    /// back to the page heap with their span).
+    pub fn note_span_reclaimed(bytes: usize) {
+        SPAN_RELEASED.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Memory the OS holds for the heap, as of the last change: mapped,
+    /// minus what the page heap released, minus what deep release released
+    /// inside spans.
+    pub fn retained() -> usize {
+        heap::RETAINED.load(Ordering::Relaxed).saturating_sub(SPAN_RELEASED.load(Ordering::Relaxed))
+    }
+
+    /// Pages in use, minus what deep release released inside them: the
+    /// base of the retained goal.
+    pub fn resident_in_use() -> usize {
+        resident(heap::IN_USE.load(Ordering::Relaxed))
+    }
+
+    /// `in_use` bytes of pages in use, less what is released inside spans.
+    pub fn resident(in_use: usize) -> usize {
+        in_use.saturating_sub(SPAN_RELEASED.load(Ordering::Relaxed))
+    }
 
     /// Bytes released so far by `path`.
     pub fn released_by(path: Path) -> usize {
@@ -165,25 +203,25 @@ mod imp {
     /// memory-limit scavenging). Never holds the heap lock while releasing.
     pub fn alloc_pages(npages: usize, align_pages: usize, usage: RunUse) -> Option<PageRun> {
         let (run, grown) = HEAP.lock().alloc_growing(npages, align_pages, usage)?;
-        let retained = heap::RETAINED.load(Ordering::Relaxed);
+        let retained_now = retained();
         let mut limit_todo = 0;
         if let Some(limit) = goals::memory_limit() {
             let target = goals::limit_target(limit);
-            if run.scavenged_bytes > 0 && retained > target {
-                limit_todo = retained - target;
+            if run.scavenged_bytes > 0 && retained_now > target {
+                limit_todo = retained_now - target;
             }
         }
         let mut eager_todo = 0;
         if grown > 0 {
             let goal = goals::retained_goal();
-            if retained > goal {
-                eager_todo = (retained - goal).min(grown);
+            if retained_now > goal {
+                eager_todo = (retained_now - goal).min(grown);
             }
         }
         if limit_todo > 0 {
             release(limit_todo.max(eager_todo), Path::Limit);
             if let Some(limit) = goals::memory_limit() {
-                if heap::RETAINED.load(Ordering::Relaxed) > limit {
+                if retained() > limit {
                     LIMIT_OVERRUNS.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -196,14 +234,69 @@ mod imp {
     /// Gives pages back to the page heap, and wakes the background
     /// scavenger if that pushed retained memory over its goal.
     pub fn free_pages(base: usize, npages: usize, usage: RunUse) {
-        HEAP.lock().free(base, npages, usage);
+        HEAP.lock().free(base, npages, usage, false);
         background::wake_if_over_goal();
+    }
+
+    /// Gives pages whose memory was already released to the OS (by deep
+    /// release, inside a span) back to the page heap, marked released.
+    pub fn free_released_pages(base: usize, npages: usize, usage: RunUse) {
+        HEAP.lock().free(base, npages, usage, true);
+    }
+
+    /// What one call of deep release did (see [`DeepRelease`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum DeepOutcome {
+        /// It worked; call again at once (within the CPU budget) if `more`.
+        Worked {
+            /// Bytes released.
+            released: usize,
+            /// Spans that had pages released.
+            spans: usize,
+            /// Whether the pass goes on.
+            more: bool,
+        },
+        /// Nothing to do now, but there may be soon: spans still in use, or
+        /// a pass not yet due.
+        Later,
+        /// Under its goal: nothing to do until memory use changes.
+        Idle,
+    }
+
+    /// Deep release, the release of free OS pages inside partly used spans
+    /// (`crate::spans::deep`). The span layer owns it and installs it here
+    /// ([`set_deep_release`]), since this layer may not call up into it;
+    /// the background thread runs it on its CPU budget once the page heap is
+    /// at its goal, and [`crate::release_all`] runs it too.
+    pub struct DeepRelease {
+        /// One step of background work at `now_ns` (monotonic), releasing
+        /// up to about `max_bytes`.
+        pub work: fn(now_ns: u64, max_bytes: usize) -> DeepOutcome,
+        /// Releases everything it can now; returns the bytes released.
+        pub release_all: fn() -> usize,
+    }
+
+    static DEEP_RELEASE: AtomicPtr<DeepRelease> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Installs deep release (once, at start-up).
+    pub fn set_deep_release(d: &'static DeepRelease) {
+        DEEP_RELEASE.store(d as *const DeepRelease as *mut DeepRelease, Ordering::Release);
+    }
+
+    /// Deep release, if installed and not switched off.
+    pub fn deep_release() -> Option<&'static DeepRelease> {
+        if !goals::deep_release_enabled() {
+            return None;
+        }
+        // SAFETY: only ever set from a `&'static DeepRelease`.
+        unsafe { DEEP_RELEASE.load(Ordering::Acquire).as_ref() }
     }
 
     /// Releases every free page of the heap to the OS now (after giving the
     /// calling thread's cached objects back, so their spans can be freed);
     /// returns the bytes released. Like Go's `debug.FreeOSMemory`.
     pub fn release_all_free() -> usize {
-        release(usize::MAX, Path::Forced)
+        let deep = deep_release().map_or(0, |d| (d.release_all)());
+        release(usize::MAX, Path::Forced) + deep
     }
 }

@@ -17,9 +17,10 @@
 
 use core::ptr;
 
-use super::pagemap;
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
+use super::{deep, pagemap};
+use crate::os;
 use crate::pages::heap::RunUse;
 use crate::report::fatal;
 use crate::scavenge;
@@ -35,6 +36,39 @@ pub struct Central {
     spans: usize,
     /// Objects handed out (to users or to thread caches).
     handed_out: usize,
+    /// Bytes of this class's spans released to the OS by deep release.
+    released: usize,
+    /// Batches of objects given back so far: deep release only finds new
+    /// free pages after some.
+    give_backs: u64,
+    /// Deep release's place in the partial list: the next span to look at,
+    /// while `deep_active`. Kept valid by [`Central::remove_partial`].
+    deep_cursor: *mut Span,
+    /// Whether deep release is part way through this class's list.
+    deep_active: bool,
+}
+
+// SAFETY: the cursor, like the lists, only points to span records, which
+// live in persistent memory for the life of the process; it is only used
+// under this class's lock.
+unsafe impl Send for Central {}
+
+impl Central {
+    /// Takes `span` off the partial list, moving deep release's cursor on
+    /// if it pointed there, so the cursor never points to a span off the
+    /// list.
+    ///
+    /// # Safety
+    ///
+    /// `span` is on this class's partial list.
+    unsafe fn remove_partial(&mut self, span: *mut Span) {
+        if self.deep_cursor == span {
+            // SAFETY: `span` is a live record on the list (the contract).
+            self.deep_cursor = unsafe { (*span).next };
+        }
+        // SAFETY: the contract.
+        unsafe { self.partial.remove(span) };
+    }
 }
 
 // Each lock on its own pair of cache lines, so that classes do not contend
@@ -43,7 +77,16 @@ pub struct Central {
 struct Padded(Mutex<Central>);
 
 static CENTRAL: [Padded; NUM_CLASSES] = [const {
-    Padded(Mutex::new(Central { partial: SpanList::new(), spare: SpanList::new(), spans: 0, handed_out: 0 }))
+    Padded(Mutex::new(Central {
+        partial: SpanList::new(),
+        spare: SpanList::new(),
+        spans: 0,
+        handed_out: 0,
+        released: 0,
+        give_backs: 0,
+        deep_cursor: ptr::null_mut(),
+        deep_active: false,
+    }))
 }; NUM_CLASSES];
 
 /// Wholly free spans a class keeps aside.
@@ -56,12 +99,16 @@ pub struct CentralCounts {
     pub spans: usize,
     /// Objects handed out to users or thread caches.
     pub handed_out: usize,
+    /// Bytes inside the class's spans released to the OS (deep release).
+    pub released: usize,
+    /// Batches of objects given back to the class's spans so far.
+    pub give_backs: u64,
 }
 
 /// The counters of `class`.
 pub fn counts(class: usize) -> CentralCounts {
     let c = CENTRAL[class].0.lock();
-    CentralCounts { spans: c.spans, handed_out: c.handed_out }
+    CentralCounts { spans: c.spans, handed_out: c.handed_out, released: c.released, give_backs: c.give_backs }
 }
 
 /// Hands out up to `out.len()` objects of `class`, writing their addresses
@@ -96,10 +143,17 @@ pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
         // SAFETY: spans on the partial list are live records of this class,
         // guarded by the lock we hold.
         let s = unsafe { &mut *span };
-        got += s.take_free(&mut out[got..]);
+        let taken = s.take_free(&mut out[got..]);
+        s.refilled_ms = os::coarse_ms();
+        if s.released != 0 {
+            let reclaimed = s.reclaim_pages(&out[got..got + taken], os::page_size());
+            central.released -= reclaimed;
+            scavenge::note_span_reclaimed(reclaimed);
+        }
+        got += taken;
         if s.nfree == 0 {
             // SAFETY: `span` is on the list (checked via `in_partial`).
-            unsafe { central.partial.remove(span) };
+            unsafe { central.remove_partial(span) };
             s.in_partial = false;
         }
     }
@@ -112,6 +166,7 @@ pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
 /// free, or a size that does not match the allocation) stops the process.
 pub fn give_back(class: usize, objects: &[*mut u8]) {
     let mut central = CENTRAL[class].0.lock();
+    central.give_backs += 1;
     for &p in objects {
         let addr = p as usize;
         let span = pagemap::lookup(addr);
@@ -137,7 +192,7 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
         if s.is_empty() {
             if s.in_partial {
                 // SAFETY: the span is on this class's list.
-                unsafe { central.partial.remove(span) };
+                unsafe { central.remove_partial(span) };
                 s.in_partial = false;
             }
             if central.spare.len() < SPARES {
@@ -146,6 +201,9 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
                 continue;
             }
             central.spans -= 1;
+            let released = s.released.count_ones() as usize * os::page_size();
+            central.released -= released;
+            scavenge::note_span_reclaimed(released);
             // SAFETY: the span is wholly free, off every list, and no
             // pointer into it is live.
             unsafe { release_span(span) };
@@ -170,6 +228,9 @@ pub fn release_spares() -> usize {
             // SAFETY: the spare is wholly free and on this class's list; off
             // it, nothing refers to it.
             unsafe {
+                let released = (*span).released.count_ones() as usize * os::page_size();
+                central.released -= released;
+                scavenge::note_span_reclaimed(released);
                 central.spare.remove(span);
                 release_span(span);
             }
@@ -178,6 +239,110 @@ pub fn release_spares() -> usize {
         }
     }
     n
+}
+
+/// What one call of [`deep_release_step`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeepStep {
+    /// Bytes released.
+    pub released: usize,
+    /// Spans that had pages released.
+    pub spans: usize,
+    /// Spans passed over because objects were handed out from them less
+    /// than [`DEEP_IDLE_MS`] ago.
+    pub skipped_recent: usize,
+    /// Whether the pass over this class's list is complete.
+    pub done: bool,
+}
+
+/// Spans looked at per lock hold.
+const DEEP_SPANS_PER_STEP: usize = 256;
+
+/// How long a span must go without handing out objects before deep
+/// release takes pages from it: a burst that comes back within this time
+/// finds its spans whole. The same second as the retained goal's window.
+pub const DEEP_IDLE_MS: u64 = 1000;
+
+/// One step of deep release over `class`: from where the last step
+/// stopped (or the head of the partial list), looks at up to
+/// [`DEEP_SPANS_PER_STEP`] spans and releases the OS pages in them that
+/// hold no handed-out object, in one batch of up to
+/// [`os::MAX_RELEASE_RANGES`] ranges. Spans
+/// that handed out objects within [`DEEP_IDLE_MS`] of `now_ms` are passed
+/// over, unless `force`.
+///
+/// The class lock is held across the release: nothing can hand out an
+/// object on a page while it is being released. A free into the span
+/// needs the lock too, but would touch no page anyway (the free state is
+/// out of band).
+pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
+    const MAX_RANGES: usize = os::MAX_RELEASE_RANGES;
+    let os_page = os::page_size();
+    let mut step = DeepStep::default();
+    let mut ranges = [(0usize, 0usize); MAX_RANGES];
+    // For each range: the span it lies in and its bits in `released`.
+    let mut owners = [(ptr::null_mut::<Span>(), 0u64); MAX_RANGES];
+    let mut nranges = 0;
+    let mut central = CENTRAL[class].0.lock();
+    let mut span = if central.deep_active { central.deep_cursor } else { central.partial.first() };
+    let mut looked = 0;
+    while !span.is_null() && looked < DEEP_SPANS_PER_STEP {
+        // SAFETY: spans on the partial list (and the cursor, kept on it)
+        // are live records of this class, guarded by our lock.
+        let s = unsafe { &mut *span };
+        if !force && now_ms.saturating_sub(s.refilled_ms) < DEEP_IDLE_MS {
+            step.skipped_recent += 1;
+            looked += 1;
+            span = s.next;
+            continue;
+        }
+        let mask = s.releasable_pages(os_page);
+        if nranges + deep::count_runs(mask) > MAX_RANGES {
+            break;
+        }
+        for (first, count) in deep::runs(mask) {
+            ranges[nranges] = (s.base + first * os_page, count * os_page);
+            owners[nranges] = (span, ((1u64 << count) - 1) << first);
+            nranges += 1;
+        }
+        looked += 1;
+        span = s.next;
+    }
+    central.deep_cursor = span;
+    central.deep_active = !span.is_null();
+    step.done = span.is_null();
+    if nranges > 0 {
+        let mut ok = [false; MAX_RANGES];
+        // SAFETY: every range lies in a span of this class and holds only
+        // free objects (or the span's tail), which cannot be handed out
+        // while we hold the class lock; no one else reads or writes them.
+        unsafe { os::release_many(&ranges[..nranges], &mut ok[..nranges]) };
+        let mut last: *mut Span = ptr::null_mut();
+        for ((&(_, bytes), &(owner, bits)), &done) in ranges[..nranges].iter().zip(&owners[..nranges]).zip(&ok) {
+            if !done {
+                continue;
+            }
+            // SAFETY: as above; the owner is still on the list (we held
+            // the lock throughout).
+            unsafe { (*owner).released |= bits };
+            central.released += bytes;
+            scavenge::note_span_released(bytes);
+            step.released += bytes;
+            if owner != last {
+                step.spans += 1;
+                last = owner;
+            }
+        }
+    }
+    step
+}
+
+/// Makes the next [`deep_release_step`] of `class` start from the head of
+/// its list.
+pub fn deep_restart(class: usize) {
+    let mut central = CENTRAL[class].0.lock();
+    central.deep_active = false;
+    central.deep_cursor = ptr::null_mut();
 }
 
 /// Makes a new span of `class` from the page heap, or null.
@@ -208,9 +373,13 @@ fn new_span(class: usize) -> *mut Span {
 /// The span is free of objects, on no list, and nothing refers to it.
 unsafe fn release_span(span: *mut Span) {
     // SAFETY: per the contract the record is ours.
-    let (base, npages) = unsafe { ((*span).base, (*span).npages) };
+    let (base, npages, released) = unsafe { ((*span).base, (*span).npages, (*span).released) };
     pagemap::set(base, npages, ptr::null_mut());
-    scavenge::free_pages(base, npages, RunUse::Span);
+    if released == 0 {
+        scavenge::free_pages(base, npages, RunUse::Span);
+    } else {
+        deep::free_partly_released(base, npages, released);
+    }
     // SAFETY: its page-map entries are cleared; nothing can reach it.
     unsafe { span::free_record(span) };
 }

@@ -26,6 +26,7 @@
 
 pub mod cache;
 pub mod central;
+pub mod deep;
 pub mod large;
 pub mod pagemap;
 pub mod sizeclass;
@@ -152,6 +153,7 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize, align: usize, new_size: usize) 
 /// Takes every span-layer lock and keeps it, before `fork()`. The heap
 /// lock is not among them: the caller takes it after these (lock order).
 pub(crate) fn lock_for_fork() {
+    deep::lock_for_fork();
     cache::lock_for_fork();
     central::lock_for_fork();
     span::lock_for_fork();
@@ -162,4 +164,5 @@ pub(crate) fn unlock_after_fork() {
     span::unlock_after_fork();
     central::unlock_after_fork();
     cache::unlock_after_fork();
+    deep::unlock_after_fork();
 }

@@ -52,6 +52,14 @@ pub struct Span {
     pub nfree: u16,
     /// Large: the bytes the user asked for.
     pub large_bytes: usize,
+    /// Small: the OS pages of the span given back to the OS while the span
+    /// is in use (deep release); bit `i` is the `i`-th OS page from `base`.
+    /// Set only for pages that hold no handed-out object, under the class
+    /// lock; cleared when objects on them are handed out again.
+    pub released: u64,
+    /// Small: when objects were last handed out from the span, in
+    /// [`crate::os::coarse_ms`] (deep release leaves spans in use alone).
+    pub refilled_ms: u64,
     /// Links of the class's partial list (or the pool's free list).
     pub next: *mut Span,
     /// See `next`.
@@ -81,6 +89,8 @@ impl Span {
         self.nobjects = nobjects as u16;
         self.nfree = nobjects as u16;
         self.large_bytes = 0;
+        self.released = 0;
+        self.refilled_ms = crate::os::coarse_ms();
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
         self.bits = [u64::MAX; BITMAP_WORDS];
@@ -105,6 +115,8 @@ impl Span {
         self.nobjects = 0;
         self.nfree = 0;
         self.large_bytes = bytes;
+        self.released = 0;
+        self.refilled_ms = 0;
         self.next = ptr::null_mut();
         self.prev = ptr::null_mut();
     }
@@ -166,6 +178,57 @@ impl Span {
     #[inline]
     pub fn bytes(&self) -> usize {
         self.npages * crate::pages::PAGE_SIZE
+    }
+
+    /// The OS pages of `os_page` bytes (a power of two; bit `i`: the
+    /// `i`-th from `base`) that hold no handed-out object, not even a piece
+    /// of one, and are not released yet. Pages past the last object (the
+    /// span's tail) hold nothing and qualify. Walks the handed-out objects
+    /// (few, in a span worth looking at), with shifts only.
+    pub fn releasable_pages(&self, os_page: usize) -> u64 {
+        let shift = os_page.trailing_zeros();
+        let size = sizeclass::class_size(self.class as usize);
+        let nobjects = self.nobjects as usize;
+        let npages = (self.bytes() >> shift).min(64);
+        let mut mask = if npages == 64 { u64::MAX } else { (1u64 << npages) - 1 };
+        mask &= !self.released;
+        for (w, &word) in self.bits.iter().enumerate() {
+            let first = w * 64;
+            if first >= nobjects || mask == 0 {
+                break;
+            }
+            // Bits past the last object are always set; they hold nothing.
+            let mut used = if nobjects - first >= 64 { word } else { word & ((1u64 << (nobjects - first)) - 1) };
+            while used != 0 {
+                let start = (first + used.trailing_zeros() as usize) * size;
+                used &= used - 1;
+                let (lo, hi) = (start >> shift, (start + size - 1) >> shift);
+                // Clear bits lo..=hi.
+                let width = hi - lo + 1;
+                let bits = if width >= 64 { u64::MAX } else { (1u64 << width) - 1 };
+                mask &= !(bits << lo);
+            }
+        }
+        mask
+    }
+
+    /// After `objects` were handed out: their OS pages are no longer
+    /// released (they fault back in when written). Returns the bytes that
+    /// stopped counting as released.
+    pub fn reclaim_pages(&mut self, objects: &[*mut u8], os_page: usize) -> usize {
+        let size = sizeclass::class_size(self.class as usize);
+        let before = self.released.count_ones();
+        for &p in objects {
+            let offset = p as usize - self.base;
+            let (first, last) = (offset / os_page, (offset + size - 1) / os_page);
+            for page in first..=last.min(63) {
+                self.released &= !(1 << page);
+            }
+            if self.released == 0 {
+                break;
+            }
+        }
+        (before - self.released.count_ones()) as usize * os_page
     }
 }
 
@@ -360,6 +423,67 @@ mod tests {
                 assert_eq!(s.put(base + i * size), Ok(()));
             }
             assert!(s.is_empty());
+        }
+    }
+
+    /// `releasable_pages` against a naive model: a page qualifies when no
+    /// handed-out object overlaps it; `reclaim_pages` clears exactly the
+    /// pages the handed-out objects overlap.
+    #[test]
+    fn releasable_pages_match_a_naive_model() {
+        let os_page = 4096;
+        let mut seed = 0x5eed_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for class in 0..sizeclass::NUM_CLASSES {
+            for round in 0..20 {
+                // SAFETY: all-zero bytes are a valid `Span`.
+                let mut s: Span = unsafe { core::mem::zeroed() };
+                let base = 0x7000_0000_0000;
+                s.init_small(base, class);
+                let n = sizeclass::class_objects(class);
+                let size = sizeclass::class_size(class);
+                let mut out = vec![ptr::null_mut(); n];
+                s.take_free(&mut out);
+                // Free a random share of the objects (all of them, none, or
+                // in between).
+                let keep_one_in = [1u64, 2, 5, 50, u64::MAX][round % 5];
+                let mut live = vec![true; n];
+                for (i, l) in live.iter_mut().enumerate() {
+                    if keep_one_in == u64::MAX || !rand().is_multiple_of(keep_one_in) {
+                        s.put(base + i * size).unwrap();
+                        *l = false;
+                    }
+                }
+                let pages = s.bytes() / os_page;
+                let model: u64 = (0..pages)
+                    .filter(|&p| {
+                        let (lo, hi) = (p * os_page, (p + 1) * os_page);
+                        !(0..n).any(|i| live[i] && i * size < hi && (i + 1) * size > lo)
+                    })
+                    .fold(0, |m, p| m | 1 << p);
+                assert_eq!(s.releasable_pages(os_page), model, "class {class} round {round}");
+                // Mark them released, hand out some free objects again, and
+                // check that exactly their pages stop being released.
+                s.released = model;
+                let mut again = vec![ptr::null_mut(); 3];
+                let got = s.take_free(&mut again);
+                let touched: u64 = again[..got]
+                    .iter()
+                    .flat_map(|&p| {
+                        let o = p as usize - base;
+                        o / os_page..=(o + size - 1) / os_page
+                    })
+                    .fold(0, |m, p| m | 1 << p);
+                let bytes = s.reclaim_pages(&again[..got], os_page);
+                assert_eq!(s.released, model & !touched, "class {class} round {round}");
+                assert_eq!(bytes, (model & touched).count_ones() as usize * os_page);
+                assert_eq!(s.releasable_pages(os_page) & s.released, 0, "released pages are never offered again");
+            }
         }
     }
 }

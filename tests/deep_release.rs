@@ -1,0 +1,380 @@
+//! Deep release end to end: free OS pages inside partly used spans go back
+//! to the OS, live objects are never disturbed, reused memory comes back
+//! zeroed where it must, and the statistics keep adding up. Each case runs
+//! in a child process of its own (RSS and the statistics are per process).
+
+mod support;
+
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
+use std::time::{Duration, Instant};
+
+use support::{assert_pattern, Pattern, Rng};
+
+#[global_allocator]
+static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
+
+const MIB: usize = 1 << 20;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * page_size()
+}
+
+/// User plus system CPU time of the whole process.
+fn process_cpu() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills one `rusage`.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The statistics' identities, and that what they call released really is
+/// not resident: RSS stays under retained memory plus metadata plus what
+/// was resident outside the heap (`outside`) plus a little slack.
+fn check_stats(what: &str, outside: usize) {
+    let s = scavalloc::stats();
+    assert_eq!(s.mapped, s.heap_in_use + s.heap_free + s.heap_released, "{what}: {s:?}");
+    assert_eq!(s.heap_in_use, s.small_spans + s.large_pages, "{what}: {s:?}");
+    assert_eq!(s.small_spans, s.small_allocated + s.small_cached + s.small_free + s.small_waste, "{what}: {s:?}");
+    assert!(s.span_released <= s.small_free + s.small_waste, "{what}: released inside spans beyond their free bytes");
+    assert_eq!(s.span_released, s.classes.iter().map(|c| c.released).sum::<usize>(), "{what}");
+    for c in s.classes.iter().filter(|c| c.released > 0) {
+        assert_eq!(c.released % page_size(), 0, "{what}: class {} released {} bytes", c.size, c.released);
+    }
+    if scavalloc::config::get().release_mode == scavalloc::os::ReleaseMode::Free {
+        // MADV_FREE pages stay resident until the kernel needs them.
+        return;
+    }
+    let r = rss();
+    let bound = s.retained() + s.metadata + outside + 8 * MIB;
+    assert!(
+        r <= bound,
+        "{what}: rss {} MiB over retained {} MiB + metadata {} MiB + {} MiB outside the heap + 8 MiB",
+        r / MIB,
+        s.retained() / MIB,
+        s.metadata / MIB,
+        outside / MIB
+    );
+}
+
+/// Runs `case` of `test` in a child process and checks it passed.
+fn in_child(test: &str, case: &str, env: &[(&str, &str)], timeout: Duration) {
+    let out = support::run_child_env(test, case, env, timeout);
+    println!("{}", out.stdout);
+    assert!(out.status.success(), "child {case}: {:?}\n{}\n{}", out.status, out.stdout, out.stderr);
+    assert!(out.stdout.contains(&format!("case {case} done")), "child {case} did not run:\n{}", out.stdout);
+}
+
+// ---------------------------------------------------------------------------
+// The acceptance case: a scattered burst, idle.
+
+/// 64-4096 B, spread over the classes in that range.
+fn burst_size(i: usize) -> usize {
+    64 + (i * 7919) % 4033
+}
+
+fn scattered_burst() {
+    let outside = rss();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut objects: Vec<Box<[u8]>> = Vec::new();
+    let mut total = 0;
+    while total < 1024 * MIB {
+        let size = burst_size(objects.len());
+        objects.push(vec![objects.len() as u8; size].into_boxed_slice());
+        total += size;
+    }
+    let peak = rss();
+    assert!(peak > 1000 * MIB, "the burst should be resident: {} MiB", peak / MIB);
+    let mut i = 0;
+    objects.retain(|_| {
+        i += 1;
+        i % 10 == 0
+    });
+    objects.shrink_to_fit();
+    // The floor: the distinct OS pages that live bytes touch (the objects,
+    // and the vector that holds them).
+    let ps = page_size();
+    let mut pages: Vec<usize> = Vec::with_capacity(objects.len() * 2 + 1024);
+    let mut live = 0;
+    let ranges = objects
+        .iter()
+        .map(|o| (o.as_ptr() as usize, o.len()))
+        .chain(std::iter::once((objects.as_ptr() as usize, objects.len() * std::mem::size_of::<Box<[u8]>>())));
+    for (start, len) in ranges {
+        live += len;
+        pages.extend(start / ps..=(start + len - 1) / ps);
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    let floor = pages.len() * ps;
+    drop(pages);
+    println!(
+        "burst: peak rss {} MiB, live {} MiB, pages live objects touch {} MiB",
+        peak / MIB,
+        live / MIB,
+        floor / MIB
+    );
+
+    let start = Instant::now();
+    let cpu_start = process_cpu();
+    let mut met_at = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        let (t, r, s) = (start.elapsed(), rss(), scavalloc::stats());
+        let bound = floor + floor * 15 / 100 + s.metadata + 16 * MIB + outside;
+        if t.as_millis() % 1000 < 100 {
+            println!(
+                "t={:>4.1}s rss {:>5} MiB (bound {} MiB) released inside spans {:>5} MiB, in {} spans",
+                t.as_secs_f64(),
+                r / MIB,
+                bound / MIB,
+                s.span_released / MIB,
+                s.deep_spans
+            );
+        }
+        if r <= bound {
+            met_at.get_or_insert(t);
+        } else if t >= Duration::from_secs(5) {
+            panic!(
+                "at {t:?}: rss {} MiB over 1.15 x {} MiB of pages touched by live objects + {} MiB metadata + 16 MiB \
+                 + {} MiB outside the heap",
+                r / MIB,
+                floor / MIB,
+                s.metadata / MIB,
+                outside / MIB
+            );
+        }
+    }
+    let cpu = process_cpu() - cpu_start;
+    let percent = scavalloc::config::get().scavenger.cpu_percent;
+    let budget = Duration::from_secs_f64(10.0 * cpus as f64 * percent / 100.0 * 1.5);
+    let s = scavalloc::stats();
+    println!(
+        "bound met after {met_at:?}; idle CPU {cpu:?} (budget {budget:?}); deep release {} MiB in {} spans, {:.1} ms of \
+         scavenger CPU out of {:.1} ms",
+        s.released_deep / MIB,
+        s.deep_spans,
+        s.deep_cpu_ns as f64 / 1e6,
+        s.scavenger_cpu_ns as f64 / 1e6
+    );
+    assert!(cpu <= budget, "idle CPU {cpu:?} over 1.5 x {percent}% of {cpus} CPUs for 10 s");
+    assert!(s.span_released > 0 && s.deep_spans > 0, "deep release did nothing: {s:?}");
+    for (k, o) in objects.iter().enumerate() {
+        let byte = o[0];
+        assert!(o.iter().all(|&b| b == byte), "live object {k} changed");
+        assert_eq!(byte, ((k + 1) * 10 - 1) as u8, "live object {k} holds another object's bytes");
+    }
+    check_stats("after the idle", outside);
+}
+
+#[test]
+fn scattered_burst_rss_approaches_the_pages_live_objects_touch() {
+    match support::child_case().as_deref() {
+        Some("scattered") => {
+            scattered_burst();
+            println!("case scattered done");
+        }
+        Some(_) => {}
+        None => in_child(
+            "scattered_burst_rss_approaches_the_pages_live_objects_touch",
+            "scattered",
+            &[],
+            Duration::from_secs(120),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reuse after deep release, forced with `release_all`.
+
+/// A live object of the stress: where, how big, and what it holds.
+struct Live {
+    ptr: *mut u8,
+    size: usize,
+    pattern: Pattern,
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Allocates `n` objects of 16-4096 B, a quarter through `alloc_zeroed`
+/// (checked to be zero: memory on pages deep release gave back must come
+/// back as zeroes or be zeroed), and fills each with its pattern.
+fn allocate(rng: &mut Rng, live: &mut Vec<Live>, n: usize, next_id: &mut u64) {
+    for _ in 0..n {
+        let size = rng.range(16, 4096);
+        let zeroed = rng.chance(1, 4);
+        // SAFETY: non-zero size.
+        let ptr = unsafe {
+            if zeroed {
+                alloc_zeroed(layout(size))
+            } else {
+                alloc(layout(size))
+            }
+        };
+        assert!(!ptr.is_null());
+        if zeroed {
+            // SAFETY: `ptr` is valid for `size` bytes.
+            if let Some(i) = unsafe { support::first_not(ptr, size, 0) } {
+                panic!("alloc_zeroed({size}) at {:#x}: byte {i} is not zero", ptr as usize);
+            }
+        }
+        *next_id += 1;
+        let pattern = Pattern::new(*next_id, size);
+        // SAFETY: as above.
+        unsafe { pattern.fill(ptr, size) };
+        live.push(Live { ptr, size, pattern });
+    }
+}
+
+fn verify(live: &[Live], what: &str) {
+    for l in live {
+        // SAFETY: a live object of `l.size` bytes.
+        unsafe { assert_pattern(l.pattern, l.ptr, l.size, what) };
+    }
+}
+
+/// Frees all but one in `keep` at random.
+fn thin(rng: &mut Rng, live: &mut Vec<Live>, keep: usize) {
+    live.retain(|l| {
+        let stay = rng.chance(1, keep);
+        if !stay {
+            // SAFETY: allocated with this layout, freed once.
+            unsafe { dealloc(l.ptr, layout(l.size)) };
+        }
+        stay
+    });
+}
+
+fn reuse_after_forced_deep_release() {
+    let outside = rss();
+    let mut rng = Rng::new(0xdee9);
+    let mut live = Vec::new();
+    let mut id = 0;
+    let mut released_any = false;
+    for round in 0..8 {
+        allocate(&mut rng, &mut live, 60_000, &mut id);
+        check_stats(&format!("round {round}, allocated"), outside);
+        thin(&mut rng, &mut live, [10, 4, 20, 2][round % 4]);
+        check_stats(&format!("round {round}, thinned"), outside);
+        let before = scavalloc::stats().released_deep;
+        let released = scavalloc::release_all();
+        let s = scavalloc::stats();
+        released_any |= s.released_deep > before;
+        println!(
+            "round {round}: {} live, release_all gave back {} KiB ({} KiB inside spans), {} KiB released inside spans now",
+            live.len(),
+            released >> 10,
+            (s.released_deep - before) >> 10,
+            s.span_released >> 10
+        );
+        assert!(s.released_deep - before <= released, "release_all's figure leaves out deep release");
+        check_stats(&format!("round {round}, released"), outside);
+        verify(&live, &format!("round {round}, after deep release"));
+    }
+    assert!(released_any, "release_all never released inside a span");
+    for l in live.drain(..) {
+        // SAFETY: allocated with this layout, freed once.
+        unsafe { dealloc(l.ptr, layout(l.size)) };
+    }
+    scavalloc::release_all();
+    let s = scavalloc::stats();
+    assert_eq!(s.span_released, s.classes.iter().map(|c| c.released).sum::<usize>());
+    check_stats("all freed", outside);
+}
+
+#[test]
+fn objects_reused_after_deep_release_keep_contents_and_zeroes() {
+    match support::child_case().as_deref() {
+        Some("forced") | Some("forced-free") => {
+            reuse_after_forced_deep_release();
+            println!("case {} done", support::child_case().unwrap());
+        }
+        Some(_) => {}
+        None => {
+            let test = "objects_reused_after_deep_release_keep_contents_and_zeroes";
+            in_child(test, "forced", &[("SCAVALLOC_BACKGROUND", "0")], Duration::from_secs(120));
+            // MADV_FREE pages may keep their old bytes until reclaimed:
+            // zeroed allocations must not rely on them being zero.
+            in_child(
+                test,
+                "forced-free",
+                &[("SCAVALLOC_BACKGROUND", "0"), ("SCAVALLOC_RELEASE", "free")],
+                Duration::from_secs(120),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The background thread releasing while threads work.
+
+/// Two threads each build objects, thin them out, wait until the
+/// background scavenger has released pages inside spans, and build again
+/// from the same classes while checking what they keep, three times over.
+fn background_release_while_working() {
+    let outside = rss();
+    let rounds = 3;
+    std::thread::scope(|scope| {
+        for t in 0..2u64 {
+            scope.spawn(move || {
+                let mut rng = Rng::new(0xbac0 + t);
+                let mut live = Vec::new();
+                let mut id = t << 40;
+                for round in 0..rounds {
+                    allocate(&mut rng, &mut live, 150_000, &mut id);
+                    thin(&mut rng, &mut live, 10);
+                    scavalloc::flush_thread_cache();
+                    let before = scavalloc::stats().released_deep;
+                    let released = support::wait_until(Duration::from_secs(20), || {
+                        verify(&live, &format!("thread {t} round {round}, waiting"));
+                        std::thread::sleep(Duration::from_millis(50));
+                        scavalloc::stats().released_deep > before
+                    });
+                    assert!(released, "thread {t} round {round}: no deep release within 20 s");
+                    verify(&live, &format!("thread {t} round {round}, after deep release"));
+                }
+                for l in live.drain(..) {
+                    // SAFETY: allocated with this layout, freed once.
+                    unsafe { dealloc(l.ptr, layout(l.size)) };
+                }
+            });
+        }
+    });
+    let s = scavalloc::stats();
+    println!(
+        "background: {} MiB released inside spans in all, {} spans, {:.1} ms of deep-release CPU",
+        s.released_deep / MIB,
+        s.deep_spans,
+        s.deep_cpu_ns as f64 / 1e6
+    );
+    assert!(s.deep_cpu_ns > 0, "the background thread did no deep release");
+    check_stats("after the threads", outside);
+}
+
+#[test]
+fn background_deep_release_beside_working_threads() {
+    match support::child_case().as_deref() {
+        Some("background") => {
+            background_release_while_working();
+            println!("case background done");
+        }
+        Some(_) => {}
+        None => in_child(
+            "background_deep_release_beside_working_threads",
+            "background",
+            &[("SCAVALLOC_SCAVENGE_PERCENT", "25")],
+            Duration::from_secs(120),
+        ),
+    }
+}
