@@ -1,7 +1,10 @@
 //! The comparison binary's global allocator: it forwards every call to one
 //! of four allocators, chosen once, at the first allocation, from
-//! `SCAVALLOC_BENCH_ALLOC` (`system`, `scavalloc`, `jemalloc`, `mimalloc`;
-//! unset means `system`, which is what the driver process runs on).
+//! `SCAVALLOC_BENCH_ALLOC` (`system`, `scavalloc`, `scavalloc-nodeep`,
+//! `jemalloc`, `mimalloc`; unset means `system`, which is what the driver
+//! process runs on). `scavalloc-nodeep` is scavalloc itself, run by the
+//! driver with `SCAVALLOC_DEEP_RELEASE=0`, to show what deep release costs
+//! and gives.
 //!
 //! A global allocator is fixed for the life of a process, and a pointer
 //! must go back to the allocator that made it, so the choice is made before
@@ -24,9 +27,11 @@ pub enum Backend {
     Scavalloc = 2,
     Jemalloc = 3,
     Mimalloc = 4,
+    ScavallocNoDeep = 5,
 }
 
-pub const ALL: [Backend; 4] = [Backend::System, Backend::Scavalloc, Backend::Jemalloc, Backend::Mimalloc];
+pub const ALL: [Backend; 5] =
+    [Backend::System, Backend::Scavalloc, Backend::ScavallocNoDeep, Backend::Jemalloc, Backend::Mimalloc];
 
 /// The environment variable that picks a child's allocator.
 pub const VAR: &str = "SCAVALLOC_BENCH_ALLOC";
@@ -38,7 +43,21 @@ impl Backend {
             Backend::Scavalloc => "scavalloc",
             Backend::Jemalloc => "jemalloc",
             Backend::Mimalloc => "mimalloc",
+            Backend::ScavallocNoDeep => "scavalloc-nodeep",
         }
+    }
+
+    /// Environment the driver sets for this backend's children.
+    pub fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Backend::ScavallocNoDeep => &[("SCAVALLOC_DEEP_RELEASE", "0")],
+            _ => &[],
+        }
+    }
+
+    /// Whether the allocator is scavalloc (with or without deep release).
+    pub fn is_scavalloc(self) -> bool {
+        matches!(self, Backend::Scavalloc | Backend::ScavallocNoDeep)
     }
 
     pub fn from_name(name: &[u8]) -> Option<Backend> {
@@ -51,6 +70,7 @@ impl Backend {
             2 => Backend::Scavalloc,
             3 => Backend::Jemalloc,
             4 => Backend::Mimalloc,
+            5 => Backend::ScavallocNoDeep,
             _ => Backend::System,
         }
     }
@@ -76,7 +96,8 @@ fn read_choice() -> u8 {
     match Backend::from_name(value) {
         Some(b) => b as u8,
         None => {
-            let msg = b"compare: SCAVALLOC_BENCH_ALLOC must be system, scavalloc, jemalloc or mimalloc\n";
+            let msg =
+                b"compare: SCAVALLOC_BENCH_ALLOC must be system, scavalloc, scavalloc-nodeep, jemalloc or mimalloc\n";
             // SAFETY: writes `msg` to stderr, then ends the process.
             unsafe {
                 libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -106,7 +127,7 @@ pub struct Dispatch;
 macro_rules! forward {
     ($method:ident($($arg:expr),*)) => {
         match chosen() {
-            2 => Scavalloc.$method($($arg),*),
+            2 | 5 => Scavalloc.$method($($arg),*),
             3 => Jemalloc.$method($($arg),*),
             4 => MiMalloc.$method($($arg),*),
             _ => System.$method($($arg),*),

@@ -2,7 +2,7 @@
 //! side by side in one run.
 //!
 //! ```text
-//! cargo bench -p scavalloc-bench --bench compare                 # full run, about 6 minutes
+//! cargo bench -p scavalloc-bench --bench compare                 # full run, about 9 minutes
 //! cargo bench -p scavalloc-bench --bench compare -- --smoke      # tiny sizes, as CI runs it
 //! cargo bench -p scavalloc-bench --bench compare -- --write-readme  # full run, tables into README.md
 //! cargo bench -p scavalloc-bench --bench compare -- --only json_tree,fragmentation --alloc system,scavalloc
@@ -50,7 +50,7 @@ use workloads::Scale;
 static GLOBAL: Dispatch = Dispatch;
 
 /// The memory workloads, after the throughput ones in `workloads::ALL`.
-pub const MEMORY_WORKLOADS: [&str; 3] = ["fragmentation", "burst_idle_whole", "burst_idle_scattered"];
+pub const MEMORY_WORKLOADS: [&str; 4] = ["fragmentation", "burst_idle_whole", "burst_idle_scattered", "burst_again"];
 
 /// One result line of a child, for the driver.
 pub fn emit(key: &str, value: impl Display) {
@@ -83,7 +83,8 @@ struct Options {
 fn usage(problem: &str) -> ! {
     eprintln!("compare: {problem}");
     eprintln!(
-        "usage: compare [--smoke] [--write-readme] [--only w1,w2,...] [--alloc system,scavalloc,jemalloc,mimalloc]"
+        "usage: compare [--smoke] [--write-readme] [--only w1,w2,...] \
+         [--alloc system,scavalloc,scavalloc-nodeep,jemalloc,mimalloc]"
     );
     let names: Vec<&str> = workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).collect();
     eprintln!("workloads: {}", names.join(", "));
@@ -180,11 +181,14 @@ fn child(name: &str, scale: Scale) {
             "fragmentation" => memory::fragmentation(scale),
             "burst_idle_whole" => memory::burst_idle(Pattern::Whole, scale),
             "burst_idle_scattered" => memory::burst_idle(Pattern::Scattered, scale),
+            "burst_again" => memory::burst_again(scale),
             _ => usage(&format!("no workload {name:?}")),
         }
     }
-    if backend == Backend::Scavalloc {
-        emit("scavenger_cpu_ns", scavalloc::stats().scavenger_cpu_ns);
+    if backend.is_scavalloc() {
+        let s = scavalloc::stats();
+        emit("scavenger_cpu_ns", s.scavenger_cpu_ns);
+        emit("deep_released", s.released_deep);
     }
     emit("done", 1);
 }
@@ -196,7 +200,10 @@ fn child(name: &str, scale: Scale) {
 /// the run with its output, so a broken workload cannot hide.
 fn run_child(workload: &'static str, backend: Backend, scale: Scale, out: &Path) -> Record {
     let mut cmd = Command::new(std::env::current_exe().expect("the harness's own path"));
-    cmd.args(["--child", workload]).env(dispatch::VAR, backend.name()).env("CRITERION_HOME", out.join("criterion"));
+    cmd.args(["--child", workload])
+        .env(dispatch::VAR, backend.name())
+        .env("CRITERION_HOME", out.join("criterion"))
+        .envs(backend.env().iter().copied());
     if scale == Scale::Smoke {
         cmd.arg("--smoke");
     }
@@ -234,7 +241,7 @@ fn progress(r: &Record) {
             None => format!("RSS at end {:>7.1} MiB (live {:.1} MiB)", mib("rss_end"), mib("live")),
         },
     };
-    println!("  {:<22} {:<10} {detail}   peak RSS {:7.1} MiB", r.workload, r.backend.name(), mib("peak_rss"));
+    println!("  {:<22} {:<16} {detail}   peak RSS {:7.1} MiB", r.workload, r.backend.name(), mib("peak_rss"));
     std::io::stdout().flush().ok();
 }
 

@@ -171,7 +171,7 @@ pub fn burst_idle(pattern: Pattern, scale: Scale) {
         emit("sample", format!("{:.3} {r}", t.as_secs_f64()));
         if at_5s.is_none() && t >= idle / 2 {
             at_5s = Some(r);
-            if Backend::current() == Backend::Scavalloc {
+            if Backend::current().is_scavalloc() {
                 scavalloc_bound(pattern, r, live, base);
             }
         }
@@ -198,4 +198,40 @@ fn scavalloc_bound(pattern: Pattern, rss: usize, live: usize, base: usize) {
     emit("bound_met", u8::from(rss <= bound));
     emit("retained_5s", s.mapped - s.heap_released);
     emit("in_use_5s", s.heap_in_use);
+}
+
+/// A burst of 512 MiB of 64 B-4 KiB objects, nine in ten freed at random,
+/// 5 s of idle (long enough for scavalloc to give the free memory back),
+/// then the same burst again: the price of having given memory back is
+/// paid in the second burst's page faults. Reports both bursts' times and
+/// the RSS before the second.
+pub fn burst_again(scale: Scale) {
+    let (bytes, idle) = match scale {
+        Scale::Full => (512 * MIB, Duration::from_secs(5)),
+        Scale::Smoke => (8 * MIB, Duration::from_millis(200)),
+    };
+    let mut rng = Rng(0xb0b0);
+    let burst = |rng: &mut Rng| {
+        let start = Instant::now();
+        let mut objects = Vec::new();
+        let mut total = 0;
+        while total < bytes {
+            let size = rng.between(64, 4096);
+            objects.push(object(size, size as u8));
+            total += size;
+        }
+        (objects, start.elapsed())
+    };
+    let (mut first, t1) = burst(&mut rng);
+    first.retain(|_| rng.below(10) == 0);
+    std::thread::sleep(idle);
+    emit("rss_before_second", rss());
+    let (second, t2) = burst(&mut rng);
+    emit("first_ns", t1.as_nanos());
+    emit("second_ns", t2.as_nanos());
+    let (live, _) = live_and_pages(&first);
+    let (live2, _) = live_and_pages(&second);
+    emit("live", live + live2);
+    emit("rss_end", rss());
+    emit("peak_rss", peak_rss());
 }

@@ -44,6 +44,10 @@ pub fn check(records: &[Record]) -> Result<(), String> {
         } else {
             positive(r, "live")?;
         }
+        if r.workload == "burst_again" {
+            positive(r, "first_ns")?;
+            positive(r, "second_ns")?;
+        }
         if r.workload.starts_with("burst_idle") {
             positive(r, "rss_5s")?;
             if r.samples.len() < 5 || r.samples.iter().any(|s| !(s.0.is_finite() && s.1 > 0.0)) {
@@ -129,7 +133,7 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale) -> Strin
     let _ = writeln!(
         out,
         "Measured {}{}. Regenerate with `cargo bench -p scavalloc-bench --bench compare` \
-         (about 6 minutes; one child process per workload and allocator).\n",
+         (about 9 minutes; one child process per workload and allocator).\n",
         machine(),
         if scale == Scale::Smoke { " **(smoke sizes: not a measurement)**" } else { "" }
     );
@@ -200,6 +204,30 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale) -> Strin
                 mib(r.get("live")),
                 mib(r.get("peak_rss")),
                 mib(r.get("rss_end"))
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    if records.iter().any(|r| r.workload == "burst_again") {
+        let _ = writeln!(
+            out,
+            "## Burst, idle, burst again\n\n512 MiB of 64 B-4 KiB objects, nine in ten freed at random, 5 s of idle, \
+             then the same burst again: what giving memory back costs the next burst (its page faults).\n\n\
+             | allocator | first burst | second burst | second / first | RSS before the second (MiB) |\n\
+             | --- | ---: | ---: | ---: | ---: |"
+        );
+        for &b in backends {
+            let Some(r) = find(records, "burst_again", b) else { continue };
+            let (t1, t2) = (r.get("first_ns").unwrap_or(f64::NAN), r.get("second_ns").unwrap_or(f64::NAN));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2} | {} |",
+                b.name(),
+                duration(t1),
+                duration(t2),
+                t2 / t1,
+                mib(r.get("rss_before_second"))
             );
         }
         let _ = writeln!(out);
