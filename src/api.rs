@@ -111,6 +111,7 @@ pub(crate) fn ensure_init() {
 /// Before `fork()`: take every allocator lock, in lock order, so that the
 /// child starts with consistent state.
 extern "C" fn fork_prepare() {
+    crate::arena::lock_for_fork();
     spans::lock_for_fork();
     pages::heap::lock_for_fork();
     persistent::lock_for_fork();
@@ -121,6 +122,7 @@ extern "C" fn fork_parent() {
     persistent::unlock_after_fork();
     pages::heap::unlock_after_fork();
     spans::unlock_after_fork();
+    crate::arena::unlock_after_fork();
 }
 
 /// After `fork()` in the child: release them too; the child is a single

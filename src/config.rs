@@ -23,12 +23,19 @@ pub struct Config {
     /// `SCAVALLOC_BACKGROUND`, `SCAVALLOC_SCAVTRACE`,
     /// `SCAVALLOC_DEEP_RELEASE`.
     pub scavenger: Settings,
+    /// `SCAVALLOC_ARENA_QUARANTINE`: address space of freed user arenas
+    /// kept faulting before it is reused, in bytes.
+    pub arena_quarantine: usize,
 }
 
 impl Config {
     /// The settings when no variable is set.
-    pub const DEFAULT: Config =
-        Config { print_stats: false, release_mode: ReleaseMode::DontNeed, scavenger: Settings::DEFAULT };
+    pub const DEFAULT: Config = Config {
+        print_stats: false,
+        release_mode: ReleaseMode::DontNeed,
+        scavenger: Settings::DEFAULT,
+        arena_quarantine: 64 << 30,
+    };
 }
 
 static CONFIG: spin::Once<Config> = spin::Once::new();
@@ -55,6 +62,12 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             b"dontneed" | b"DONTNEED" => ReleaseMode::DontNeed,
             b"free" | b"FREE" => ReleaseMode::Free,
             _ => bad_value("SCAVALLOC_RELEASE", v, "dontneed", ReleaseMode::DontNeed),
+        };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_ARENA_QUARANTINE") {
+        c.arena_quarantine = match parse_bytes(v) {
+            Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            None => bad_value("SCAVALLOC_ARENA_QUARANTINE", v, "64GiB", 64 << 30),
         };
     }
     let s = &mut c.scavenger;
@@ -208,6 +221,7 @@ mod tests {
                 b"SCAVALLOC_BACKGROUND" => Some(b"0"),
                 b"SCAVALLOC_SCAVTRACE" => Some(b"yes please"),
                 b"SCAVALLOC_DEEP_RELEASE" => Some(b"0"),
+                b"SCAVALLOC_ARENA_QUARANTINE" => Some(b"lots"),
                 _ => None,
             }
         };
@@ -221,6 +235,7 @@ mod tests {
         assert!(!s.background);
         assert!(!s.trace, "bad flag falls back to 0");
         assert!(!s.deep_release);
+        assert_eq!(c.arena_quarantine, 64 << 30, "a bad quarantine size falls back to 64 GiB");
         let off = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
             (name.to_bytes() == b"SCAVALLOC_DEEP_RELEASE").then_some(&b"sometimes"[..])
         };

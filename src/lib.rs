@@ -13,7 +13,7 @@
 //!
 //! | layer | module | owns |
 //! | --- | --- | --- |
-//! | api | [`Scavalloc`], [`stats()`] | the `GlobalAlloc`, configuration ([`config`]), statistics ([`mod@stats`]) |
+//! | api | [`Scavalloc`], [`stats()`], [`Arena`] | the `GlobalAlloc`, configuration ([`config`]), statistics ([`mod@stats`]), user arenas ([`arena`]) |
 //! | spans | [`spans`] | size classes, spans, the page map, central lists, thread caches, large objects |
 //! | scavenge | [`scavenge`] | the scavenge index, releasing free runs, goals (retained, memory limit), the background thread and its PI controller |
 //! | pages | [`pages`] | the page heap: 8 KiB pages in 4 MiB chunks, bitmaps, the summary radix tree, address ranges, heap growth |
@@ -38,6 +38,8 @@ mod testutil;
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
+pub mod arena;
+#[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
 pub mod os;
@@ -54,6 +56,8 @@ pub mod stats;
 
 #[cfg(not(loom))]
 pub use api::{release_all, Scavalloc};
+#[cfg(not(loom))]
+pub use arena::Arena;
 #[cfg(not(loom))]
 pub use stats::{stats, ClassStats, Stats};
 

@@ -6,7 +6,7 @@
 //! be off by the objects that moved between two reads):
 //!
 //! * `mapped == heap_in_use + heap_free + heap_released`
-//! * `heap_in_use == small_spans + large_pages`
+//! * `heap_in_use == small_spans + large_pages + arena_pages`
 //! * `small_spans == small_allocated + small_cached + small_free + small_waste`
 //! * `span_released <= small_free + small_waste` (deep release only gives
 //!   back pages that hold no handed-out object)
@@ -95,6 +95,18 @@ pub struct Stats {
     /// CPU time the background scavenger spent on deep release (ns; part of
     /// `scavenger_cpu_ns`).
     pub deep_cpu_ns: u64,
+    /// Pages held by user arenas: live arenas' chunks and own runs, and the
+    /// faulted address space of freed ones in quarantine.
+    pub arena_pages: usize,
+    /// Live user arenas (a count).
+    pub arenas: usize,
+    /// Bytes of chunks and own runs held by live arenas.
+    pub arena_chunks: usize,
+    /// Bytes handed out by live arenas (as of the last run each took).
+    pub arena_allocated: usize,
+    /// Address space of freed arenas kept faulting, in bytes (not
+    /// resident; part of `arena_pages`).
+    pub arena_quarantined: usize,
     /// CPU time the background scavenger has spent working (ns).
     pub scavenger_cpu_ns: u64,
     /// Work batches of the background scavenger.
@@ -123,7 +135,7 @@ impl Stats {
     /// Memory the OS may be holding for the heap: mapped minus what was
     /// released, by the page heap or inside spans.
     pub fn retained(&self) -> usize {
-        self.mapped - self.heap_released - self.span_released
+        self.mapped - self.heap_released - self.span_released - self.arena_quarantined
     }
 }
 
@@ -131,6 +143,7 @@ impl Stats {
 pub fn stats() -> Stats {
     let bg = background::stats();
     let deep = deep::stats();
+    let arenas = crate::arena::stats();
     let mut s = Stats {
         mapped: 0,
         heap_in_use: 0,
@@ -155,6 +168,11 @@ pub fn stats() -> Stats {
         released_deep: deep.released_total,
         deep_spans: deep.spans_total,
         deep_cpu_ns: bg.deep_cpu_ns,
+        arena_pages: 0,
+        arenas: arenas.arenas,
+        arena_chunks: arenas.chunk_bytes,
+        arena_allocated: arenas.allocated,
+        arena_quarantined: arenas.quarantined,
         scavenger_cpu_ns: bg.cpu_ns,
         scavenger_batches: bg.batches,
         scavenger_running: bg.running,
@@ -192,6 +210,7 @@ pub fn stats() -> Stats {
     s.heap_free = heap.free_unscavenged;
     s.heap_released = heap.released;
     s.large_pages = heap.large;
+    s.arena_pages = heap.arena;
     s.metadata = heap.metadata + persistent::mapped_bytes() + pagemap::metadata_bytes(heap.mapped);
     s.thread_caches = cache::cache_counts().0;
     s
@@ -204,7 +223,7 @@ fn mib(bytes: usize) -> f64 {
 /// Prints a readable summary to stderr, one `write` per line, without
 /// allocating.
 pub fn print(s: &Stats) {
-    let lines: [(&str, usize); 20] = [
+    let lines: [(&str, usize); 23] = [
         ("mapped", s.mapped),
         ("retained (mapped - released)", s.retained()),
         ("heap in use", s.heap_in_use),
@@ -219,6 +238,9 @@ pub fn print(s: &Stats) {
         ("large objects (pages)", s.large_pages),
         ("  requested", s.large_allocated),
         ("  freed, cached in threads", s.large_cached),
+        ("user arenas (pages)", s.arena_pages),
+        ("  live chunks", s.arena_chunks),
+        ("  quarantined (faulting)", s.arena_quarantined),
         ("metadata", s.metadata),
         ("released: background", s.released_background),
         ("released: heap growth", s.released_eager),

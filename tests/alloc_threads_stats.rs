@@ -14,7 +14,7 @@ const MIB: usize = 1 << 20;
 
 fn assert_identities(s: &scavalloc::Stats) {
     assert_eq!(s.mapped, s.heap_in_use + s.heap_free + s.heap_released, "{s:?}");
-    assert_eq!(s.heap_in_use, s.small_spans + s.large_pages, "{s:?}");
+    assert_eq!(s.heap_in_use, s.small_spans + s.large_pages + s.arena_pages, "{s:?}");
     assert_eq!(s.small_spans, s.small_allocated + s.small_cached + s.small_free + s.small_waste, "{s:?}");
     for c in &s.classes {
         assert_eq!(

@@ -54,7 +54,7 @@ fn process_cpu() -> Duration {
 fn check_stats(what: &str, outside: usize) {
     let s = scavalloc::stats();
     assert_eq!(s.mapped, s.heap_in_use + s.heap_free + s.heap_released, "{what}: {s:?}");
-    assert_eq!(s.heap_in_use, s.small_spans + s.large_pages, "{what}: {s:?}");
+    assert_eq!(s.heap_in_use, s.small_spans + s.large_pages + s.arena_pages, "{what}: {s:?}");
     assert_eq!(s.small_spans, s.small_allocated + s.small_cached + s.small_free + s.small_waste, "{what}: {s:?}");
     assert!(s.span_released <= s.small_free + s.small_waste, "{what}: released inside spans beyond their free bytes");
     assert_eq!(s.span_released, s.classes.iter().map(|c| c.released).sum::<usize>(), "{what}");

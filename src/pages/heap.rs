@@ -35,6 +35,9 @@ pub enum RunUse {
     Span,
     /// A large object.
     Large,
+    /// A chunk (or an own run of pages) of a user arena, live or in
+    /// quarantine.
+    Arena,
 }
 
 /// The page allocator and the address space reserved for it but not yet
@@ -43,6 +46,8 @@ pub struct PageHeap {
     pages: PageAlloc,
     /// Pages handed out for [`RunUse::Large`].
     large_pages: usize,
+    /// Pages handed out for [`RunUse::Arena`].
+    arena_pages: usize,
     /// Reserved address space `[base, limit)` not yet given to `pages`.
     reserve: AddrRange,
 }
@@ -63,12 +68,19 @@ pub struct PageHeapStats {
     pub metadata: usize,
     /// Bytes of `in_use` handed out for large objects.
     pub large: usize,
+    /// Bytes of pages held by user arenas (live or in quarantine).
+    pub arena: usize,
 }
 
 impl PageHeap {
     /// An empty heap that owns nothing yet.
     pub const fn new() -> Self {
-        PageHeap { pages: PageAlloc::with_index(&INDEX), large_pages: 0, reserve: AddrRange { base: 0, limit: 0 } }
+        PageHeap {
+            pages: PageAlloc::with_index(&INDEX),
+            large_pages: 0,
+            arena_pages: 0,
+            reserve: AddrRange { base: 0, limit: 0 },
+        }
     }
 
     /// The page allocator, for callers that hold the heap lock.
@@ -107,12 +119,15 @@ impl PageHeap {
     }
 
     fn count(&mut self, npages: usize, usage: RunUse, taken: bool) {
-        if usage == RunUse::Large {
-            if taken {
-                self.large_pages += npages;
-            } else {
-                self.large_pages -= npages;
-            }
+        let counter = match usage {
+            RunUse::Span => return,
+            RunUse::Large => &mut self.large_pages,
+            RunUse::Arena => &mut self.arena_pages,
+        };
+        if taken {
+            *counter += npages;
+        } else {
+            *counter -= npages;
         }
     }
 
@@ -170,6 +185,7 @@ impl PageHeap {
             released: p.pages_scavenged() * PAGE_SIZE,
             metadata: p.metadata_bytes(),
             large: self.large_pages * PAGE_SIZE,
+            arena: self.arena_pages * PAGE_SIZE,
         }
     }
 

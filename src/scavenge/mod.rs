@@ -64,38 +64,40 @@ mod imp {
     /// although everything free had been released.
     static LIMIT_OVERRUNS: AtomicU64 = AtomicU64::new(0);
 
-    /// Bytes released inside spans by deep release and not reused since;
-    /// the span layer keeps it up to date so that the goals count what is
-    /// truly resident.
-    static SPAN_RELEASED: AtomicUsize = AtomicUsize::new(0);
+    /// Bytes of pages that the page heap counts in use but whose memory
+    /// was given back to the OS: free pages inside spans (deep release) and
+    /// the freed chunks of user arenas waiting in quarantine. The layers
+    /// above keep it up to date so that the goals count what is truly
+    /// resident.
+    static RELEASED_IN_USE: AtomicUsize = AtomicUsize::new(0);
 
-    /// Deep release gave back `bytes` inside spans.
-    pub fn note_span_released(bytes: usize) {
-        SPAN_RELEASED.fetch_add(bytes, Ordering::Relaxed);
+    /// `bytes` of pages in use were given back to the OS.
+    pub fn note_released_in_use(bytes: usize) {
+        RELEASED_IN_USE.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// `bytes` that deep release had given back are in use again (or went
-    /// back to the page heap with their span).
-    pub fn note_span_reclaimed(bytes: usize) {
-        SPAN_RELEASED.fetch_sub(bytes, Ordering::Relaxed);
+    /// `bytes` counted by [`note_released_in_use`] are resident again, or
+    /// went back to the page heap (marked released there).
+    pub fn note_reclaimed_in_use(bytes: usize) {
+        RELEASED_IN_USE.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Memory the OS holds for the heap, as of the last change: mapped,
-    /// minus what the page heap released, minus what deep release released
-    /// inside spans.
+    /// minus what the page heap released, minus what was released of the
+    /// pages in use.
     pub fn retained() -> usize {
-        heap::RETAINED.load(Ordering::Relaxed).saturating_sub(SPAN_RELEASED.load(Ordering::Relaxed))
+        heap::RETAINED.load(Ordering::Relaxed).saturating_sub(RELEASED_IN_USE.load(Ordering::Relaxed))
     }
 
-    /// Pages in use, minus what deep release released inside them: the
-    /// base of the retained goal.
+    /// Pages in use, minus what was released of them: the base of the
+    /// retained goal.
     pub fn resident_in_use() -> usize {
         resident(heap::IN_USE.load(Ordering::Relaxed))
     }
 
-    /// `in_use` bytes of pages in use, less what is released inside spans.
+    /// `in_use` bytes of pages in use, less what was released of them.
     pub fn resident(in_use: usize) -> usize {
-        in_use.saturating_sub(SPAN_RELEASED.load(Ordering::Relaxed))
+        in_use.saturating_sub(RELEASED_IN_USE.load(Ordering::Relaxed))
     }
 
     /// Bytes released so far by `path`.

@@ -148,7 +148,7 @@ pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
         if s.released != 0 {
             let reclaimed = s.reclaim_pages(&out[got..got + taken], os::page_size());
             central.released -= reclaimed;
-            scavenge::note_span_reclaimed(reclaimed);
+            scavenge::note_reclaimed_in_use(reclaimed);
         }
         got += taken;
         if s.nfree == 0 {
@@ -203,7 +203,7 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
             central.spans -= 1;
             let released = s.released.count_ones() as usize * os::page_size();
             central.released -= released;
-            scavenge::note_span_reclaimed(released);
+            scavenge::note_reclaimed_in_use(released);
             // SAFETY: the span is wholly free, off every list, and no
             // pointer into it is live.
             unsafe { release_span(span) };
@@ -230,7 +230,7 @@ pub fn release_spares() -> usize {
             unsafe {
                 let released = (*span).released.count_ones() as usize * os::page_size();
                 central.released -= released;
-                scavenge::note_span_reclaimed(released);
+                scavenge::note_reclaimed_in_use(released);
                 central.spare.remove(span);
                 release_span(span);
             }
@@ -326,7 +326,7 @@ pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
             // the lock throughout).
             unsafe { (*owner).released |= bits };
             central.released += bytes;
-            scavenge::note_span_released(bytes);
+            scavenge::note_released_in_use(bytes);
             step.released += bytes;
             if owner != last {
                 step.spans += 1;
