@@ -75,7 +75,7 @@ static ARENAS: AtomicUsize = AtomicUsize::new(0);
 /// point.0 += 10;
 /// let name = arena.alloc_str("scavalloc");
 /// let squares = arena.alloc_slice_fill_with(5, |i| i * i);
-/// assert_eq!((point.0, name, squares[4]), (11, "scavalloc", 16));
+/// assert_eq!((point.0, &*name, squares[4]), (11, "scavalloc", 16));
 /// arena.free(); // everything at once; the references above are gone
 /// ```
 pub struct Arena {
