@@ -121,6 +121,11 @@ impl Arena {
         self.allocated.get()
     }
 
+    /// Bytes of chunks and own runs this arena holds.
+    pub fn chunk_bytes(&self) -> usize {
+        self.held.get()
+    }
+
     /// Memory for `layout`, or `None` when the OS refuses more. Zero-sized
     /// requests take no memory.
     #[inline]
@@ -203,6 +208,38 @@ impl Arena {
     /// Frees everything the arena holds. Same as dropping it.
     pub fn free(self) {}
 
+    /// Frees everything allocated so far but keeps the current chunk (and
+    /// its resident memory) for what comes next, as `bumpalo`'s `reset`
+    /// does: a loop that fills and empties an arena then costs no page
+    /// faults. Needs `&mut self`, so no reference into the arena survives;
+    /// the other runs are freed as by [`Arena::free`] (faulting, in
+    /// quarantine).
+    pub fn reset(&mut self) {
+        let keep = if self.end.get() != 0 { self.end.get() - CHUNK_BYTES } else { 0 };
+        let mut run = self.last_run.get();
+        let mut freed = 0;
+        while run != 0 {
+            // SAFETY: `run` starts with the header written by `take_run`.
+            let RunHeader { prev, npages } = unsafe { ptr::read(run as *const RunHeader) };
+            if run != keep {
+                free_run(run, npages);
+                freed += npages * PAGE_SIZE;
+            }
+            run = prev;
+        }
+        if keep != 0 {
+            // SAFETY: the kept chunk is ours; its header is rewritten to
+            // make it the only run.
+            unsafe { ptr::write(keep as *mut RunHeader, RunHeader { prev: 0, npages: CHUNK_PAGES }) };
+            self.next.set(keep + HEADER);
+        }
+        self.last_run.set(keep);
+        self.held.set(self.held.get() - freed);
+        LIVE_BYTES.fetch_sub(freed, Ordering::Relaxed);
+        ALLOCATED.fetch_sub(self.published.replace(0), Ordering::Relaxed);
+        self.allocated.set(0);
+    }
+
     #[cold]
     fn alloc_slow(&self, layout: Layout) -> Option<NonNull<u8>> {
         if layout.size() > MAX_BUMP || layout.align() > CHUNK_BYTES / 2 {
@@ -275,26 +312,31 @@ impl Drop for Arena {
             // SAFETY: `run` starts with the header written by `take_run`;
             // the run is still ours and mapped.
             let RunHeader { prev, npages } = unsafe { ptr::read(run as *const RunHeader) };
-            let bytes = npages * PAGE_SIZE;
-            // SAFETY: the run belongs to this arena, which is going away:
-            // whatever still points into it is a use after free, which the
-            // fault is there to catch.
-            if unsafe { os::fault(run, bytes) }.is_ok() {
-                scavenge::note_released_in_use(bytes);
-                quarantine(run, npages);
-            } else {
-                // Could not fault it (no memory for a new mapping): give the
-                // memory back and reuse the run at once, as the page heap's
-                // own free would.
-                // SAFETY: as above.
-                unsafe { os::release(run, bytes) }.ok();
-                scavenge::free_pages(run, npages, RunUse::Arena);
-            }
+            free_run(run, npages);
             run = prev;
         }
         LIVE_BYTES.fetch_sub(self.held.get(), Ordering::Relaxed);
         ALLOCATED.fetch_sub(self.published.get(), Ordering::Relaxed);
         ARENAS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Frees one run of an arena: faults it (its memory goes back to the OS)
+/// and puts it in quarantine.
+fn free_run(run: usize, npages: usize) {
+    let bytes = npages * PAGE_SIZE;
+    // SAFETY: the run belongs to an arena that gives it up: whatever still
+    // points into it is a use after free, which the fault is there to catch.
+    if unsafe { os::fault(run, bytes) }.is_ok() {
+        scavenge::note_released_in_use(bytes);
+        quarantine(run, npages);
+    } else {
+        // Could not fault it (no memory for a new mapping): give the memory
+        // back and let the page heap reuse the run at once, as its own free
+        // would.
+        // SAFETY: as above.
+        unsafe { os::release(run, bytes) }.ok();
+        scavenge::free_pages(run, npages, RunUse::Arena);
     }
 }
 

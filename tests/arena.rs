@@ -137,6 +137,31 @@ fn collections_live_in_an_arena() {
     arena.free();
 }
 
+#[test]
+fn reset_keeps_one_chunk_and_frees_the_rest() {
+    let mut arena = Arena::new();
+    for round in 0..5u64 {
+        // Three chunks' worth and an own run.
+        let slices: Vec<&mut [u64]> =
+            (0..3 * 1024).map(|i| arena.alloc_slice_fill_with(1000, |j| round + i + j as u64)).collect();
+        assert!(slices
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.iter().enumerate().all(|(j, &v)| v == round + i as u64 + j as u64)));
+        arena.alloc_layout(Layout::from_size_align(3 * MIB, 8).unwrap());
+        assert!(arena.allocated_bytes() >= 3 * 1024 * 8000 + 3 * MIB);
+        let held = arena.chunk_bytes();
+        assert!(held >= 3 * 8 * MIB + 3 * MIB, "round {round}: {held} bytes held");
+        arena.reset();
+        assert_eq!(arena.allocated_bytes(), 0);
+        assert_eq!(arena.chunk_bytes(), 8 * MIB, "round {round}: reset keeps exactly the current chunk");
+        // The kept chunk serves the next objects without a new run.
+        let x = arena.alloc(round);
+        assert_eq!(*x, round);
+        assert_eq!(arena.chunk_bytes(), 8 * MIB, "round {round}: a new run after reset");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Child processes.
 
