@@ -7,6 +7,7 @@
 //! handlers.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::spans::{self, cache, sizeclass};
 use crate::{config, pages, persistent, scavenge, stats};
@@ -89,23 +90,49 @@ unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout) {
     unsafe { spans::dealloc(ptr, layout.size(), layout.align()) }
 }
 
-static INIT: spin::Once<()> = spin::Once::new();
+/// The settings every allocation needs, installed once; nothing in it
+/// allocates.
+static SETTINGS: spin::Once<()> = spin::Once::new();
+
+const HANDLERS_NONE: u8 = 0;
+const HANDLERS_REGISTERING: u8 = 1;
+const HANDLERS_DONE: u8 = 2;
+/// Whether the `fork()` and exit handlers are registered.
+static HANDLERS: AtomicU8 = AtomicU8::new(HANDLERS_NONE);
 
 /// Reads the configuration and installs the process-wide handlers, once.
+///
+/// Registering the handlers (`pthread_atfork`, `atexit`) may itself call
+/// `malloc`, which is scavalloc when it is the C allocator: so the settings
+/// are installed first, and a call that arrives while the handlers are
+/// being registered (from that registration, or from another thread) goes
+/// on without waiting for them.
 #[inline]
 pub(crate) fn ensure_init() {
-    INIT.call_once(|| {
+    if HANDLERS.load(Ordering::Acquire) != HANDLERS_DONE {
+        init_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn init_slow() {
+    SETTINGS.call_once(|| {
         let cfg = config::get();
         scavenge::goals::configure(&cfg.scavenger);
         scavenge::set_deep_release(&spans::deep::HOOK);
-        // SAFETY: the handlers are `extern "C"` functions that take only
-        // allocator locks; registering them allocates nothing from us.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-        if cfg.print_stats {
-            // SAFETY: `print_stats_at_exit` is an `extern "C" fn()`.
-            unsafe { libc::atexit(print_stats_at_exit) };
-        }
     });
+    if HANDLERS.compare_exchange(HANDLERS_NONE, HANDLERS_REGISTERING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return;
+    }
+    // SAFETY: the handlers are `extern "C"` functions that take only
+    // allocator locks.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    if config::get().print_stats {
+        // SAFETY: `print_stats_at_exit` is an `extern "C" fn()`.
+        unsafe { libc::atexit(print_stats_at_exit) };
+    }
+    HANDLERS.store(HANDLERS_DONE, Ordering::Release);
 }
 
 /// Before `fork()`: take every allocator lock, in lock order, so that the

@@ -48,6 +48,8 @@ pub mod pages;
 #[cfg(not(loom))]
 pub mod persistent;
 #[cfg(not(loom))]
+pub mod raw;
+#[cfg(not(loom))]
 pub mod report;
 #[cfg(not(loom))]
 pub mod spans;

@@ -105,6 +105,63 @@ pub unsafe fn dealloc(ptr: *mut u8, size: usize, align: usize) {
     }
 }
 
+/// What a live object's pointer says of it, found through the page map
+/// (for callers that do not know its size: C's `free`, `realloc` and
+/// `malloc_usable_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A small object of this class.
+    Small(usize),
+    /// A large object holding this many bytes of pages.
+    Large(usize),
+}
+
+/// Finds what `ptr` is; stops the process with one line if scavalloc did
+/// not hand it out (a foreign pointer, or one into the middle of an
+/// object).
+///
+/// The span's fields are read without its class lock: they do not change
+/// while an object in the span is live, which the caller promises.
+pub fn owner(ptr: *mut u8, what: &str) -> Owner {
+    let addr = ptr as usize;
+    // SAFETY: a non-null page-map entry points to a span record, which
+    // lives forever.
+    match unsafe { pagemap::lookup(addr).as_ref() } {
+        Some(s) if s.kind == span::SpanKind::Small => Owner::Small(s.class as usize),
+        Some(s) if s.kind == span::SpanKind::Large && s.base == addr => {
+            Owner::Large(s.npages * crate::pages::PAGE_SIZE)
+        }
+        _ => crate::report::fatal(format_args!(
+            "{what} of {addr:#x}, which scavalloc did not allocate (foreign pointer, interior pointer, or double free)"
+        )),
+    }
+}
+
+/// Frees an object without knowing its size.
+///
+/// # Safety
+///
+/// `ptr` came from this layer and is not used again.
+pub unsafe fn dealloc_unsized(ptr: *mut u8) {
+    match owner(ptr, "free") {
+        Owner::Small(class) => {
+            if !cache::push(class, ptr) {
+                cache::dealloc_slow(class, ptr);
+            }
+        }
+        // SAFETY: a live large object (the caller's promise).
+        Owner::Large(_) => unsafe { large::dealloc(ptr) },
+    }
+}
+
+/// Bytes usable at `ptr`: the object's class size, or its pages.
+pub fn usable_size(ptr: *mut u8) -> usize {
+    match owner(ptr, "malloc_usable_size") {
+        Owner::Small(class) => sizeclass::class_size(class),
+        Owner::Large(bytes) => bytes,
+    }
+}
+
 /// Resizes an object from `size` to `new_size` bytes, keeping `align`;
 /// returns the (possibly moved) object, or null (with the old one intact)
 /// when out of memory.

@@ -1,0 +1,296 @@
+//! `libscavalloc.so` under `LD_PRELOAD`: a C program exercising every
+//! exported function's edge cases (which also passes on glibc), a
+//! multi-threaded C stress, RSS after frees and idle, and real programs
+//! whose output must match a run without scavalloc. A program that is not
+//! on the machine is skipped with a printed reason.
+//!
+//! The library is built by the test itself (`cargo build --release -p
+//! scavalloc-capi` into `target/capi-test`): a `cdylib` is not built for
+//! integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn scratch() -> PathBuf {
+    let dir = workspace().join("target").join("capi-test").join("scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `cmd` with a deadline; kills it and panics past the deadline.
+fn run(mut cmd: Command, timeout: Duration, what: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let reader = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let (o, e) = (reader(Box::new(out)), reader(Box::new(err)));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {timeout:?}, killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
+}
+
+/// The library, built once per test process.
+fn library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let target = workspace().join("target").join("capi-test");
+        let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        cmd.current_dir(workspace())
+            .args(["build", "--release", "-p", "scavalloc-capi"])
+            .env("CARGO_TARGET_DIR", &target);
+        let out = run(cmd, Duration::from_secs(600), "cargo build -p scavalloc-capi");
+        assert!(out.status.success(), "building the library failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let lib = target.join("release").join("libscavalloc.so");
+        assert!(lib.exists(), "{} was not built", lib.display());
+        lib
+    })
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The C test program, compiled once.
+fn c_program() -> Option<&'static Path> {
+    static PROG: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PROG.get_or_init(|| {
+        if !have("cc") {
+            println!("skipped: no C compiler (cc) on this machine");
+            return None;
+        }
+        let exe = scratch().join("api");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("c").join("api.c");
+        let mut cmd = Command::new("cc");
+        cmd.args(["-O2", "-pthread", "-Wno-alloc-size-larger-than", "-o"]).arg(&exe).arg(&src);
+        let out = run(cmd, Duration::from_secs(120), "cc api.c");
+        assert!(out.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        Some(exe)
+    })
+    .as_deref()
+}
+
+/// `cmd` with scavalloc preloaded.
+fn preloaded(mut cmd: Command) -> Command {
+    cmd.env("LD_PRELOAD", library());
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn c_api_edge_cases_hold_on_scavalloc_and_on_glibc() {
+    let Some(api) = c_program() else { return };
+    let glibc = run(
+        {
+            let mut c = Command::new(api);
+            c.arg("edge");
+            c
+        },
+        Duration::from_secs(60),
+        "api edge (glibc)",
+    );
+    assert!(glibc.status.success(), "the checks fail on glibc itself:\n{}", text(&glibc.stdout));
+    let mut cmd = preloaded(Command::new(api));
+    cmd.arg("edge").env("SCAVALLOC_STATS", "1");
+    let ours = run(cmd, Duration::from_secs(60), "api edge (scavalloc)");
+    println!("{}", text(&ours.stdout));
+    assert!(
+        ours.status.success() && text(&ours.stdout).contains("ok edge"),
+        "{}\n{}",
+        text(&ours.stdout),
+        text(&ours.stderr)
+    );
+    // The statistics printed at exit prove scavalloc served the program.
+    assert!(text(&ours.stderr).contains("scavalloc stats"), "scavalloc was not the allocator:\n{}", text(&ours.stderr));
+}
+
+#[test]
+fn c_threads_with_cross_thread_frees() {
+    let Some(api) = c_program() else { return };
+    let mut cmd = preloaded(Command::new(api));
+    cmd.arg("stress");
+    let t = Instant::now();
+    let out = run(cmd, Duration::from_secs(180), "api stress");
+    println!("stress under scavalloc: {:?}\n{}", t.elapsed(), text(&out.stdout));
+    assert!(
+        out.status.success() && text(&out.stdout).contains("ok stress"),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_c_program_idling_after_frees_gives_memory_back() {
+    let Some(api) = c_program() else { return };
+    let mut cmd = preloaded(Command::new(api));
+    cmd.arg("idle");
+    let out = run(cmd, Duration::from_secs(60), "api idle");
+    let stdout = text(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let nums: Vec<usize> = stdout.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let (peak, after) = (nums[0], nums[1]);
+    assert!(after <= peak / 2, "rss stayed at {after} KiB of a {peak} KiB peak");
+}
+
+/// Runs `script` with `sh -c` in `dir`, with and without scavalloc, and
+/// checks both succeed with the same output.
+fn same_output(name: &str, dir: &Path, script: &str, env: &[(&str, &str)]) {
+    let make = || {
+        let mut c = Command::new("sh");
+        c.current_dir(dir).args(["-c", script]).envs(env.iter().copied()).env("LC_ALL", "C");
+        c
+    };
+    let t = Instant::now();
+    let glibc = run(make(), Duration::from_secs(300), name);
+    let glibc_time = t.elapsed();
+    let t = Instant::now();
+    let ours = run(preloaded(make()), Duration::from_secs(300), name);
+    let ours_time = t.elapsed();
+    assert!(glibc.status.success(), "{name} fails without scavalloc:\n{}", text(&glibc.stderr));
+    assert!(ours.status.success(), "{name} under scavalloc: {:?}\n{}", ours.status, text(&ours.stderr));
+    assert_eq!(text(&ours.stdout), text(&glibc.stdout), "{name}: output differs under scavalloc");
+    assert!(!glibc.stdout.is_empty(), "{name} printed nothing");
+    println!("{name}: same output ({} bytes); glibc {glibc_time:?}, scavalloc {ours_time:?}", glibc.stdout.len());
+}
+
+#[test]
+fn sort_of_a_large_file() {
+    if !have("sort") {
+        println!("skipped: no sort on this machine");
+        return;
+    }
+    let dir = scratch().join("sort");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut data = String::new();
+    for i in 0..300_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data += &format!("{:016x} line {i} {}\n", x, "z".repeat((x % 40) as usize));
+    }
+    std::fs::write(dir.join("input.txt"), data).unwrap();
+    same_output("sort", &dir, "sort input.txt | md5sum; sort -r -k3 input.txt | tail -3", &[]);
+}
+
+#[test]
+fn python_dicts_and_lists() {
+    if !have("python3") {
+        println!("skipped: no python3 on this machine");
+        return;
+    }
+    let script = r#"python3 -c '
+import os
+d = {i: str(i) * 3 for i in range(300000)}
+l = [list(range(i % 50)) for i in range(40000)]
+s = sum(len(v) for v in d.values()) + sum(len(x) for x in l)
+d2 = {k: v[::-1] for k, v in d.items() if k % 3}
+print(s, len(d2), d2[299999], sorted(d)[12345])
+del d, l, d2
+print("done")
+'"#;
+    same_output("python", &scratch(), script, &[("PYTHONMALLOC", "malloc")]);
+}
+
+#[test]
+fn sqlite_insert_index_query() {
+    if !have("sqlite3") {
+        println!("skipped: no sqlite3 on this machine");
+        return;
+    }
+    let dir = scratch().join("sqlite");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sql = "create table t(a integer primary key, b text, c real);\n\
+        with recursive n(x) as (select 1 union all select x + 1 from n limit 100000)\n\
+        insert into t select x, printf('%08d-%s', (x * 7919) % 100003, substr('abcdefghij', x % 10 + 1)), x * 0.5 from n;\n\
+        create index tb on t(b);\n\
+        select count(*), sum(c), min(b), max(b) from t;\n\
+        select b from t where b like '0001%' order by b limit 5;\n\
+        select substr(b, 10), count(*) from t group by 1 order by 1;\n";
+    std::fs::write(dir.join("work.sql"), sql).unwrap();
+    same_output("sqlite3", &dir, "rm -f a.db && sqlite3 a.db < work.sql", &[]);
+}
+
+#[test]
+fn git_on_a_generated_repository() {
+    if !have("git") {
+        println!("skipped: no git on this machine");
+        return;
+    }
+    let dir = scratch().join("git");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..300 {
+        let body: String = (0..(i % 50 + 10)).map(|j| format!("fn f{i}_{j}() -> u32 {{ {} }}\n", i * j)).collect();
+        std::fs::write(dir.join(format!("file{i}.rs")), body).unwrap();
+    }
+    let script = "rm -rf repo && mkdir repo && cp file*.rs repo/ && cd repo && git init -q && git add . && \
+        git commit -q -m first && sed -i 's/u32/u64/' file1*.rs && git commit -q -am second && \
+        git rev-parse HEAD && git log --stat | tail -5 && git grep -c u64 | wc -l && git gc -q && git count-objects -v | grep -v size";
+    let env = [
+        ("GIT_AUTHOR_NAME", "t"),
+        ("GIT_AUTHOR_EMAIL", "t@example.com"),
+        ("GIT_COMMITTER_NAME", "t"),
+        ("GIT_COMMITTER_EMAIL", "t@example.com"),
+        ("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z"),
+        ("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z"),
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+        ("HOME", "/nonexistent"),
+    ];
+    same_output("git", &dir, script, &env);
+}
+
+#[test]
+fn gcc_compiles_a_generated_file() {
+    if !have("gcc") {
+        println!("skipped: no gcc on this machine");
+        return;
+    }
+    let dir = scratch().join("gcc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut src = String::from("#include <stdio.h>\n");
+    for i in 0..1500 {
+        src += &format!(
+            "int f{i}(int x) {{ int s = 0; for (int k = 0; k < x; k++) s += k * {i} ^ (s >> 3); return s; }}\n"
+        );
+    }
+    src += "int main(void) { long t = 0;\n";
+    for i in (0..1500).step_by(7) {
+        src += &format!("  t += f{i}({});\n", i % 100);
+    }
+    src += "  printf(\"%ld\\n\", t); return 0; }\n";
+    std::fs::write(dir.join("gen.c"), src).unwrap();
+    same_output("gcc", &dir, "gcc -O2 -o gen gen.c && ./gen && gcc -O2 -S -o - gen.c | md5sum", &[]);
+}

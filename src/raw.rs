@@ -1,0 +1,95 @@
+//! Allocation without a size at free time, as C's `malloc` family needs it
+//! (the `capi` crate exports these as `malloc`, `free`, `realloc`, ...).
+//! The page map tells a pointer's class or pages, so `free`, `realloc` and
+//! `usable_size` need no size; nothing here sets `errno` or knows C's
+//! rules, which the `capi` crate applies.
+
+use core::alloc::{GlobalAlloc, Layout};
+
+use crate::api::ensure_init;
+use crate::spans;
+use crate::Scavalloc;
+
+/// At least `size` bytes (one if `size` is 0) aligned to `align` (a power
+/// of two), or null when out of memory or the request is impossible.
+#[inline]
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    match Layout::from_size_align(size.max(1), align) {
+        // SAFETY: a non-zero size.
+        Ok(layout) => unsafe { Scavalloc.alloc(layout) },
+        Err(_) => core::ptr::null_mut(),
+    }
+}
+
+/// As [`alloc`], with the memory zeroed.
+pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    match Layout::from_size_align(size.max(1), align) {
+        // SAFETY: a non-zero size.
+        Ok(layout) => unsafe { Scavalloc.alloc_zeroed(layout) },
+        Err(_) => core::ptr::null_mut(),
+    }
+}
+
+/// Frees `ptr` (nothing for null). A pointer scavalloc did not hand out
+/// stops the process with one line.
+///
+/// # Safety
+///
+/// `ptr` is null or came from this module and is not used again.
+#[inline]
+pub unsafe fn free(ptr: *mut u8) {
+    if !ptr.is_null() {
+        // SAFETY: the caller's promise.
+        unsafe { spans::dealloc_unsized(ptr) }
+    }
+}
+
+/// Bytes usable at `ptr` (0 for null).
+pub fn usable_size(ptr: *mut u8) -> usize {
+    if ptr.is_null() {
+        0
+    } else {
+        spans::usable_size(ptr)
+    }
+}
+
+/// Resizes `ptr` (null: allocates) to `new_size` bytes (at least one),
+/// keeping the first bytes, with `align` for a move; null when out of
+/// memory, the old object then intact.
+///
+/// # Safety
+///
+/// `ptr` is null or came from this module and is live; on success only the
+/// returned pointer is used from then on.
+pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if ptr.is_null() {
+        return alloc(new_size, align);
+    }
+    ensure_init();
+    let new_size = new_size.max(1);
+    if Layout::from_size_align(new_size, align).is_err() {
+        return core::ptr::null_mut();
+    }
+    match spans::owner(ptr, "realloc") {
+        spans::Owner::Small(class) => {
+            if spans::class_for(new_size, align) == Some(class) {
+                return ptr;
+            }
+            let new = alloc(new_size, align);
+            if !new.is_null() {
+                let keep = spans::sizeclass::class_size(class).min(new_size);
+                // SAFETY: both objects are live and distinct; the old one
+                // holds its class size, the new one at least `new_size`.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(ptr, new, keep);
+                    spans::dealloc_unsized(ptr);
+                }
+            }
+            new
+        }
+        // A large object's pages are more than any class holds, so the span
+        // layer routes `bytes` to the large path, as at allocation.
+        // SAFETY: a live object; the caller uses the result from now on.
+        spans::Owner::Large(bytes) => unsafe { spans::realloc(ptr, bytes, align, new_size) },
+    }
+}
