@@ -163,6 +163,22 @@ fn a_c_program_idling_after_frees_gives_memory_back() {
     assert!(after <= peak / 2, "rss stayed at {after} KiB of a {peak} KiB peak");
 }
 
+#[test]
+fn freeing_a_foreign_pointer_stops_the_program_with_one_line() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(api) = c_program() else { return };
+    let mut cmd = preloaded(Command::new("sh"));
+    // Core dumps off for the program that aborts on purpose.
+    cmd.args(["-c", "ulimit -c 0; exec \"$0\" foreign"]).arg(api);
+    let out = run(cmd, Duration::from_secs(60), "api foreign");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("freeing a foreign pointer") && !stdout.contains("survived"), "{stdout}");
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}\n{stderr}", out.status);
+    let fatal: Vec<&str> = stderr.lines().filter(|l| l.starts_with("scavalloc: fatal:")).collect();
+    assert_eq!(fatal.len(), 1, "expected one fatal line:\n{stderr}");
+    assert!(fatal[0].contains("foreign pointer"), "{}", fatal[0]);
+}
+
 /// Runs `script` with `sh -c` in `dir`, with and without scavalloc, and
 /// checks both succeed with the same output.
 fn same_output(name: &str, dir: &Path, script: &str, env: &[(&str, &str)]) {

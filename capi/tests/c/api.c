@@ -249,7 +249,15 @@ int main(int argc, char **argv) {
     if (strcmp(what, "edge") == 0) edge();
     else if (strcmp(what, "stress") == 0) stress();
     else if (strcmp(what, "idle") == 0) idle();
-    else { printf("usage: api edge|stress|idle\n"); return 2; }
+    else if (strcmp(what, "foreign") == 0) {
+        /* A pointer no allocator handed out: must stop the process. */
+        static char not_from_malloc[64];
+        printf("freeing a foreign pointer\n");
+        fflush(stdout);
+        free(not_from_malloc + 16);
+        printf("survived\n");
+    }
+    else { printf("usage: api edge|stress|idle|foreign\n"); return 2; }
     if (failures) { printf("%d checks failed\n", failures); return 1; }
     printf("ok %s\n", what);
     return 0;
