@@ -248,8 +248,8 @@ pub struct DeepStep {
     pub released: usize,
     /// Spans that had pages released.
     pub spans: usize,
-    /// Spans passed over because objects were handed out from them less
-    /// than [`DEEP_IDLE_MS`] ago.
+    /// Spans with pages to give back passed over because objects were
+    /// handed out from them less than [`DEEP_IDLE_MS`] ago.
     pub skipped_recent: usize,
     /// Whether the pass over this class's list is complete.
     pub done: bool,
@@ -291,7 +291,11 @@ pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
         // are live records of this class, guarded by our lock.
         let s = unsafe { &mut *span };
         if !force && now_ms.saturating_sub(s.refilled_ms) < DEEP_IDLE_MS {
-            step.skipped_recent += 1;
+            // Counted only if it would give something back once idle, so
+            // that a busy program's spans do not keep passes coming.
+            if s.releasable_pages(os_page) != 0 {
+                step.skipped_recent += 1;
+            }
             looked += 1;
             span = s.next;
             continue;
