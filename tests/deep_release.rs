@@ -218,6 +218,53 @@ fn scattered_burst_rss_approaches_the_pages_live_objects_touch() {
 }
 
 // ---------------------------------------------------------------------------
+// Frees that empty no span.
+
+/// 256 MiB of 1 KiB objects, then all but one object in eight freed: no
+/// span becomes wholly free, so no page goes back to the page heap and
+/// nothing but the frees themselves can tell the scavenger there is work.
+/// RSS must still fall.
+fn frees_that_empty_no_span() {
+    let mut objects: Vec<Box<[u8]>> = (0..256 * 1024).map(|i| vec![i as u8; 1024].into_boxed_slice()).collect();
+    let peak = rss();
+    let mut i = 0;
+    // `retain` keeps the vector's buffer: no large object is freed either.
+    objects.retain(|_| {
+        i += 1;
+        i % 8 == 1
+    });
+    let heap_before = scavalloc::stats();
+    let fell = support::wait_until(Duration::from_secs(10), || rss() < peak * 7 / 10);
+    let s = scavalloc::stats();
+    println!(
+        "peak {} MiB, now {} MiB; heap frees in the meantime {} KiB; released inside spans {} MiB",
+        peak / MIB,
+        rss() / MIB,
+        (s.heap_free + s.heap_released).saturating_sub(heap_before.heap_free + heap_before.heap_released) >> 10,
+        s.span_released / MIB
+    );
+    assert!(fell, "rss stayed at {} MiB of a {} MiB peak", rss() / MIB, peak / MIB);
+    assert!(s.span_released > 0 && s.scavenger_running, "{s:?}");
+    for (k, o) in objects.iter().enumerate() {
+        assert!(o.iter().all(|&b| b == (k * 8) as u8), "object {k} changed");
+    }
+}
+
+#[test]
+fn frees_that_empty_no_span_still_wake_deep_release() {
+    match support::child_case().as_deref() {
+        Some("no-span-freed") => {
+            frees_that_empty_no_span();
+            println!("case no-span-freed done");
+        }
+        Some(_) => {}
+        None => {
+            in_child("frees_that_empty_no_span_still_wake_deep_release", "no-span-freed", &[], Duration::from_secs(60))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Reuse after deep release, forced with `release_all`.
 
 /// A live object of the stress: where, how big, and what it holds.

@@ -154,6 +154,45 @@ pub fn wake_if_over_goal() {
     }
 }
 
+/// When [`nudge`] last woke (or started) the thread, in
+/// [`os::coarse_ms`].
+static LAST_NUDGE: AtomicU64 = AtomicU64::new(0);
+
+/// Called by the span layer when objects given back leave a lot of free
+/// memory inside spans. Such frees release no pages, so
+/// [`wake_if_over_goal`] never hears of them, and deep release would wait
+/// for the next page free: a cache emptied of nine objects in ten, none of
+/// its spans wholly free, could keep its memory for good. At most once a
+/// second this starts the thread, or wakes it if it is parked without a
+/// deadline; the thread then sees whether deep release has work, and keeps
+/// looking every quarter second for two seconds after a nudge (nudges the
+/// rate limit drops are not lost). A few loads when there is nothing to
+/// do.
+pub fn nudge() {
+    if !goals::background_enabled() || !goals::deep_release_enabled() {
+        return;
+    }
+    let state = STATE.load(Ordering::Acquire);
+    let parked = state == RUNNING && PARKED.load(Ordering::Relaxed);
+    if !(state == NOT_STARTED || parked) {
+        return;
+    }
+    let now = os::coarse_ms();
+    let last = LAST_NUDGE.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 1000
+        || LAST_NUDGE.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    match state {
+        NOT_STARTED => start(),
+        _ => {
+            PARK.store(1, Ordering::SeqCst);
+            os::futex_wake(&PARK, 1);
+        }
+    }
+}
+
 #[cold]
 fn start() {
     if STATE.compare_exchange(NOT_STARTED, STARTING, Ordering::AcqRel, Ordering::Acquire).is_err() {
@@ -412,6 +451,13 @@ impl Scavenger {
     }
 
     fn park_inner(&mut self, goal: usize, goal_may_fall: bool) {
+        // A nudge in the last two seconds means frees are under way that
+        // the rate limit may have kept from reaching us: look again soon.
+        let nudged_lately = os::coarse_ms().saturating_sub(LAST_NUDGE.load(Ordering::Relaxed)) < 2000;
+        if nudged_lately && !goal_may_fall {
+            nap(SLOT_NS);
+            return;
+        }
         if goal_may_fall {
             let until_tick = (self.last_tick + SLOT_NS).saturating_sub(os::monotonic_ns()).max(1_000_000);
             nap(until_tick);

@@ -165,6 +165,20 @@ pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
 /// object of this class handed out by scavalloc (a foreign pointer, a double
 /// free, or a size that does not match the allocation) stops the process.
 pub fn give_back(class: usize, objects: &[*mut u8]) {
+    if give_back_locked(class, objects) {
+        // Outside the lock: this may start the scavenger thread.
+        scavenge::background::nudge();
+    }
+}
+
+/// Free bytes inside a class's spans (beyond what deep release gave back)
+/// past which a give-back nudges the scavenger (see
+/// [`scavenge::background::nudge`]).
+const NUDGE_FREE_BYTES: usize = 8 << 20;
+
+/// [`give_back`] under the class lock; returns whether the class's spans
+/// now hold more than [`NUDGE_FREE_BYTES`] of free, resident memory.
+fn give_back_locked(class: usize, objects: &[*mut u8]) -> bool {
     let mut central = CENTRAL[class].0.lock();
     central.give_backs += 1;
     for &p in objects {
@@ -213,6 +227,9 @@ pub fn give_back(class: usize, objects: &[*mut u8]) {
             s.in_partial = true;
         }
     }
+    let span_bytes = central.spans * sizeclass::class_span_bytes(class);
+    let used = central.handed_out * sizeclass::class_size(class) + central.released;
+    span_bytes.saturating_sub(used) > NUDGE_FREE_BYTES
 }
 
 /// Gives every class's spare spans back to the page heap; returns how many.
