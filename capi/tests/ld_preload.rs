@@ -160,7 +160,10 @@ fn a_c_program_idling_after_frees_gives_memory_back() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     let nums: Vec<usize> = stdout.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     let (peak, after) = (nums[0], nums[1]);
-    assert!(after <= peak / 2, "rss stayed at {after} KiB of a {peak} KiB peak");
+    // A tenth of the 1 KiB blocks stay, so about four OS pages in ten keep
+    // a live block: glibc stays at the peak, scavalloc gives back the other
+    // pages (the floor is a little over 40% of the peak).
+    assert!(after <= peak * 6 / 10, "rss stayed at {after} KiB of a {peak} KiB peak");
 }
 
 #[test]
