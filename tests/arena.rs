@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use scavalloc::Arena;
-use support::Rng;
+use support::{rss, Rng};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -19,13 +19,6 @@ const MIB: usize = 1 << 20;
 
 static_assertions::assert_impl_all!(Arena: Send);
 static_assertions::assert_not_impl_any!(Arena: Sync);
-
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * page
-}
 
 #[repr(align(64))]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -166,11 +159,7 @@ fn reset_keeps_one_chunk_and_frees_the_rest() {
 // Child processes.
 
 fn child_ok(test: &str, case: &str, env: &[(&str, &str)]) -> String {
-    let out = support::run_child_env(test, case, env, Duration::from_secs(120));
-    println!("{}", out.stdout);
-    assert!(out.status.success(), "child {case}: {:?}\n{}\n{}", out.status, out.stdout, out.stderr);
-    assert!(out.stdout.contains(&format!("case {case} done")), "child {case} did not run:\n{}", out.stdout);
-    out.stdout
+    support::run_case(test, case, env, Duration::from_secs(120))
 }
 
 #[test]

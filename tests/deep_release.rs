@@ -8,22 +8,12 @@ mod support;
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::time::{Duration, Instant};
 
-use support::{assert_pattern, Pattern, Rng};
+use support::{assert_pattern, page_size, process_cpu, rss, Pattern, Rng};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 
 const MIB: usize = 1 << 20;
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-}
-
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * page_size()
-}
 
 /// Bytes of the process's anonymous memory mapped by transparent huge
 /// pages (`AnonHugePages` in `/proc/self/smaps_rollup`; 0 where THP is off
@@ -34,18 +24,6 @@ fn anon_huge() -> usize {
         .find_map(|l| l.strip_prefix("AnonHugePages:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
         .map_or(0, |kib| kib * 1024)
-}
-
-/// User plus system CPU time of the whole process.
-fn process_cpu() -> Duration {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `getrusage` fills one `rusage`.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// The statistics' identities, and that what they call released really is
@@ -85,10 +63,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs `case` of `test` in a child process and checks it passed.
 fn in_child(test: &str, case: &str, env: &[(&str, &str)], timeout: Duration) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = support::run_child_env(test, case, env, timeout);
-    println!("{}", out.stdout);
-    assert!(out.status.success(), "child {case}: {:?}\n{}\n{}", out.status, out.stdout, out.stderr);
-    assert!(out.stdout.contains(&format!("case {case} done")), "child {case} did not run:\n{}", out.stdout);
+    support::run_case(test, case, env, timeout);
 }
 
 // ---------------------------------------------------------------------------

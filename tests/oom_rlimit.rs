@@ -214,14 +214,6 @@ fn exhausting_the_address_space_returns_null_and_recovers() {
     done("exhaust");
 }
 
-/// Resident memory (VmRSS), from `/proc/self/statm`.
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
-
 /// Without any limit, a request for far more memory than the machine has
 /// (4 TiB) must be refused, and refusing it must not cost real memory. (The
 /// kernel would refuse such a mapping under its default overcommit policy;
@@ -235,10 +227,10 @@ fn absurd_request_without_a_limit_is_refused_cheaply() {
     }
     assert!(warm_up() > 0);
     let l = Layout::from_size_align(1 << 42, 8).unwrap();
-    let before = rss();
+    let before = support::rss();
     // SAFETY: non-zero size; freed below if it succeeds.
     let p = unsafe { alloc(l) };
-    let grown = rss().saturating_sub(before);
+    let grown = support::rss().saturating_sub(before);
     if !p.is_null() {
         // SAFETY: allocated with `l` just above.
         unsafe { dealloc(p, l) };

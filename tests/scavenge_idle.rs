@@ -7,9 +7,13 @@
 //! The heavy children run one at a time, so that they do not compete for
 //! the two CPUs the scavenger's budget is measured against.
 
+mod support;
+
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use support::{process_cpu, rss};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -19,35 +23,6 @@ const IDLE: Duration = Duration::from_secs(10);
 const DEADLINE: Duration = Duration::from_secs(5);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// The base page size, in which statm counts: read once from the first
-/// mapping in /proc/self/smaps (reading all of smaps walks every page
-/// table, far too costly to do per sample).
-fn page_size() -> usize {
-    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SIZE.get_or_init(|| {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-        smaps
-            .lines()
-            .find_map(|l| l.strip_prefix("KernelPageSize:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
-            .map_or(4096, |kib| kib * 1024)
-    })
-}
-
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * page_size()
-}
-
-/// User plus system CPU time of the whole process.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // Linux reports these in USER_HZ, which is 100 on every architecture.
-    Duration::from_millis(ticks * 10)
-}
 
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

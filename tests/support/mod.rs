@@ -130,6 +130,30 @@ pub unsafe fn first_not(p: *const u8, len: usize, byte: u8) -> Option<usize> {
     (words * 8..len).find(|&i| unsafe { *p.add(i) } != byte)
 }
 
+/// The base page size, in which `/proc/self/statm` counts.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Resident memory (VmRSS) in bytes, from `/proc/self/statm`.
+pub fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * page_size()
+}
+
+/// User plus system CPU time of the whole process, every thread.
+pub fn process_cpu() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills one `rusage`.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Polls `cond` until it holds or `timeout` passes; returns whether it
 /// held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -212,6 +236,17 @@ pub fn run_child_env(test: &str, case: &str, envs: &[(&str, &str)], timeout: Dur
     let stdout = String::from_utf8_lossy(&r1.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&r2.join().unwrap()).into_owned();
     ChildOutput { status, stdout, stderr }
+}
+
+/// [`run_child_env`] for a child that ends by printing `case <case> done`:
+/// shows its output, checks it succeeded and got that far, and returns its
+/// stdout.
+pub fn run_case(test: &str, case: &str, envs: &[(&str, &str)], timeout: Duration) -> String {
+    let out = run_child_env(test, case, envs, timeout);
+    println!("{}", out.stdout);
+    assert!(out.status.success(), "child {case}: {:?}\n{}\n{}", out.status, out.stdout, out.stderr);
+    assert!(out.stdout.contains(&format!("case {case} done")), "child {case} did not run:\n{}", out.stdout);
+    out.stdout
 }
 
 /// Turns core dumps off for this process (children that abort on purpose).
