@@ -33,6 +33,10 @@ mod workloads;
 
 #[path = "../../../examples/support/chart.rs"]
 mod chart;
+/// The integration tests' helpers: RSS, page size and process CPU time are
+/// measured the same way here.
+#[path = "../../../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;

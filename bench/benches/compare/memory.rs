@@ -7,20 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::dispatch::Backend;
 use crate::emit;
+use crate::support::{page_size, process_cpu, rss};
 use crate::workloads::{Rng, Scale};
 
 const MIB: usize = 1 << 20;
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-}
-
-/// Resident bytes now, from `/proc/self/statm`.
-pub fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0) * page_size()
-}
 
 /// The process's highest resident bytes so far (`VmHWM`).
 pub fn peak_rss() -> usize {
@@ -30,18 +20,6 @@ pub fn peak_rss() -> usize {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
         .map_or(0, |kib| kib * 1024)
-}
-
-/// User plus system CPU time of the whole process, every thread.
-fn process_cpu() -> Duration {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `getrusage` writes one `rusage` into the buffer.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// A filled object: `Box<[u8]>` of `size` bytes of `byte` (every page it
