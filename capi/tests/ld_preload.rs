@@ -77,12 +77,28 @@ fn have(program: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
 }
 
+/// Whether `program` is on the machine; if not, says the test is skipped.
+fn available(program: &str) -> bool {
+    let found = have(program);
+    if !found {
+        println!("skipped: no {program} on this machine");
+    }
+    found
+}
+
+/// An empty scratch directory of its own for one test.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = scratch().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The C test program, compiled once.
 fn c_program() -> Option<&'static Path> {
     static PROG: OnceLock<Option<PathBuf>> = OnceLock::new();
     PROG.get_or_init(|| {
-        if !have("cc") {
-            println!("skipped: no C compiler (cc) on this machine");
+        if !available("cc") {
             return None;
         }
         let exe = scratch().join("api");
@@ -205,12 +221,10 @@ fn same_output(name: &str, dir: &Path, script: &str, env: &[(&str, &str)]) {
 
 #[test]
 fn sort_of_a_large_file() {
-    if !have("sort") {
-        println!("skipped: no sort on this machine");
+    if !available("sort") {
         return;
     }
-    let dir = scratch().join("sort");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("sort");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut data = String::new();
     for i in 0..300_000 {
@@ -225,8 +239,7 @@ fn sort_of_a_large_file() {
 
 #[test]
 fn python_dicts_and_lists() {
-    if !have("python3") {
-        println!("skipped: no python3 on this machine");
+    if !available("python3") {
         return;
     }
     let script = r#"python3 -c '
@@ -244,13 +257,10 @@ print("done")
 
 #[test]
 fn sqlite_insert_index_query() {
-    if !have("sqlite3") {
-        println!("skipped: no sqlite3 on this machine");
+    if !available("sqlite3") {
         return;
     }
-    let dir = scratch().join("sqlite");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("sqlite");
     let sql = "create table t(a integer primary key, b text, c real);\n\
         with recursive n(x) as (select 1 union all select x + 1 from n limit 100000)\n\
         insert into t select x, printf('%08d-%s', (x * 7919) % 100003, substr('abcdefghij', x % 10 + 1)), x * 0.5 from n;\n\
@@ -264,13 +274,10 @@ fn sqlite_insert_index_query() {
 
 #[test]
 fn git_on_a_generated_repository() {
-    if !have("git") {
-        println!("skipped: no git on this machine");
+    if !available("git") {
         return;
     }
-    let dir = scratch().join("git");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("git");
     for i in 0..300 {
         let body: String = (0..(i % 50 + 10)).map(|j| format!("fn f{i}_{j}() -> u32 {{ {} }}\n", i * j)).collect();
         std::fs::write(dir.join(format!("file{i}.rs")), body).unwrap();
@@ -293,12 +300,10 @@ fn git_on_a_generated_repository() {
 
 #[test]
 fn gcc_compiles_a_generated_file() {
-    if !have("gcc") {
-        println!("skipped: no gcc on this machine");
+    if !available("gcc") {
         return;
     }
-    let dir = scratch().join("gcc");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("gcc");
     let mut src = String::from("#include <stdio.h>\n");
     for i in 0..1500 {
         src += &format!(
