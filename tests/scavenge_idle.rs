@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{process_cpu, rss};
+use support::{burst, process_cpu, rss};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -75,32 +75,6 @@ enum Pattern {
     WholeSpans,
     /// Keep every 10th object.
     Scattered,
-}
-
-/// The object sizes of the burst: small objects of 16 B to 4 KiB, and a
-/// large one (64 to 256 KiB) every 47th (47 is prime to 10, so keeping every
-/// 10th object keeps every 10th large one too).
-fn burst_size(i: usize) -> usize {
-    if i % 47 == 46 {
-        (64 << 10) + (i * 2654435761) % (192 << 10)
-    } else {
-        16 + (i * 7919) % 4080
-    }
-}
-
-/// Allocates about `bytes` of objects, each filled with a byte of its
-/// index.
-fn burst(bytes: usize) -> Vec<Box<[u8]>> {
-    let mut objects = Vec::new();
-    let mut total = 0;
-    let mut i = 0;
-    while total < bytes {
-        let size = burst_size(i);
-        objects.push(vec![i as u8; size].into_boxed_slice());
-        total += size;
-        i += 1;
-    }
-    objects
 }
 
 struct Sample {

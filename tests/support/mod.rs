@@ -154,6 +154,32 @@ pub fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The object sizes of the scavenger's burst (its tests and the
+/// comparison harness's burst-idle workload): small objects of 16 B to
+/// 4 KiB, and a large one (64 to 256 KiB) every 47th (47 is prime to 10, so
+/// keeping every 10th object keeps every 10th large one too).
+pub fn burst_size(i: usize) -> usize {
+    if i % 47 == 46 {
+        (64 << 10) + (i * 2654435761) % (192 << 10)
+    } else {
+        16 + (i * 7919) % 4080
+    }
+}
+
+/// Allocates about `bytes` of objects of [`burst_size`], each filled with
+/// a byte of its index (so every page of it is resident).
+pub fn burst(bytes: usize) -> Vec<Box<[u8]>> {
+    let mut objects = Vec::new();
+    let mut total = 0;
+    while total < bytes {
+        let i = objects.len();
+        let size = burst_size(i);
+        objects.push(vec![i as u8; size].into_boxed_slice());
+        total += size;
+    }
+    objects
+}
+
 /// Polls `cond` until it holds or `timeout` passes; returns whether it
 /// held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

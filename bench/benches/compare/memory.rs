@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::dispatch::Backend;
 use crate::emit;
-use crate::support::{page_size, process_cpu, rss};
+use crate::support::{self, page_size, process_cpu, rss};
 use crate::workloads::{Rng, Scale};
 
 const MIB: usize = 1 << 20;
@@ -91,17 +91,6 @@ pub enum Pattern {
     Scattered,
 }
 
-/// The sizes of the burst (as in the scavenger's own test): small objects
-/// of 16 B to 4 KiB, and a large one (64-256 KiB) every 47th (47 is prime
-/// to 10, so keeping every 10th object keeps every 10th large one).
-fn burst_size(i: usize) -> usize {
-    if i % 47 == 46 {
-        (64 << 10) + (i * 2654435761) % (192 << 10)
-    } else {
-        16 + (i * 7919) % 4080
-    }
-}
-
 /// A 1 GiB burst, 90% of it freed in `pattern`, then 10 s of idle with RSS
 /// sampled every 250 ms (`sample <seconds> <bytes>` lines). Also reports
 /// the live bytes, the pages they touch, the RSS 5 s into the idle, the
@@ -113,13 +102,8 @@ pub fn burst_idle(pattern: Pattern, scale: Scale) {
         Scale::Smoke => (16 * MIB, Duration::from_millis(500), Duration::from_millis(50)),
     };
     let base = rss();
-    let mut objects = Vec::new();
-    let mut bytes = 0;
-    while bytes < burst {
-        let size = burst_size(objects.len());
-        objects.push(object(size, objects.len() as u8));
-        bytes += size;
-    }
+    // The scavenger tests' own burst.
+    let mut objects = support::burst(burst);
     match pattern {
         Pattern::Whole => drop(objects.drain(..objects.len() / 10 * 9)),
         Pattern::Scattered => {
