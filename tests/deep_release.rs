@@ -371,30 +371,39 @@ fn objects_reused_after_deep_release_keep_contents_and_zeroes() {
 fn background_release_while_working() {
     let outside = rss();
     let rounds = 3;
+    // Joined explicitly: the implicit join at the end of a scope returns
+    // before the threads' TLS destructors run, so their caches could still
+    // be flushing while the figures below are read (rust-lang/rust#116237);
+    // an explicit join waits for the thread to be gone.
     std::thread::scope(|scope| {
-        for t in 0..2u64 {
-            scope.spawn(move || {
-                let mut rng = Rng::new(0xbac0 + t);
-                let mut live = Vec::new();
-                let mut id = t << 40;
-                for round in 0..rounds {
-                    allocate(&mut rng, &mut live, 150_000, &mut id);
-                    thin(&mut rng, &mut live, 10);
-                    scavalloc::flush_thread_cache();
-                    let before = scavalloc::stats().released_deep;
-                    let released = support::wait_until(Duration::from_secs(20), || {
-                        verify(&live, &format!("thread {t} round {round}, waiting"));
-                        std::thread::sleep(Duration::from_millis(50));
-                        scavalloc::stats().released_deep > before
-                    });
-                    assert!(released, "thread {t} round {round}: no deep release within 20 s");
-                    verify(&live, &format!("thread {t} round {round}, after deep release"));
-                }
-                for l in live.drain(..) {
-                    // SAFETY: allocated with this layout, freed once.
-                    unsafe { dealloc(l.ptr, layout(l.size)) };
-                }
-            });
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut rng = Rng::new(0xbac0 + t);
+                    let mut live = Vec::new();
+                    let mut id = t << 40;
+                    for round in 0..rounds {
+                        allocate(&mut rng, &mut live, 150_000, &mut id);
+                        thin(&mut rng, &mut live, 10);
+                        scavalloc::flush_thread_cache();
+                        let before = scavalloc::stats().released_deep;
+                        let released = support::wait_until(Duration::from_secs(20), || {
+                            verify(&live, &format!("thread {t} round {round}, waiting"));
+                            std::thread::sleep(Duration::from_millis(50));
+                            scavalloc::stats().released_deep > before
+                        });
+                        assert!(released, "thread {t} round {round}: no deep release within 20 s");
+                        verify(&live, &format!("thread {t} round {round}, after deep release"));
+                    }
+                    for l in live.drain(..) {
+                        // SAFETY: allocated with this layout, freed once.
+                        unsafe { dealloc(l.ptr, layout(l.size)) };
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("worker thread panicked");
         }
     });
     let s = scavalloc::stats();
