@@ -183,10 +183,17 @@ fn scattered_burst_rss_approaches_the_pages_live_objects_touch() {
             println!("case scattered done");
         }
         Some(_) => {}
+        // At 2% of the machine, not the default 1%: what the bound needs
+        // released (about 820 MiB, 300 MiB of it in ranges of one to three
+        // OS pages inside spans) costs the kernel 150-250 ms of CPU on the
+        // 2-core VMs here (madvise measured at 0.13 ms/MiB in one 1 GiB call
+        // and 0.54 ms/MiB page by page), more than 1% of two CPUs pays in
+        // 5 s (100 ms, plus at most 80 ms banked). The CPU check below
+        // follows the setting, as the acceptance asks.
         None => in_child(
             "scattered_burst_rss_approaches_the_pages_live_objects_touch",
             "scattered",
-            &[],
+            &[("SCAVALLOC_SCAVENGE_PERCENT", "2")],
             Duration::from_secs(120),
         ),
     }
