@@ -188,8 +188,8 @@ fn scattered_burst_rss_approaches_the_pages_live_objects_touch() {
         // OS pages inside spans) costs the kernel 150-250 ms of CPU on the
         // 2-core VMs here (madvise measured at 0.13 ms/MiB in one 1 GiB call
         // and 0.54 ms/MiB page by page), more than 1% of two CPUs pays in
-        // 5 s (100 ms, plus at most 80 ms banked). The CPU check below
-        // follows the setting, as the acceptance asks.
+        // 5 s (100 ms, plus at most 80 ms banked). The CPU check in
+        // `scattered_burst` follows the setting, as the acceptance asks.
         None => in_child(
             "scattered_burst_rss_approaches_the_pages_live_objects_touch",
             "scattered",

@@ -95,9 +95,9 @@ const MIN_WORK_NS: u64 = 1_000_000;
 /// scattered over free runs and the insides of spans costs the kernel
 /// 0.1-0.25 s of CPU, depending on the machine (0.4-0.9 microseconds per
 /// 4 KiB page in whole runs, up to 2 microseconds page by page inside
-/// spans, on the 2-core VMs here), which at 1% alone would take six seconds
-/// or more. Not more than four, because the bank is spent on top of the
-/// share a user chose: over any ten seconds it may take 1.4% for 1%.
+/// spans, on the 2-core VMs here), which at 1% of two CPUs alone would take
+/// five to twelve seconds. Not more than four, because the bank is spent on
+/// top of the share the user chose.
 const BANK_NS: f64 = 4e9;
 
 fn bank_limit(cpus: f64) -> f64 {
