@@ -390,35 +390,6 @@ pub fn alloc_ready(size: usize) -> Result<NonNull<u8>, OsError> {
     mmap(0, size, libc::PROT_READ | libc::PROT_WRITE, SPARSE_FLAGS)
 }
 
-/// Which way to steer transparent huge pages for a range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HugePageHint {
-    /// `MADV_HUGEPAGE`: back the range with huge pages where possible.
-    Prefer,
-    /// `MADV_NOHUGEPAGE`: never collapse the range into huge pages (keeps
-    /// khugepaged from refilling released holes).
-    Avoid,
-}
-
-/// Advises the kernel about huge pages for a range. Advice only: a failure
-/// changes nothing about correctness, so the caller may ignore it.
-///
-/// # Safety
-///
-/// The caller owns `[addr, addr + size)`.
-pub unsafe fn huge_page_hint(addr: usize, size: usize, hint: HugePageHint) -> Result<(), OsError> {
-    let advice = match hint {
-        HugePageHint::Prefer => libc::MADV_HUGEPAGE,
-        HugePageHint::Avoid => libc::MADV_NOHUGEPAGE,
-    };
-    // SAFETY: huge-page advice never changes the contents of the range.
-    let r = unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) };
-    if r != 0 {
-        return Err(OsError::last());
-    }
-    Ok(())
-}
-
 /// Sleeps while `word` holds `expected` (or until a spurious wake-up).
 pub fn futex_wait(word: &AtomicU32, expected: u32) {
     futex_wait_until(word, expected, None);
@@ -467,11 +438,6 @@ pub fn coarse_ms() -> u64 {
 /// CPU time the calling thread has used, in nanoseconds.
 pub fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-/// CPU time the whole process has used, in nanoseconds.
-pub fn process_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// The number of CPUs this process may run on (at least 1), found without

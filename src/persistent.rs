@@ -79,11 +79,6 @@ pub fn mapped_bytes() -> usize {
     MAPPED.load(Ordering::Relaxed)
 }
 
-/// Bytes of persistent metadata handed out.
-pub fn used_bytes() -> usize {
-    USED.load(Ordering::Relaxed)
-}
-
 /// Takes the metadata lock and keeps it, before `fork()`.
 pub(crate) fn lock_for_fork() {
     BUMP.hold_for_fork();

@@ -134,8 +134,16 @@ impl Stats {
 
     /// Memory the OS may be holding for the heap: mapped minus what was
     /// released, by the page heap or inside spans.
+    ///
+    /// The figures of a snapshot are read one layer at a time, so while
+    /// other threads allocate, free or release, the released parts can add
+    /// up to more than `mapped` was when it was read: the difference stops
+    /// at zero rather than wrapping (or panicking in a debug build).
     pub fn retained(&self) -> usize {
-        self.mapped - self.heap_released - self.span_released - self.arena_quarantined
+        self.mapped
+            .saturating_sub(self.heap_released)
+            .saturating_sub(self.span_released)
+            .saturating_sub(self.arena_quarantined)
     }
 }
 
@@ -275,5 +283,28 @@ pub fn print(s: &Stats) {
         let mut line = LineBuf::<128>::new();
         let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", c.size, c.spans, c.allocated, c.cached, c.free);
         line.emit_line();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot taken while another thread releases can see more
+    /// released than mapped; `retained` must stop at zero, not wrap (or
+    /// panic: unit tests run with debug assertions).
+    #[test]
+    fn retained_of_an_inconsistent_snapshot_stops_at_zero() {
+        let mut s = stats();
+        s.mapped = 64 << 20;
+        s.heap_released = 40 << 20;
+        s.span_released = 20 << 20;
+        s.arena_quarantined = 0;
+        assert_eq!(s.retained(), 4 << 20);
+        s.span_released = 30 << 20;
+        assert_eq!(s.retained(), 0);
+        s.heap_released = 80 << 20;
+        s.arena_quarantined = 1 << 20;
+        assert_eq!(s.retained(), 0);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::alloc::{alloc, dealloc, Layout};
 
-use scavalloc::spans::sizeclass::{class_size, size_to_class};
+use scavalloc::testing::{class_size, size_to_class};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -18,7 +18,7 @@ fn assert_identities(s: &scavalloc::Stats) {
     assert_eq!(s.small_spans, s.small_allocated + s.small_cached + s.small_free + s.small_waste, "{s:?}");
     for c in &s.classes {
         assert_eq!(
-            c.spans * scavalloc::spans::sizeclass::class_objects(size_to_class(c.size).unwrap()),
+            c.spans * scavalloc::testing::class_objects(size_to_class(c.size).unwrap()),
             c.allocated + c.cached + c.free
         );
     }

@@ -39,7 +39,7 @@ fn check_stats(what: &str, outside: usize) {
     for c in s.classes.iter().filter(|c| c.released > 0) {
         assert_eq!(c.released % page_size(), 0, "{what}: class {} released {} bytes", c.size, c.released);
     }
-    if scavalloc::config::get().release_mode == scavalloc::os::ReleaseMode::Free {
+    if scavalloc::testing::release_mode_is_free() {
         // MADV_FREE pages stay resident until the kernel needs them.
         return;
     }
@@ -148,7 +148,7 @@ fn scattered_burst() {
         }
     }
     let cpu = process_cpu() - cpu_start;
-    let percent = scavalloc::config::get().scavenger.cpu_percent;
+    let percent = scavalloc::testing::scavenge_percent();
     let budget = Duration::from_secs_f64(10.0 * cpus as f64 * percent / 100.0 * 1.5);
     let s = scavalloc::stats();
     println!(

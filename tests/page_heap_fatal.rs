@@ -12,7 +12,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 
-use scavalloc::pages::{PageAlloc, CHUNK_BYTES, PAGE_SIZE};
+use scavalloc::testing::{PageAlloc, CHUNK_BYTES, PAGE_SIZE};
 
 /// Names the test a child process is to run for real.
 const CASE_ENV: &str = "SCAVALLOC_PAGE_HEAP_FATAL_CASE";

@@ -7,7 +7,7 @@ use std::alloc::{alloc, dealloc, realloc, Layout};
 mod support;
 use support::{assert_pattern, Pattern};
 
-use scavalloc::spans::class_for;
+use scavalloc::testing::class_for;
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 
-use scavalloc::spans::cache::{bin_capacity, MAX_CACHED_BYTES_PER_THREAD};
-use scavalloc::spans::sizeclass::{class_size, size_to_class, NUM_CLASSES};
+use scavalloc::testing::{bin_capacity, MAX_CACHED_BYTES_PER_THREAD};
+use scavalloc::testing::{class_size, size_to_class, NUM_CLASSES};
 
 mod support;
 use support::Rng;

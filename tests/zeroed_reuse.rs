@@ -53,7 +53,7 @@ fn alloc_zeroed_returns_zeroes_after_dirty_frees() {
         assert_eq!(case, "release-free");
         // Released pages are not known to be zero under MADV_FREE: the
         // same checks must pass with every page zeroed by hand.
-        assert_eq!(scavalloc::config::get().release_mode, scavalloc::os::ReleaseMode::Free);
+        assert!(scavalloc::testing::release_mode_is_free());
     }
     small_and_large_dirty_then_zeroed();
     alloc_zeroed_over_released_and_partly_dirty_pages();

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use scavalloc::pages::{PageAlloc, CHUNK_BYTES, CHUNK_PAGES, PAGE_SIZE};
+use scavalloc::testing::{PageAlloc, CHUNK_BYTES, CHUNK_PAGES, PAGE_SIZE};
 
 const HEAP_BASE: usize = 0x1000_0000_0000;
 

@@ -1,4 +1,4 @@
-//! Model checks of the heap lock (`scavalloc::sync::Mutex`): mutual
+//! Model checks of the heap lock (`sync::Mutex`): mutual
 //! exclusion, and no lost wake-up in its three-state futex protocol (a lost
 //! wake-up would leave a waiter asleep forever, which loom reports as a
 //! deadlock).
@@ -7,7 +7,7 @@
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
-use scavalloc::sync::Mutex;
+use scavalloc::testing::Mutex;
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();

@@ -1,4 +1,4 @@
-//! Model checks of the scavenge index (`scavalloc::scavenge::index`): a
+//! Model checks of the scavenge index (the scavenge index, `scavenge/index.rs`): a
 //! find that races with marks never skips a marked chunk, and the search
 //! word never loses a mark.
 #![cfg(loom)]
@@ -6,7 +6,7 @@
 use loom::sync::atomic::AtomicU8;
 use loom::sync::{Arc, Mutex};
 use loom::thread;
-use scavalloc::scavenge::index::ScavengeIndex;
+use scavalloc::testing::ScavengeIndex;
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();

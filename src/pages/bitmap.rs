@@ -90,6 +90,7 @@ impl PageBits {
     /// A map with every bit set.
     pub const FULL: PageBits = PageBits([u64::MAX; WORDS]);
 
+    #[cfg(any(test, feature = "testing"))]
     /// Whether bit `i` is set.
     #[inline]
     pub fn get(&self, i: usize) -> bool {
@@ -116,6 +117,7 @@ impl PageBits {
         count
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Number of set bits in the whole map.
     #[inline]
     pub fn count(&self) -> usize {
@@ -136,6 +138,7 @@ impl PageBits {
         found
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The lowest set bit in `[i, i + n)`, if any.
     pub fn first_set_in(&self, i: usize, n: usize) -> Option<usize> {
         let mut found = None;
@@ -150,6 +153,7 @@ impl PageBits {
         found
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The raw words, lowest page first.
     #[inline]
     pub fn words(&self) -> &[u64; WORDS] {

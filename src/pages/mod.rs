@@ -288,6 +288,7 @@ impl PageAlloc {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The address ranges the heap owns.
     pub fn in_use(&self) -> &AddrRanges {
         &self.in_use
@@ -308,12 +309,14 @@ impl PageAlloc {
         self.pages_scavenged
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Free pages being released by a scavenger right now (counted among
     /// the free, unscavenged pages).
     pub fn pages_releasing(&self) -> usize {
         self.pages_releasing
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The scavenge index, for lock-free searches.
     pub fn index(&self) -> &'static ScavengeIndex {
         self.index
@@ -339,6 +342,7 @@ impl PageAlloc {
         self.summary_bytes + self.index_bytes + self.mapped_bytes() / CHUNK_BYTES * core::mem::size_of::<ChunkData>()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The current search hint.
     pub fn search_addr(&self) -> usize {
         self.search_addr

@@ -103,6 +103,7 @@ impl AddrRanges {
         self.total
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Number of ranges.
     #[inline]
     pub fn len(&self) -> usize {
@@ -175,6 +176,7 @@ impl AddrRanges {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Removes every address at or above `addr`, cutting a range that
     /// straddles it.
     pub fn remove_greater_equal(&mut self, addr: usize) {

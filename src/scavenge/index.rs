@@ -112,6 +112,7 @@ impl ScavengeIndex {
         self.storage_addr() != 0
     }
 
+    #[cfg(any(test, loom, feature = "testing"))]
     /// An index over `storage`: one byte for every 8 chunks of the address
     /// space the index may ever cover. No chunk is covered until
     /// [`grow`](Self::grow).
@@ -183,6 +184,7 @@ impl ScavengeIndex {
         self.byte(ci / 8).fetch_and(!(1u8 << (ci % 8)), Ordering::Release);
     }
 
+    #[cfg(any(test, loom, feature = "testing"))]
     /// Whether chunk `ci` is marked.
     pub fn is_marked(&self, ci: usize) -> bool {
         ci >= self.min.load(Ordering::Acquire)

@@ -70,6 +70,7 @@ const fn slot_offsets() -> [usize; NUM_CLASSES + 1] {
 const SLOT_OFFSETS: [usize; NUM_CLASSES + 1] = slot_offsets();
 const TOTAL_SLOTS: usize = SLOT_OFFSETS[NUM_CLASSES];
 
+#[cfg(any(test, feature = "testing"))]
 /// The most bytes of objects one thread's cache can hold.
 pub const MAX_CACHED_BYTES_PER_THREAD: usize = {
     let mut total = 0;
@@ -498,12 +499,6 @@ pub fn cached_objects(class: usize) -> usize {
 pub fn cache_counts() -> (usize, usize) {
     let reg = REGISTRY.lock();
     (reg.live_count, reg.made)
-}
-
-/// Bytes of persistent memory held by caches (headers and stacks).
-pub fn metadata_bytes() -> usize {
-    let made = REGISTRY.lock().made;
-    made * (core::mem::size_of::<ThreadCache>() + TOTAL_SLOTS * core::mem::size_of::<*mut u8>())
 }
 
 /// Takes the registry lock and keeps it, before `fork()`.

@@ -171,12 +171,3 @@ pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
     s.large_bytes = new_size;
     true
 }
-
-/// The pages the large object at `ptr` holds.
-///
-/// # Safety
-///
-/// `ptr` was returned by [`alloc`] and is live.
-pub unsafe fn pages_of(ptr: *mut u8) -> usize {
-    record_of(ptr, "realloc").npages
-}

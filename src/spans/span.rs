@@ -163,11 +163,6 @@ impl Span {
         Ok(())
     }
 
-    /// Whether object `index` is handed out.
-    pub fn is_allocated(&self, index: usize) -> bool {
-        self.bits[index / 64] & (1 << (index % 64)) != 0
-    }
-
     /// Whether every object is free.
     #[inline]
     pub fn is_empty(&self) -> bool {
@@ -372,11 +367,6 @@ pub unsafe fn free_record(span: *mut Span) {
         (*span).next = pool.free;
     }
     pool.free = span;
-}
-
-/// Bytes of span records made so far.
-pub fn record_bytes() -> usize {
-    POOL.lock().made * core::mem::size_of::<Span>()
 }
 
 /// Takes the pool's lock and keeps it, before `fork()`.

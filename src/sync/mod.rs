@@ -12,15 +12,15 @@
 
 mod mutex;
 
-pub use mutex::{Mutex, MutexGuard};
+pub use mutex::Mutex;
 
 /// Atomic types and orderings: `core`'s in a normal build, `loom`'s under
 /// `cfg(loom)`.
 pub mod atomic {
     #[cfg(not(loom))]
-    pub use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+    pub use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
     #[cfg(loom)]
-    pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+    pub use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 }
 
 /// Blocking on an atomic word: the kernel's futex in a normal build.

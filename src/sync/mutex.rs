@@ -68,6 +68,7 @@ impl<T> Mutex<T> {
     }
 
     /// Acquires the lock if it is free right now.
+    #[cfg(loom)]
     #[inline]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         self.state
@@ -107,11 +108,6 @@ impl<T> Mutex<T> {
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
             park::wake_one(&self.state);
         }
-    }
-
-    /// Returns the value, for a caller that owns the lock outright.
-    pub fn get_mut(&mut self) -> &mut T {
-        self.data.get_mut()
     }
 
     /// Takes the lock and keeps it held with no guard: before `fork()`, so

@@ -1,0 +1,37 @@
+//! The crate's internals as its own tests, benchmarks and model checks need
+//! them, in the manner of the Go runtime's `export_test.go`. Hidden from the
+//! documentation and compiled only with the `testing` feature (or under
+//! `--cfg loom`, for `loom-tests/`): programs never see it.
+//!
+//! Everything here is either a read-only fact (size classes, settings), a
+//! structure that owns its own state and cannot reach the process's heap (a
+//! standalone [`PageAlloc`] manages addresses it never touches), or an
+//! `unsafe fn` whose contract says which invariant the caller keeps.
+
+#[cfg(loom)]
+pub use crate::scavenge::index::ScavengeIndex;
+#[cfg(loom)]
+pub use crate::sync::Mutex;
+
+#[cfg(not(loom))]
+pub use imp::*;
+
+#[cfg(not(loom))]
+mod imp {
+    pub use crate::pages::{PageAlloc, PageRun, CHUNK_BYTES, CHUNK_PAGES, PAGE_SIZE};
+    pub use crate::spans::cache::{bin_capacity, MAX_CACHED_BYTES_PER_THREAD};
+    pub use crate::spans::class_for;
+    pub use crate::spans::sizeclass::{class_objects, class_size, size_to_class, NUM_CLASSES};
+
+    /// Whether free pages are given back with `MADV_FREE`
+    /// (`SCAVALLOC_RELEASE=free`), so that RSS falls only under pressure.
+    pub fn release_mode_is_free() -> bool {
+        crate::config::get().release_mode == crate::os::ReleaseMode::Free
+    }
+
+    /// The scavenger's CPU budget in percent of the machine
+    /// (`SCAVALLOC_SCAVENGE_PERCENT`).
+    pub fn scavenge_percent() -> f64 {
+        crate::config::get().scavenger.cpu_percent
+    }
+}
