@@ -7,8 +7,13 @@
 //! One bit per chunk of the address space, set ("marked") whenever pages of
 //! the chunk are freed to the page heap, and cleared by a scavenger that
 //! found nothing left to release in the chunk. Marks and clears happen under
-//! the heap lock; [`ScavengeIndex::find`] takes no lock, so a scavenger can
-//! look for work without stopping allocation.
+//! the heap lock. [`ScavengeIndex::find`] itself needs no lock and stays
+//! correct against concurrent marks (the model checks in `loom-tests/` run
+//! this code), but today's release path calls it while holding the heap
+//! lock: a run it finds must be taken out of the heap before anyone else
+//! can allocate it, so finding and taking happen under one hold. What the
+//! index saves is the search, not the lock: a scavenger looks at the chunks
+//! that may hold work instead of scanning every chunk's bitmap.
 //!
 //! Scavengers work from the top of the heap down (releasing high addresses
 //! first leaves the low ones, which address-ordered allocation prefers, in
