@@ -57,10 +57,17 @@ fn checking() -> bool {
 unsafe impl GlobalAlloc for Scavalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if checking() {
-            return alloc_slow(layout);
+        if !checking() {
+            if let Some(class) = fast_class(&layout) {
+                let p = cache::pop(class);
+                if !p.is_null() {
+                    return p;
+                }
+            }
         }
-        alloc_unmarked(layout)
+        // Also the process's first allocation, which finds the mode only
+        // once `alloc_slow` has read the configuration.
+        alloc_slow(layout)
     }
 
     #[inline]

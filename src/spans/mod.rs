@@ -174,7 +174,7 @@ fn locate(ptr: *mut u8, what: &str) -> Located {
 #[inline(never)]
 fn foreign(what: &str, addr: usize) -> ! {
     crate::report::fatal(format_args!(
-        "{what} of {addr:#x}, which scavalloc did not allocate (foreign pointer, or a large object already freed)"
+        "{what} of {addr:#x}, which is no live allocation of scavalloc (double free of a large object, or foreign pointer)"
     ))
 }
 
