@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void announce(void *p) {
     printf("FREEING %#lx\n", (unsigned long)(uintptr_t)p);
@@ -30,6 +31,21 @@ static void free_on_a_thread(void *p) {
         printf("no thread\n");
         exit(3);
     }
+}
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int freed;
+
+/* Frees `p`, says so, and never returns (the process ends first). */
+static void *free_and_stay(void *p) {
+    free(p);
+    pthread_mutex_lock(&lock);
+    freed = 1;
+    pthread_cond_signal(&cond);
+    pthread_mutex_unlock(&lock);
+    for (;;) pause();
+    return NULL;
 }
 
 static void fill(unsigned char *p, size_t n, unsigned seed) {
@@ -101,6 +117,11 @@ static void *correct_thread(void *arg) {
 int main(int argc, char **argv) {
     const char *what = argc > 1 ? argv[1] : "";
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* stdout's buffer is allocated now, not between a case's frees. Each
+     * case announces its address before its first free, so that nothing
+     * is allocated between the frees (a large object's pages could
+     * otherwise be reused for the buffer in between). */
+    printf("case %s\n", what);
     if (strcmp(what, "correct") == 0) {
         pthread_t t[3];
         for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, correct_thread, (void *)(uintptr_t)(i + 1));
@@ -116,25 +137,34 @@ int main(int argc, char **argv) {
         return 0;
     } else if (strcmp(what, "double-small") == 0) {
         char *a = malloc(32), *b = malloc(32);
+        announce(a);
         free(a);
         free(b);
-        announce(a);
         free(a);
     } else if (strcmp(what, "double-threads") == 0) {
-        char *a = malloc(100);
-        free_on_a_thread(a);
+        /* A size glibc's thread start-up does not allocate. The second
+         * free runs on a thread that stays alive (its cache is never
+         * flushed), so only a check at the free itself can see it. */
+        char *a = malloc(3000);
         announce(a);
         free_on_a_thread(a);
+        pthread_t t;
+        pthread_mutex_lock(&lock);
+        if (pthread_create(&t, NULL, free_and_stay, a) != 0) fail("thread");
+        while (!freed) pthread_cond_wait(&cond, &lock);
+        pthread_mutex_unlock(&lock);
     } else if (strcmp(what, "double-reused") == 0) {
         /* The first free's object is handed out again; a stale free of the
-         * old pointer then frees the new owner's block: not detectable as
-         * such, but the real owner's later free is. */
+         * old pointer then frees the new owner's block (not detectable as
+         * such), and the real owner's later free is the second one: caught,
+         * even with another free in between. */
         char *a = malloc(64);
         free(a);
-        char *b = malloc(64);
+        char *b = malloc(64), *c = malloc(64);
         if (b != a) fail("not reused");
-        free(a);
         announce(b);
+        free(a);
+        free(c);
         free(b);
     } else if (strcmp(what, "interior-8") == 0) {
         char *a = malloc(48);
@@ -151,20 +181,20 @@ int main(int argc, char **argv) {
         free(a + 16);
     } else if (strcmp(what, "double-large") == 0) {
         char *a = malloc(100000);
-        free(a);
         announce(a);
+        free(a);
         free(a);
     } else if (strcmp(what, "double-large-cached") == 0) {
         /* 5 to 8 pages: kept in the thread's cache of large objects. */
         char *a = malloc(50000);
-        free(a);
         announce(a);
+        free(a);
         free(a);
     } else if (strcmp(what, "realloc-freed") == 0) {
         char *a = malloc(40), *b = malloc(40);
+        announce(a);
         free(a);
         free(b);
-        announce(a);
         a = realloc(a, 44);
     } else {
         printf("usage: misuse CASE\n");
