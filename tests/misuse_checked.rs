@@ -13,7 +13,8 @@
 //! that stderr is exactly one `scavalloc: fatal:` line naming the address
 //! and the fault.
 
-use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
+use std::alloc::{alloc as std_alloc, alloc_zeroed, dealloc, realloc, Layout};
+use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -24,6 +25,18 @@ mod support;
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 
 const CHECK_ON: &[(&str, &str)] = &[("SCAVALLOC_CHECK", "1")];
+
+/// `std::alloc::alloc`, with the result hidden from the optimiser: the
+/// compiler may otherwise drop an allocation that is only freed, and with
+/// it the free a case depends on.
+///
+/// # Safety
+///
+/// As for `std::alloc::alloc`.
+unsafe fn alloc(l: Layout) -> *mut u8 {
+    // SAFETY: forwarded.
+    black_box(unsafe { std_alloc(l) })
+}
 
 fn announce(p: *const u8) {
     println!("FREEING {:#x}", p as usize);
@@ -69,8 +82,11 @@ fn child(case: &str, fault: impl FnOnce()) -> bool {
         Some(c) if c == case => {
             support::no_core_dumps();
             fault();
-            println!("SURVIVED");
-            std::io::stdout().flush().unwrap();
+            // Straight to the descriptor: formatting or a buffer could
+            // allocate, and an allocator that missed the fault may then
+            // trip over it here, which would pass for a check at the free.
+            // SAFETY: writes a static buffer to stdout.
+            unsafe { libc::write(1, b"SURVIVED\n".as_ptr().cast(), 9) };
             true
         }
         Some(_) => true,
@@ -88,9 +104,9 @@ fn double_free_behind_another_free() {
         unsafe {
             let (a, b) = (alloc(l), alloc(l));
             assert!(!a.is_null() && !b.is_null());
+            announce(a);
             dealloc(a, l);
             dealloc(b, l);
-            announce(a);
             dealloc(a, l);
         }
     }) {
@@ -101,13 +117,13 @@ fn double_free_behind_another_free() {
 #[test]
 fn box_freed_twice() {
     if !child("box", || {
-        let p = Box::into_raw(Box::new([7u64; 4]));
-        let other = Box::new(1u32);
+        let p = black_box(Box::into_raw(Box::new([7u64; 4])));
+        let other = black_box(Box::new([1u64; 4]));
         // SAFETY: the second `from_raw` is the deliberate fault.
         unsafe {
+            announce(p.cast());
             drop(Box::from_raw(p));
             drop(other);
-            announce(p.cast());
             drop(Box::from_raw(p));
         }
     }) {
@@ -124,10 +140,21 @@ fn double_free_across_threads() {
         // SAFETY: a fresh object, freed once here.
         let p = unsafe { alloc(l) } as usize;
         assert!(p != 0);
-        std::thread::spawn(move || unsafe { dealloc(p as *mut u8, l) }).join().unwrap();
         announce(p as *const u8);
-        // SAFETY: the deliberate fault: `p` was freed on the other thread.
+        // SAFETY: the first free.
         std::thread::spawn(move || unsafe { dealloc(p as *mut u8, l) }).join().unwrap();
+        // The second free runs on a thread that stays alive, so that its
+        // cache is never flushed: only a check at the free can see it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: the deliberate fault: `p` was freed on the other thread.
+            unsafe { dealloc(p as *mut u8, l) };
+            tx.send(()).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
     }) {
         expect_fatal("double_free_across_threads", "threads", CHECK_ON, "double free");
     }
@@ -219,8 +246,8 @@ fn large_object_freed_twice() {
         unsafe {
             let p = alloc(l);
             assert!(!p.is_null());
-            dealloc(p, l);
             announce(p);
+            dealloc(p, l);
             dealloc(p, l);
         }
     }) {
@@ -239,11 +266,11 @@ fn realloc_after_free() {
             let p = alloc(l);
             assert!(!p.is_null());
             let q = alloc(l);
+            announce(p);
             dealloc(p, l);
             dealloc(q, l);
-            announce(p);
             let r = realloc(p, l, 44);
-            std::hint::black_box(r);
+            black_box(r);
         }
     }) {
         expect_fatal("realloc_after_free", "realloc-freed", CHECK_ON, "double free");
@@ -354,9 +381,9 @@ fn the_check_is_on_during_a_correct_workload() {
         // SAFETY: the third free is the deliberate fault.
         unsafe {
             let (a, b) = (alloc(l), alloc(l));
+            announce(a);
             dealloc(a, l);
             dealloc(b, l);
-            announce(a);
             dealloc(a, l);
         }
     }) {

@@ -61,7 +61,9 @@ fn library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        cmd.current_dir(workspace()).args(["build", "--release", "-p", "scavalloc-capi"]).env("CARGO_TARGET_DIR", target());
+        cmd.current_dir(workspace())
+            .args(["build", "--release", "-p", "scavalloc-capi"])
+            .env("CARGO_TARGET_DIR", target());
         let out = run(cmd, Duration::from_secs(600), "cargo build -p scavalloc-capi");
         assert!(out.status.success(), "building the library failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let lib = target().join("release").join("libscavalloc.so");
@@ -107,7 +109,11 @@ fn run_case(case: &str) -> Option<Output> {
 fn run_case_env(case: &str, envs: &[(&str, &str)]) -> Option<Output> {
     let prog = program()?;
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -c 0; exec \"$0\" \"$1\""]).arg(prog).arg(case).envs(envs.iter().copied()).env("LD_PRELOAD", library());
+    cmd.args(["-c", "ulimit -c 0; exec \"$0\" \"$1\""])
+        .arg(prog)
+        .arg(case)
+        .envs(envs.iter().copied())
+        .env("LD_PRELOAD", library());
     Some(run(cmd, Duration::from_secs(120), case))
 }
 
