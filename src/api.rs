@@ -5,9 +5,15 @@
 //! other request goes through [`crate::spans`]. The first slow-path call in
 //! the process reads the configuration and installs the `fork()` and exit
 //! handlers.
+//!
+//! The hardened mode (`SCAVALLOC_CHECK=1`) costs the fast paths one load
+//! and one branch that always goes the same way: when it is on, every call
+//! takes the slow path, which marks each object handed out in its span's
+//! user bitmap and checks each free against it and against the layout
+//! ([`spans::dealloc_checked`]), as C's `free` always does.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::spans::{self, cache, sizeclass};
 use crate::{config, pages, persistent, scavenge, stats};
@@ -34,6 +40,16 @@ fn fast_class(layout: &Layout) -> Option<usize> {
     }
 }
 
+/// Whether the hardened mode is on; set once, from the configuration, by
+/// the first slow-path call, before any object is handed out (the fast
+/// allocation path only finds objects in a cache that a slow call filled).
+static CHECK: AtomicBool = AtomicBool::new(false);
+
+#[inline(always)]
+fn checking() -> bool {
+    CHECK.load(Ordering::Relaxed)
+}
+
 // SAFETY: every path returns either null or memory that is valid for the
 // layout's size and aligned to its alignment, owned by nobody else until it
 // is freed (the span layer's invariants); `dealloc` and `realloc` route a
@@ -41,20 +57,26 @@ fn fast_class(layout: &Layout) -> Option<usize> {
 unsafe impl GlobalAlloc for Scavalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if let Some(class) = fast_class(&layout) {
-            let p = cache::pop(class);
-            if !p.is_null() {
-                return p;
+        if !checking() {
+            if let Some(class) = fast_class(&layout) {
+                let p = cache::pop(class);
+                if !p.is_null() {
+                    return p;
+                }
             }
         }
+        // Also the process's first allocation, which finds the mode only
+        // once `alloc_slow` has read the configuration.
         alloc_slow(layout)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(class) = fast_class(&layout) {
-            if cache::push(class, ptr) {
-                return;
+        if !checking() {
+            if let Some(class) = fast_class(&layout) {
+                if cache::push(class, ptr) {
+                    return;
+                }
             }
         }
         // SAFETY: forwarded from the caller.
@@ -64,30 +86,106 @@ unsafe impl GlobalAlloc for Scavalloc {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ensure_init();
-        spans::alloc_zeroed(layout.size(), layout.align())
+        let p = spans::alloc_zeroed(layout.size(), layout.align());
+        if checking() {
+            spans::hand_to_user(p);
+        }
+        p
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ensure_init();
+        if checking() {
+            // SAFETY: forwarded from the caller.
+            return unsafe { realloc_checked(ptr, layout, new_size) };
+        }
         // SAFETY: forwarded from the caller (`ptr` was allocated by us with
         // `layout`).
         unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
     }
 }
 
+/// The allocation path without the hardened mode's mark: the fast path,
+/// or the slow one. The C API ([`crate::raw`]) allocates through this and
+/// marks every object itself, in either mode.
+#[inline(always)]
+pub(crate) fn alloc_unmarked(layout: Layout) -> *mut u8 {
+    if let Some(class) = fast_class(&layout) {
+        let p = cache::pop(class);
+        if !p.is_null() {
+            return p;
+        }
+    }
+    alloc_slow_unmarked(layout)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow_unmarked(layout: Layout) -> *mut u8 {
+    ensure_init();
+    spans::alloc(layout.size(), layout.align())
+}
+
+/// The slow path, and every allocation in the hardened mode (which is only
+/// known after `ensure_init`, hence the test after it).
 #[cold]
 #[inline(never)]
 fn alloc_slow(layout: Layout) -> *mut u8 {
     ensure_init();
-    spans::alloc(layout.size(), layout.align())
+    let p = spans::alloc(layout.size(), layout.align());
+    if checking() {
+        spans::hand_to_user(p);
+    }
+    p
 }
 
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout) {
-    // SAFETY: forwarded from `dealloc`'s caller.
-    unsafe { spans::dealloc(ptr, layout.size(), layout.align()) }
+    if checking() {
+        // SAFETY: forwarded from `dealloc`'s caller; the checks report
+        // what breaks the promise.
+        unsafe { spans::dealloc_checked(ptr, layout.size(), layout.align()) }
+    } else {
+        // SAFETY: forwarded from `dealloc`'s caller.
+        unsafe { spans::dealloc(ptr, layout.size(), layout.align()) }
+    }
+}
+
+/// `realloc` in the hardened mode: the old object is checked first, and a
+/// move allocates, copies and frees through the checked paths, so the user
+/// bitmap follows the object.
+///
+/// # Safety
+///
+/// `GlobalAlloc::realloc`'s contract.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_checked(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    spans::check_live(ptr, size, align);
+    match (spans::class_for(size, align), spans::class_for(new_size, align)) {
+        (Some(a), Some(b)) if a == b => return ptr,
+        // Large to large: no user bits are involved, and the large
+        // object's own record was checked above.
+        // SAFETY: a live large object of this layout, checked above.
+        (None, None) => return unsafe { spans::realloc(ptr, size, align, new_size) },
+        _ => {}
+    }
+    let new = spans::alloc(new_size, align);
+    if new.is_null() {
+        return new;
+    }
+    spans::hand_to_user(new);
+    // SAFETY: both objects are live and distinct; the old one holds `size`
+    // bytes and the new one at least `new_size`; the old one was checked
+    // to be live with this layout.
+    unsafe {
+        core::ptr::copy_nonoverlapping(ptr, new, size.min(new_size));
+        spans::dealloc_checked(ptr, size, align);
+    }
+    new
 }
 
 /// The settings every allocation needs, installed once; nothing in it
@@ -119,6 +217,7 @@ pub(crate) fn ensure_init() {
 fn init_slow() {
     SETTINGS.call_once(|| {
         let cfg = config::get();
+        CHECK.store(cfg.check, Ordering::Relaxed);
         scavenge::goals::configure(&cfg.scavenger);
         scavenge::set_deep_release(&spans::deep::HOOK);
     });

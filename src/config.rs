@@ -26,6 +26,9 @@ pub struct Config {
     /// `SCAVALLOC_ARENA_QUARANTINE`: address space of freed user arenas
     /// kept faulting before it is reused, in bytes.
     pub arena_quarantine: usize,
+    /// `SCAVALLOC_CHECK=1`: the Rust API checks every free against the
+    /// span's out-of-band state and the layout (as C's `free` always does).
+    pub check: bool,
 }
 
 impl Config {
@@ -35,6 +38,7 @@ impl Config {
         release_mode: ReleaseMode::DontNeed,
         scavenger: Settings::DEFAULT,
         arena_quarantine: 64 << 30,
+        check: false,
     };
 }
 
@@ -69,6 +73,9 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
             None => bad_value("SCAVALLOC_ARENA_QUARANTINE", v, "64GiB", 64 << 30),
         };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_CHECK") {
+        c.check = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_CHECK", v, "0", false));
     }
     let s = &mut c.scavenger;
     if let Some(v) = lookup(c"SCAVALLOC_SCAVENGE_PERCENT") {
@@ -222,6 +229,7 @@ mod tests {
                 b"SCAVALLOC_SCAVTRACE" => Some(b"yes please"),
                 b"SCAVALLOC_DEEP_RELEASE" => Some(b"0"),
                 b"SCAVALLOC_ARENA_QUARANTINE" => Some(b"lots"),
+                b"SCAVALLOC_CHECK" => Some(b"always"),
                 _ => None,
             }
         };
@@ -236,6 +244,11 @@ mod tests {
         assert!(!s.trace, "bad flag falls back to 0");
         assert!(!s.deep_release);
         assert_eq!(c.arena_quarantine, 64 << 30, "a bad quarantine size falls back to 64 GiB");
+        assert!(!c.check, "a bad check flag falls back to off");
+        let on = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
+            (name.to_bytes() == b"SCAVALLOC_CHECK").then_some(&b"1"[..])
+        };
+        assert!(from_lookup(on).check);
         let off = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
             (name.to_bytes() == b"SCAVALLOC_DEEP_RELEASE").then_some(&b"sometimes"[..])
         };

@@ -3,20 +3,29 @@
 //! The page map tells a pointer's class or pages, so `free`, `realloc` and
 //! `usable_size` need no size; nothing here sets `errno` or knows C's
 //! rules, which the `capi` crate applies.
+//!
+//! Every small object handed out here is marked as held by a user in its
+//! span's user bitmap, and `free` clears the mark: so `free` catches every
+//! double free of a small object (also when the first free went to a
+//! thread cache, or ran on another thread) and every interior pointer, at
+//! the free, whatever `SCAVALLOC_CHECK` says. A large object's record says
+//! whether it is freed, so its double free is caught too.
 
-use core::alloc::{GlobalAlloc, Layout};
+use core::alloc::Layout;
 
-use crate::api::ensure_init;
+use crate::api::{alloc_unmarked, ensure_init};
 use crate::spans;
-use crate::Scavalloc;
 
 /// At least `size` bytes (one if `size` is 0) aligned to `align` (a power
 /// of two), or null when out of memory or the request is impossible.
 #[inline]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
     match Layout::from_size_align(size.max(1), align) {
-        // SAFETY: a non-zero size.
-        Ok(layout) => unsafe { Scavalloc.alloc(layout) },
+        Ok(layout) => {
+            let p = alloc_unmarked(layout);
+            spans::hand_to_user(p);
+            p
+        }
         Err(_) => core::ptr::null_mut(),
     }
 }
@@ -24,13 +33,18 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
 /// As [`alloc`], with the memory zeroed.
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     match Layout::from_size_align(size.max(1), align) {
-        // SAFETY: a non-zero size.
-        Ok(layout) => unsafe { Scavalloc.alloc_zeroed(layout) },
+        Ok(layout) => {
+            ensure_init();
+            let p = spans::alloc_zeroed(layout.size(), layout.align());
+            spans::hand_to_user(p);
+            p
+        }
         Err(_) => core::ptr::null_mut(),
     }
 }
 
-/// Frees `ptr` (nothing for null). A pointer scavalloc did not hand out
+/// Frees `ptr` (nothing for null). A pointer scavalloc did not hand to a
+/// user as a live object (a foreign or interior pointer, a double free)
 /// stops the process with one line.
 ///
 /// # Safety
@@ -89,7 +103,14 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         }
         // A large object's pages are more than any class holds, so the span
         // layer routes `bytes` to the large path, as at allocation.
-        // SAFETY: a live object; the caller uses the result from now on.
-        spans::Owner::Large(bytes) => unsafe { spans::realloc(ptr, bytes, align, new_size) },
+        spans::Owner::Large(bytes) => {
+            // SAFETY: a live object; the caller uses the result from now on.
+            let new = unsafe { spans::realloc(ptr, bytes, align, new_size) };
+            // A move to a small class comes from the span layer unmarked.
+            if new != ptr {
+                spans::hand_to_user(new);
+            }
+            new
+        }
     }
 }

@@ -28,6 +28,9 @@ fn dirty_then_zeroed(layout: Layout, rounds: usize) -> usize {
             let p = alloc(layout);
             assert!(!p.is_null());
             p.write_bytes(0xFF, size);
+            // The object escapes: otherwise the optimiser may drop the
+            // dirtying stores (or the whole allocation) and fold `p == q`.
+            let p = std::hint::black_box(p);
             dealloc(p, layout);
             let q = alloc_zeroed(layout);
             assert!(!q.is_null(), "alloc_zeroed({layout:?}) returned null");

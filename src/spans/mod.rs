@@ -116,41 +116,223 @@ pub enum Owner {
     Large(usize),
 }
 
-/// Finds what `ptr` is; stops the process with one line if scavalloc did
-/// not hand it out (a foreign pointer, or one into the middle of an
-/// object).
+/// Where a pointer lies, once [`locate`] has found it to be the start of
+/// an object.
+#[derive(Clone, Copy)]
+enum Located {
+    /// Object `index` of the small span `span`, of class `class`.
+    Small { span: *mut span::Span, class: usize, index: usize },
+    /// The large object whose record is `span`, holding `bytes` of pages.
+    Large { bytes: usize },
+}
+
+/// Finds the object that starts at `ptr`; stops the process with one line
+/// naming the fault if there is none: a foreign pointer, an interior
+/// pointer (into a small object, or into the first page of a large one), a
+/// large object already freed (a double free). Whether a small object is
+/// live is up to the caller (the user bitmap).
 ///
-/// The span's fields are read without its class lock: they do not change
-/// while an object in the span is live, which the caller promises.
-pub fn owner(ptr: *mut u8, what: &str) -> Owner {
+/// The span's fields are read without its class lock, through the raw
+/// record: they do not change while an object in the span is live, which
+/// the caller promises (and if the promise is broken, a span remade in the
+/// meantime has every user bit clear, which the caller reports).
+#[inline]
+fn locate(ptr: *mut u8, what: &str) -> Located {
     let addr = ptr as usize;
+    let span = pagemap::lookup(addr);
+    if span.is_null() {
+        foreign(what, addr);
+    }
     // SAFETY: a non-null page-map entry points to a span record, which
-    // lives forever.
-    match unsafe { pagemap::lookup(addr).as_ref() } {
-        Some(s) if s.kind == span::SpanKind::Small => Owner::Small(s.class as usize),
-        Some(s) if s.kind == span::SpanKind::Large && s.base == addr => {
-            Owner::Large(s.npages * crate::pages::PAGE_SIZE)
+    // lives forever; its fields are read by value, no reference is made.
+    let (kind, base) = unsafe { ((*span).kind, (*span).base) };
+    match kind {
+        span::SpanKind::Small => {
+            // SAFETY: as above.
+            let (class, nobjects) = unsafe { ((*span).class as usize, (*span).nobjects as usize) };
+            match span::object_start(base, class, nobjects, addr) {
+                Some(index) => Located::Small { span, class, index },
+                None => interior_small(what, addr, base, class),
+            }
         }
-        _ => crate::report::fatal(format_args!(
-            "{what} of {addr:#x}, which scavalloc did not allocate (foreign pointer, interior pointer, or double free)"
+        span::SpanKind::Large if base == addr => {
+            // SAFETY: as above.
+            Located::Large { bytes: unsafe { (*span).npages } * crate::pages::PAGE_SIZE }
+        }
+        span::SpanKind::Large => crate::report::fatal(format_args!(
+            "{what} of {addr:#x}, an interior pointer {} bytes into the large object at {base:#x}",
+            addr - base
         )),
+        span::SpanKind::CachedLarge if base == addr => {
+            crate::report::fatal(format_args!("double free: {what} of {addr:#x}, a large object already freed"))
+        }
+        _ => foreign(what, addr),
     }
 }
 
-/// Frees an object without knowing its size.
+#[cold]
+#[inline(never)]
+fn foreign(what: &str, addr: usize) -> ! {
+    crate::report::fatal(format_args!(
+        "{what} of {addr:#x}, which is no live allocation of scavalloc (double free of a large object, or foreign pointer)"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn interior_small(what: &str, addr: usize, base: usize, class: usize) -> ! {
+    let size = sizeclass::class_size(class);
+    let offset = addr - base;
+    if offset >= sizeclass::class_objects(class) * size {
+        crate::report::fatal(format_args!(
+            "{what} of {addr:#x}, which is past the last {size}-byte object of its span (foreign or corrupt pointer)"
+        ))
+    }
+    crate::report::fatal(format_args!(
+        "{what} of {addr:#x}, an interior pointer {} bytes into the {size}-byte object at {:#x}",
+        offset % size,
+        addr - offset % size
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn double_free(what: &str, addr: usize, class: usize) -> ! {
+    crate::report::fatal(format_args!(
+        "double free: {what} of {addr:#x}, a {}-byte object that is already free (or was never handed out)",
+        sizeclass::class_size(class)
+    ))
+}
+
+/// Finds what `ptr` is; stops the process with one line if it is not a
+/// live object scavalloc handed to a user (a foreign pointer, an interior
+/// pointer, or a freed object).
+pub fn owner(ptr: *mut u8, what: &str) -> Owner {
+    match locate(ptr, what) {
+        Located::Small { span, class, index } => {
+            // SAFETY: `span` is a record and `index` one of its objects.
+            if !unsafe { span::is_user(span, index) } {
+                double_free(what, ptr as usize, class);
+            }
+            Owner::Small(class)
+        }
+        Located::Large { bytes } => Owner::Large(bytes),
+    }
+}
+
+/// Records that the object at `ptr`, just allocated from this layer (null
+/// is ignored), now belongs to a user, so that [`dealloc_unsized`] and
+/// [`dealloc_checked`] can tell a first free from a second. Stops the
+/// process if a user already held it: the allocator's state is corrupt (a
+/// free that skipped the check let an object be handed out twice).
+#[inline]
+pub fn hand_to_user(ptr: *mut u8) {
+    let addr = ptr as usize;
+    let span = pagemap::lookup(addr);
+    if span.is_null() {
+        return;
+    }
+    // SAFETY: a non-null entry is a record; its fields are read by value.
+    let (kind, base, class) = unsafe { ((*span).kind, (*span).base, (*span).class as usize) };
+    if kind != span::SpanKind::Small {
+        return;
+    }
+    let index = sizeclass::object_index(class, addr - base);
+    // SAFETY: a fresh object of this span, so `index` is one of its objects.
+    if unsafe { span::mark_user(span, index) } {
+        handed_out_twice(addr);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn handed_out_twice(addr: usize) -> ! {
+    crate::report::fatal(format_args!(
+        "allocation of {addr:#x}, which a user still holds (an earlier double free was not seen: heap corruption)"
+    ))
+}
+
+/// Frees an object without knowing its size, after checking that it is
+/// the start of an object a user holds: a double free (even one whose
+/// first free went to a thread cache or ran on another thread) or an
+/// interior pointer stops the process here, with one line.
 ///
 /// # Safety
 ///
-/// `ptr` came from this layer and is not used again.
+/// `ptr` came from this layer and was handed out through
+/// [`hand_to_user`].
 pub unsafe fn dealloc_unsized(ptr: *mut u8) {
-    match owner(ptr, "free") {
-        Owner::Small(class) => {
+    match locate(ptr, "free") {
+        Located::Small { span, class, index } => {
+            // SAFETY: `span` is a record and `index` one of its objects.
+            if !unsafe { span::unmark_user(span, index) } {
+                double_free("free", ptr as usize, class);
+            }
             if !cache::push(class, ptr) {
                 cache::dealloc_slow(class, ptr);
             }
         }
-        // SAFETY: a live large object (the caller's promise).
-        Owner::Large(_) => unsafe { large::dealloc(ptr) },
+        // SAFETY: the start of a large object that is not freed (`locate`
+        // checked both; the caller promises no other thread frees it now).
+        Located::Large { .. } => unsafe { large::dealloc(ptr) },
+    }
+}
+
+/// Frees an object allocated with `size` and `align` after checking it
+/// against the span's out-of-band state (the hardened mode of the Rust
+/// API): it must be the start of an object a user holds, of the class the
+/// layout gives, or the base of a live large object if the layout is a
+/// large one. Any other free stops the process with one line.
+///
+/// # Safety
+///
+/// As for [`dealloc`], except that a broken promise is reported rather
+/// than corrupting the heap (as far as the checks reach).
+pub unsafe fn dealloc_checked(ptr: *mut u8, size: usize, align: usize) {
+    let addr = ptr as usize;
+    let class = class_for(size, align);
+    match (locate(ptr, "free"), class) {
+        (Located::Small { span, class: found, index }, Some(class)) if found == class => {
+            // SAFETY: `span` is a record and `index` one of its objects.
+            if !unsafe { span::unmark_user(span, index) } {
+                double_free("free", addr, class);
+            }
+        }
+        (Located::Large { .. }, None) => {}
+        (located, _) => {
+            let allocated = match located {
+                Located::Small { class, .. } => sizeclass::class_size(class),
+                Located::Large { bytes } => bytes,
+            };
+            crate::report::fatal(format_args!(
+                "free of {addr:#x} with a layout of {size} bytes aligned to {align}, but it was allocated as {} of {allocated} bytes (layout mismatch)",
+                if matches!(located, Located::Small { .. }) { "a small object" } else { "a large object" }
+            ))
+        }
+    }
+    // SAFETY: checked above to be a live object of this layout's path.
+    unsafe { dealloc(ptr, size, align) }
+}
+
+/// Checks that `ptr` is a live object allocated with `size` and `align`
+/// (as [`dealloc_checked`] does, without freeing it), before a `realloc`.
+pub fn check_live(ptr: *mut u8, size: usize, align: usize) {
+    let addr = ptr as usize;
+    let ok = match (locate(ptr, "realloc"), class_for(size, align)) {
+        (Located::Small { span, class: found, index }, Some(class)) if found == class => {
+            // SAFETY: `span` is a record and `index` one of its objects.
+            if !unsafe { span::is_user(span, index) } {
+                double_free("realloc", addr, class);
+            }
+            true
+        }
+        (Located::Large { .. }, None) => true,
+        _ => false,
+    };
+    if !ok {
+        crate::report::fatal(format_args!(
+            "realloc of {addr:#x} with a layout of {size} bytes aligned to {align}, which is not the layout it was allocated with (layout mismatch)"
+        ))
     }
 }
 

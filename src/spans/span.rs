@@ -7,11 +7,23 @@
 //! a free object's pages to the OS loses nothing. Bits past the last object
 //! are set for good, so searches need no masks.
 //!
+//! A second, atomic bitmap (the *user* bitmap) says which objects a user
+//! holds right now, as opposed to a thread cache or the span itself. Only
+//! the checked paths keep it: C's `malloc` family always, Rust's
+//! `GlobalAlloc` in the hardened mode (`SCAVALLOC_CHECK=1`). Handing an
+//! object to a user sets its bit and a free clears it, each with one atomic
+//! read-modify-write and no lock, so a free whose bit is already clear (a
+//! double free, even when the first free put the object in a thread cache
+//! or ran on another thread) is caught at the free itself. Relaxed ordering
+//! is enough: the object's own hand-over between threads (a lock, or the
+//! user's synchronisation) orders a set before the clear that follows it.
+//!
 //! Span records are fixed-size and come from persistent memory; a freed
 //! record goes on a free list and is reused, never unmapped, so a stale
 //! page-map entry can never point into unmapped memory.
 
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::sizeclass::{self, MAX_OBJECTS_PER_SPAN};
 use crate::persistent;
@@ -65,6 +77,10 @@ pub struct Span {
     /// See `next`.
     pub prev: *mut Span,
     bits: [u64; BITMAP_WORDS],
+    /// Small: bit `i` set means a user holds object `i` (see the module
+    /// docs). Read and written without the class lock, so only through
+    /// [`mark_user`], [`unmark_user`] and [`is_user`].
+    user: [AtomicU64; BITMAP_WORDS],
 }
 
 /// Why an object could not be returned to its span.
@@ -102,6 +118,12 @@ impl Span {
             }
             let n = (nobjects - first).min(64);
             *word = if n == 64 { 0 } else { u64::MAX << n };
+        }
+        // A new span's objects are held by nobody. (A span is only made
+        // or remade when all its objects are free, so no checked free can
+        // race with this.)
+        for word in &self.user {
+            word.store(0, Ordering::Relaxed);
         }
     }
 
@@ -145,15 +167,9 @@ impl Span {
 
     /// Returns the object at `addr` to the span.
     pub fn put(&mut self, addr: usize) -> Result<(), PutError> {
-        let class = self.class as usize;
-        let offset = addr.wrapping_sub(self.base);
-        if offset >= self.nobjects as usize * sizeclass::class_size(class) {
+        let Some(index) = object_start(self.base, self.class as usize, self.nobjects as usize, addr) else {
             return Err(PutError::NotAnObject);
-        }
-        let index = sizeclass::object_index(class, offset);
-        if index * sizeclass::class_size(class) != offset {
-            return Err(PutError::NotAnObject);
-        }
+        };
         let (w, bit) = (index / 64, index % 64);
         if self.bits[w] & (1 << bit) == 0 {
             return Err(PutError::AlreadyFree);
@@ -225,6 +241,85 @@ impl Span {
         }
         (before - self.released.count_ones()) as usize * os_page
     }
+}
+
+/// The index of the object that starts at `addr` in a span of `class` at
+/// `base` holding `nobjects` objects; `None` for any other address: inside
+/// an object (an interior pointer), in the span's tail past the last
+/// object, or outside the span.
+///
+/// Two multiplications and no division: the index comes from the class's
+/// division magic ([`sizeclass::object_index`], exact for every offset up
+/// to the span's end, which is all it is given here), and the address is
+/// an object's start exactly when multiplying the index back gives the
+/// offset. The unit test below checks this against plain division for
+/// every class and every offset in a span.
+#[inline(always)]
+pub fn object_start(base: usize, class: usize, nobjects: usize, addr: usize) -> Option<usize> {
+    let size = sizeclass::class_size(class);
+    // Wraps to a huge offset below `base`, which the bound rejects too.
+    let offset = addr.wrapping_sub(base);
+    if offset >= nobjects * size {
+        return None;
+    }
+    let index = sizeclass::object_index(class, offset);
+    (index * size == offset).then_some(index)
+}
+
+/// The word of `span`'s user bitmap that holds object `index`, and the
+/// object's bit in it.
+///
+/// # Safety
+///
+/// `span` points to a span record (records live forever) and `index` is
+/// below [`MAX_OBJECTS_PER_SPAN`].
+#[inline(always)]
+unsafe fn user_word(span: *const Span, index: usize) -> (&'static AtomicU64, u64) {
+    // SAFETY: the record lives for the rest of the process (the pool never
+    // unmaps one) and `index / 64 < BITMAP_WORDS` per the contract. Only
+    // the atomic word is borrowed, never the whole record, whose other
+    // fields the class lock's holder may be writing.
+    let word = unsafe { &*ptr::addr_of!((*span).user).cast::<AtomicU64>().add(index / 64) };
+    (word, 1u64 << (index % 64))
+}
+
+/// Marks object `index` of `span` as held by a user; returns whether it
+/// already was (which means the allocator handed out a live object).
+///
+/// # Safety
+///
+/// As for [`user_word`].
+#[inline(always)]
+pub unsafe fn mark_user(span: *const Span, index: usize) -> bool {
+    // SAFETY: forwarded.
+    let (word, bit) = unsafe { user_word(span, index) };
+    word.fetch_or(bit, Ordering::Relaxed) & bit != 0
+}
+
+/// Marks object `index` of `span` as no longer held by a user; returns
+/// whether a user held it (false: a double free, or a pointer the
+/// allocator never handed to a user).
+///
+/// # Safety
+///
+/// As for [`user_word`].
+#[inline(always)]
+pub unsafe fn unmark_user(span: *const Span, index: usize) -> bool {
+    // SAFETY: forwarded.
+    let (word, bit) = unsafe { user_word(span, index) };
+    word.fetch_and(!bit, Ordering::Relaxed) & bit != 0
+}
+
+/// Whether a user holds object `index` of `span`.
+///
+/// # Safety
+///
+/// As for [`user_word`].
+#[inline(always)]
+pub unsafe fn is_user(span: *const Span, index: usize) -> bool {
+    // SAFETY: forwarded.
+    let (word, bit) = unsafe { user_word(span, index) };
+    word.load(Ordering::Relaxed) & bit != 0
 }
 
 /// An intrusive doubly-linked list of spans.
@@ -414,6 +509,55 @@ mod tests {
             }
             assert!(s.is_empty());
         }
+    }
+
+    /// `object_start` (magic multiply) against plain division and
+    /// remainder, for every class and every byte offset of a span, plus the
+    /// addresses just outside it.
+    #[test]
+    fn object_start_matches_division_for_every_offset() {
+        let base = 0x7000_0000_0000usize;
+        for class in 0..sizeclass::NUM_CLASSES {
+            let size = sizeclass::class_size(class);
+            let n = sizeclass::class_objects(class);
+            let span_bytes = sizeclass::class_span_bytes(class);
+            let mut starts = 0;
+            for offset in 0..=span_bytes {
+                let naive = (offset % size == 0 && offset / size < n).then_some(offset / size);
+                let got = object_start(base, class, n, base + offset);
+                assert_eq!(got, naive, "class {class} ({size} B) offset {offset}");
+                starts += usize::from(got.is_some());
+            }
+            assert_eq!(starts, n, "class {class}: every object found once");
+            for below in [1, 8, size, span_bytes] {
+                assert_eq!(object_start(base, class, n, base - below), None, "class {class}: {below} below");
+            }
+            assert_eq!(object_start(base, class, n, base + (1 << 40)), None, "class {class}: far above");
+        }
+    }
+
+    #[test]
+    fn user_bits_track_marks() {
+        // SAFETY: all-zero bytes are a valid `Span`.
+        let mut s: Span = unsafe { core::mem::zeroed() };
+        s.init_small(0x7000_0000_0000, 0);
+        let n = sizeclass::class_objects(0);
+        let sp: *const Span = &s;
+        // SAFETY: `sp` is a live record and every index is below `n`.
+        unsafe {
+            for i in [0, 1, 63, 64, n - 1] {
+                assert!(!is_user(sp, i));
+                assert!(!mark_user(sp, i), "object {i} newly marked");
+                assert!(mark_user(sp, i), "object {i} marked twice");
+                assert!(is_user(sp, i));
+                assert!(unmark_user(sp, i), "object {i} was held");
+                assert!(!unmark_user(sp, i), "object {i} freed twice");
+            }
+            assert!(!mark_user(sp, 5));
+        }
+        s.init_small(0x7000_0000_0000, 0);
+        // SAFETY: as above.
+        assert!(!unsafe { is_user(&s, 5) }, "re-initialising a span clears its user bits");
     }
 
     /// `releasable_pages` against a naive model: a page qualifies when no
