@@ -9,6 +9,9 @@
 //!   a quarter of a chunk gets a run of pages of its own. Every run starts
 //!   with a small header linking it to the arena's previous run, so the
 //!   arena needs no other memory to remember its runs.
+//! * Every run is made of whole OS pages (bigger than the heap's 8 KiB
+//!   pages on arm64 kernels with 16 or 64 KiB pages), so that faulting it
+//!   touches nothing of the heap pages around it.
 //! * A chunk belongs to one arena for its whole life: a partly used chunk
 //!   is never handed to another arena.
 //! * Freeing the arena maps every run afresh with no access (one `mmap` per
@@ -266,9 +269,16 @@ impl Arena {
         NonNull::new((base + offset) as *mut u8)
     }
 
-    /// Takes a run of `npages` pages aligned to `align_pages` pages from the
-    /// page heap and links it to the arena's runs.
+    /// Takes a run of at least `npages` pages aligned to `align_pages` pages
+    /// from the page heap and links it to the arena's runs.
+    ///
+    /// The run is made of whole OS pages (which may be 16 or 64 KiB, bigger
+    /// than a heap page), so that freeing it can fault all of it and touch
+    /// nothing of its neighbours: the kernel acts on whole pages only.
     fn take_run(&self, npages: usize, align_pages: usize) -> Option<usize> {
+        let os_pages = heap_pages_per_os_page();
+        let npages = npages.checked_next_multiple_of(os_pages)?;
+        let align_pages = align_pages.max(os_pages);
         let run = scavenge::alloc_pages(npages, align_pages, RunUse::Arena)?;
         let header = RunHeader { prev: self.last_run.get(), npages };
         // SAFETY: the run is fresh, readable and writable, and at least a
@@ -321,12 +331,27 @@ impl Drop for Arena {
     }
 }
 
+/// Heap pages per OS page (1 unless the OS page is bigger than a heap
+/// page).
+fn heap_pages_per_os_page() -> usize {
+    (os::page_size() / PAGE_SIZE).max(1)
+}
+
 /// Frees one run of an arena: faults it (its memory goes back to the OS)
 /// and puts it in quarantine.
 fn free_run(run: usize, npages: usize) {
     let bytes = npages * PAGE_SIZE;
+    let page = os::page_size();
+    if !run.is_multiple_of(page) || !bytes.is_multiple_of(page) {
+        // Not whole OS pages (`take_run` never makes such a run): faulting
+        // or releasing it would reach into the neighbouring heap pages, so
+        // it goes back to the page heap as it is.
+        scavenge::free_pages(run, npages, RunUse::Arena);
+        return;
+    }
     // SAFETY: the run belongs to an arena that gives it up: whatever still
     // points into it is a use after free, which the fault is there to catch.
+    // It is whole OS pages, so the kernel acts on it and nothing else.
     if unsafe { os::fault(run, bytes) }.is_ok() {
         scavenge::note_released_in_use(bytes);
         quarantine(run, npages);

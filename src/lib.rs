@@ -30,6 +30,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The OS layer speaks Linux (madvise advice, pidfds, futexes) and the page
+// heap's radix tree covers a 48-bit address space.
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+compile_error!("scavalloc supports 64-bit Linux only: x86_64 and aarch64 (4, 16 or 64 KiB pages), with glibc or musl");
+
 pub mod scavenge;
 pub mod sync;
 #[cfg(all(test, not(loom)))]
