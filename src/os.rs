@@ -14,7 +14,10 @@
 //!
 //! Page sizes are found on first use without allocating: the base page size
 //! from `sysconf`, the transparent-huge-page size from sysfs, read with raw
-//! `open`/`read`.
+//! `open`/`read`. The kernel acts on whole base pages (4, 16 or 64 KiB on
+//! arm64), so every range handed to these calls must be made of them; the
+//! `testing` feature can emulate a bigger page and check that every range
+//! is (see [`page_size`]).
 //!
 //! Every failure comes back as an [`OsError`]; nothing here panics. Callers
 //! up the stack turn an error into a null pointer.
@@ -388,7 +391,8 @@ pub unsafe fn unmap_ready(addr: usize, size: usize) -> Result<(), OsError> {
 }
 
 /// Hands the physical pages of `[addr, addr + size)` back to the kernel; the
-/// range stays mapped and ready. Uses the [`release_mode`] in force.
+/// range stays mapped and ready. Uses the [`release_mode`] in force; a range
+/// that refuses `MADV_FREE` gets `MADV_DONTNEED` instead.
 ///
 /// # Safety
 ///
