@@ -141,7 +141,9 @@ const DEFAULT_HUGE_PAGE_SIZE: usize = 2 << 20;
 ///
 /// With the `testing` feature, `SCAVALLOC_TEST_PAGE_SIZE` (a power of two
 /// above the kernel's page, at most 1 MiB) makes this the page size the
-/// allocator works with, as if the kernel used it: see [`check_aligned`].
+/// allocator works with, as if the kernel used it, and every `mmap`,
+/// `mprotect`, `madvise` and `munmap` range must then be whole pages of it
+/// (or the process stops with one line naming the call).
 #[inline]
 pub fn page_size() -> usize {
     let cached = BASE_PAGE_SIZE.load(Ordering::Relaxed);
