@@ -256,6 +256,7 @@ extern "C" fn fork_parent() {
 /// threads stay with their caches, which no thread of the child uses.
 extern "C" fn fork_child() {
     fork_parent();
+    crate::os::after_fork_child();
     scavenge::background::after_fork_child();
 }
 

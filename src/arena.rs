@@ -9,6 +9,9 @@
 //!   a quarter of a chunk gets a run of pages of its own. Every run starts
 //!   with a small header linking it to the arena's previous run, so the
 //!   arena needs no other memory to remember its runs.
+//! * Every run is made of whole OS pages (bigger than the heap's 8 KiB
+//!   pages on arm64 kernels with 16 or 64 KiB pages), so that faulting it
+//!   touches nothing of the heap pages around it.
 //! * A chunk belongs to one arena for its whole life: a partly used chunk
 //!   is never handed to another arena.
 //! * Freeing the arena maps every run afresh with no access (one `mmap` per
@@ -35,14 +38,14 @@
 use core::alloc::Layout;
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::os;
 use crate::pages::heap::RunUse;
 use crate::pages::PAGE_SIZE;
 use crate::persistent;
 use crate::scavenge;
-use crate::sync::Mutex;
+use crate::sync::{Mutex, MutexGuard};
 
 /// Bytes of an arena chunk (and its alignment).
 pub const CHUNK_BYTES: usize = 8 << 20;
@@ -266,9 +269,16 @@ impl Arena {
         NonNull::new((base + offset) as *mut u8)
     }
 
-    /// Takes a run of `npages` pages aligned to `align_pages` pages from the
-    /// page heap and links it to the arena's runs.
+    /// Takes a run of at least `npages` pages aligned to `align_pages` pages
+    /// from the page heap and links it to the arena's runs.
+    ///
+    /// The run is made of whole OS pages (which may be 16 or 64 KiB, bigger
+    /// than a heap page), so that freeing it can fault all of it and touch
+    /// nothing of its neighbours: the kernel acts on whole pages only.
     fn take_run(&self, npages: usize, align_pages: usize) -> Option<usize> {
+        let os_pages = heap_pages_per_os_page();
+        let npages = npages.checked_next_multiple_of(os_pages)?;
+        let align_pages = align_pages.max(os_pages);
         let run = scavenge::alloc_pages(npages, align_pages, RunUse::Arena)?;
         let header = RunHeader { prev: self.last_run.get(), npages };
         // SAFETY: the run is fresh, readable and writable, and at least a
@@ -321,12 +331,27 @@ impl Drop for Arena {
     }
 }
 
+/// Heap pages per OS page (1 unless the OS page is bigger than a heap
+/// page).
+fn heap_pages_per_os_page() -> usize {
+    (os::page_size() / PAGE_SIZE).max(1)
+}
+
 /// Frees one run of an arena: faults it (its memory goes back to the OS)
 /// and puts it in quarantine.
 fn free_run(run: usize, npages: usize) {
     let bytes = npages * PAGE_SIZE;
+    let page = os::page_size();
+    if !run.is_multiple_of(page) || !bytes.is_multiple_of(page) {
+        // Not whole OS pages (`take_run` never makes such a run): faulting
+        // or releasing it would reach into the neighbouring heap pages, so
+        // it goes back to the page heap as it is.
+        scavenge::free_pages(run, npages, RunUse::Arena);
+        return;
+    }
     // SAFETY: the run belongs to an arena that gives it up: whatever still
     // points into it is a use after free, which the fault is there to catch.
+    // It is whole OS pages, so the kernel acts on it and nothing else.
     if unsafe { os::fault(run, bytes) }.is_ok() {
         scavenge::note_released_in_use(bytes);
         quarantine(run, npages);
@@ -369,6 +394,37 @@ static QUARANTINE: Mutex<Quarantine> =
     Mutex::new(Quarantine { head: ptr::null_mut(), tail: ptr::null_mut(), free: ptr::null_mut(), bytes: 0 });
 /// Bytes quarantined, readable without the lock.
 static QUARANTINED: AtomicUsize = AtomicUsize::new(0);
+/// Whether the quarantine's list of recycled nodes is empty, readable
+/// without the lock: new nodes come from persistent memory, which may map
+/// memory (a system call), so they are fetched before the lock is taken.
+static OUT_OF_NODES: AtomicBool = AtomicBool::new(true);
+/// Nodes fetched at a time.
+const NODES_PER_BLOCK: usize = 64;
+
+/// The quarantine's lock, and a node for one more range: null only when
+/// no memory is left for nodes. Node memory is fetched with the lock
+/// dropped.
+fn lock_with_node() -> (MutexGuard<'static, Quarantine>, *mut QuarantineNode) {
+    let mut spare = None;
+    if OUT_OF_NODES.load(Ordering::Relaxed) {
+        spare = persistent::alloc_array::<QuarantineNode>(NODES_PER_BLOCK);
+    }
+    loop {
+        let mut q = QUARANTINE.lock();
+        if spare.is_some() || !q.free.is_null() {
+            let node = q.new_node(spare);
+            return (q, node);
+        }
+        // Another thread took the last node since the check above.
+        drop(q);
+        spare = persistent::alloc_array::<QuarantineNode>(NODES_PER_BLOCK);
+        if spare.is_none() {
+            let mut q = QUARANTINE.lock();
+            let node = q.new_node(None);
+            return (q, node);
+        }
+    }
+}
 
 /// Puts a faulted run in quarantine; if that takes the quarantine over its
 /// bound, makes the oldest ranges usable again and gives them back to the
@@ -378,8 +434,7 @@ fn quarantine(base: usize, npages: usize) {
     let mut reuse = [(0usize, 0usize); 16];
     let mut n = 0;
     {
-        let mut q = QUARANTINE.lock();
-        let node = q.new_node();
+        let (mut q, node) = lock_with_node();
         if node.is_null() {
             // No memory for a node: the range cannot wait, reuse it now.
             reuse[0] = (base, npages);
@@ -404,8 +459,7 @@ fn quarantine(base: usize, npages: usize) {
             scavenge::note_reclaimed_in_use(bytes);
         } else {
             // Cannot make it usable: keep it faulted, in quarantine.
-            let mut q = QUARANTINE.lock();
-            let node = q.new_node();
+            let (mut q, node) = lock_with_node();
             if !node.is_null() {
                 // SAFETY: as above.
                 unsafe { node.write(QuarantineNode { base, npages, next: ptr::null_mut() }) };
@@ -417,11 +471,13 @@ fn quarantine(base: usize, npages: usize) {
 }
 
 impl Quarantine {
-    fn new_node(&mut self) -> *mut QuarantineNode {
-        if self.free.is_null() {
-            let Some(block) = persistent::alloc_array::<QuarantineNode>(64) else { return ptr::null_mut() };
-            for i in 0..64 {
-                // SAFETY: the block holds 64 nodes; we link them.
+    /// A node off the free list, after adding the `spare` block fetched
+    /// before the lock (if any); null if there is none.
+    fn new_node(&mut self, spare: Option<NonNull<QuarantineNode>>) -> *mut QuarantineNode {
+        if let Some(block) = spare {
+            for i in 0..NODES_PER_BLOCK {
+                // SAFETY: the block holds NODES_PER_BLOCK nodes, fresh
+                // persistent memory only we know of; we link them.
                 unsafe {
                     let node = block.as_ptr().add(i);
                     (*node).next = self.free;
@@ -430,8 +486,11 @@ impl Quarantine {
             }
         }
         let node = self.free;
-        // SAFETY: the head of the free list is a node we own.
-        self.free = unsafe { (*node).next };
+        if !node.is_null() {
+            // SAFETY: the head of the free list is a node we own.
+            self.free = unsafe { (*node).next };
+        }
+        OUT_OF_NODES.store(self.free.is_null(), Ordering::Relaxed);
         node
     }
 
@@ -462,6 +521,7 @@ impl Quarantine {
             self.bytes -= range.1 * PAGE_SIZE;
             (*node).next = self.free;
             self.free = node;
+            OUT_OF_NODES.store(false, Ordering::Relaxed);
             range
         }
     }

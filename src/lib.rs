@@ -66,51 +66,68 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The OS layer speaks Linux (madvise advice, pidfds, futexes) and the page
+// heap's radix tree covers a 48-bit address space. On any other target the
+// crate is this one error and nothing else, rather than dozens of
+// unresolved `libc` items.
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-compile_error!("scavalloc supports 64-bit Linux only (x86_64 and aarch64, glibc or musl, with 4, 16 or 64 KiB pages)");
+compile_error!("scavalloc supports 64-bit Linux only: x86_64 and aarch64 (4, 16 or 64 KiB pages), with glibc or musl");
 
-pub(crate) mod scavenge;
-pub(crate) mod sync;
-#[cfg(all(test, not(loom)))]
-mod testutil;
+/// Declares the crate's items on supported targets only (see the
+/// `compile_error!` above).
+macro_rules! on_supported_targets {
+    ($($item:item)*) => {
+        $(
+            #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+            $item
+        )*
+    };
+}
 
-#[cfg(not(loom))]
-mod api;
-#[cfg(not(loom))]
-pub(crate) mod arena;
-#[cfg(not(loom))]
-pub(crate) mod config;
-#[cfg(not(loom))]
-pub(crate) mod os;
-#[cfg(not(loom))]
-pub(crate) mod pages;
-#[cfg(not(loom))]
-pub(crate) mod persistent;
-#[cfg(not(loom))]
-pub mod raw;
-#[cfg(not(loom))]
-pub(crate) mod report;
-#[cfg(not(loom))]
-pub(crate) mod spans;
-#[cfg(not(loom))]
-pub(crate) mod stats;
+on_supported_targets! {
+    pub(crate) mod scavenge;
+    pub(crate) mod sync;
+    #[cfg(all(test, not(loom)))]
+    mod testutil;
 
-#[cfg(any(loom, feature = "testing"))]
-#[doc(hidden)]
-pub mod testing;
+    #[cfg(not(loom))]
+    mod api;
+    #[cfg(not(loom))]
+    pub(crate) mod arena;
+    #[cfg(not(loom))]
+    pub(crate) mod config;
+    #[cfg(not(loom))]
+    pub(crate) mod os;
+    #[cfg(not(loom))]
+    pub(crate) mod pages;
+    #[cfg(not(loom))]
+    pub(crate) mod persistent;
+    #[cfg(not(loom))]
+    pub mod raw;
+    #[cfg(not(loom))]
+    pub(crate) mod report;
+    #[cfg(not(loom))]
+    pub(crate) mod spans;
+    #[cfg(not(loom))]
+    pub(crate) mod stats;
 
-#[cfg(not(loom))]
-pub use api::{release_all, Scavalloc};
-#[cfg(not(loom))]
-pub use arena::Arena;
-#[cfg(not(loom))]
-pub use stats::{stats, ClassStats, Stats};
+    #[cfg(any(loom, feature = "testing"))]
+    #[doc(hidden)]
+    pub mod testing;
 
-/// Gives every object cached by the calling thread back to the central
-/// lists, so that its spans can go back to the page heap.
-#[cfg(not(loom))]
-pub fn flush_thread_cache() {
-    spans::cache::flush_current();
+    #[cfg(not(loom))]
+    pub use api::{release_all, Scavalloc};
+    #[cfg(not(loom))]
+    pub use arena::Arena;
+    #[cfg(not(loom))]
+    pub use stats::{stats, ClassStats, Stats};
+
+    /// Gives every object cached by the calling thread back to the central
+    /// lists, so that its spans can go back to the page heap.
+    #[cfg(not(loom))]
+    pub fn flush_thread_cache() {
+        spans::cache::flush_current();
+    }
 }
 
 /// The `compile_fail` examples in the crate documentation must fail for

@@ -14,13 +14,16 @@
 //!
 //! Page sizes are found on first use without allocating: the base page size
 //! from `sysconf`, the transparent-huge-page size from sysfs, read with raw
-//! `open`/`read`.
+//! `open`/`read`. The kernel acts on whole base pages (4, 16 or 64 KiB on
+//! arm64), so every range handed to these calls must be made of them; the
+//! `testing` feature can emulate a bigger page and check that every range
+//! is (see [`page_size`]).
 //!
 //! Every failure comes back as an [`OsError`]; nothing here panics. Callers
 //! up the stack turn an error into a null pointer.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 /// A failed system call, with the `errno` it left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,8 +52,22 @@ pub enum ReleaseMode {
 
 static RELEASE_MODE: AtomicU8 = AtomicU8::new(0);
 
+/// Set before the first `MADV_FREE` this process issues, and never cleared
+/// (a forked child inherits it with the memory it describes): from then on
+/// some free page may hold its old contents although the page heap counts
+/// it released.
+static FREE_ISSUED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the kernel knows `MADV_FREE`: [`UNKNOWN`] until a `MADV_FREE`
+/// first fails with `EINVAL`, then [`KNOWN`] or [`UNKNOWN_TO_KERNEL`].
+static MADV_FREE_SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const KNOWN: u8 = 1;
+const UNKNOWN_TO_KERNEL: u8 = 2;
+
 /// Chooses how [`release`] gives pages back. Set once by the configuration
-/// at start-up.
+/// at start-up; nothing here changes it afterwards (a range that refuses
+/// `MADV_FREE` falls back to `MADV_DONTNEED` for that call only).
 pub fn set_release_mode(mode: ReleaseMode) {
     RELEASE_MODE.store(mode as u8, Ordering::Relaxed);
 }
@@ -63,10 +80,52 @@ pub fn release_mode() -> ReleaseMode {
     }
 }
 
-/// Whether released memory is guaranteed to read back as zeroes (so a later
-/// allocation of it needs no zeroing).
+/// Whether every page released so far, and every page released from now
+/// on, reads back as zeroes (so a later allocation of it needs no zeroing).
+///
+/// True only while the mode is `MADV_DONTNEED` and no `MADV_FREE` was ever
+/// issued: a page released with `MADV_FREE` keeps its contents until the
+/// kernel reclaims it, whatever mode is in force when it is reused. Pages
+/// that fell back to `MADV_DONTNEED` under the `MADV_FREE` mode are zero
+/// too, but nothing records which ones they are, so they count as dirty.
+///
+/// The page heap publishes a released run under its lock after the
+/// `madvise`, so a caller that took the run from the heap sees the flag set
+/// by the release that put it there.
 pub fn released_memory_is_zero() -> bool {
-    release_mode() == ReleaseMode::DontNeed
+    release_mode() == ReleaseMode::DontNeed && !FREE_ISSUED.load(Ordering::Acquire)
+}
+
+/// The `madvise` advice for a release under the mode in force. Records a
+/// `MADV_FREE` before it is issued (see [`released_memory_is_zero`]).
+fn release_advice() -> i32 {
+    match release_mode() {
+        ReleaseMode::DontNeed => libc::MADV_DONTNEED,
+        ReleaseMode::Free if MADV_FREE_SUPPORT.load(Ordering::Relaxed) == UNKNOWN_TO_KERNEL => libc::MADV_DONTNEED,
+        ReleaseMode::Free => {
+            FREE_ISSUED.store(true, Ordering::Release);
+            libc::MADV_FREE
+        }
+    }
+}
+
+/// Called when `MADV_FREE` failed with `EINVAL`. That means either a
+/// kernel older than 4.5, which will refuse it for every range, or a range
+/// that takes no `MADV_FREE` (locked with `mlock`, for one); only the first
+/// is worth remembering. Tells them apart once, by advising one page of a
+/// fresh private mapping.
+fn note_madv_free_refused() {
+    if MADV_FREE_SUPPORT.load(Ordering::Relaxed) != UNKNOWN {
+        return;
+    }
+    let len = page_size();
+    let Ok(p) = mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, SPARSE_FLAGS) else { return };
+    // SAFETY: the page is our own fresh mapping, holding nothing.
+    let r = unsafe { libc::madvise(p.as_ptr().cast(), len, libc::MADV_FREE) };
+    let support = if r == 0 || OsError::last().errno != libc::EINVAL { KNOWN } else { UNKNOWN_TO_KERNEL };
+    // SAFETY: the mapping made above, used by nothing else.
+    unsafe { unmap(p.as_ptr() as usize, len) };
+    MADV_FREE_SUPPORT.store(support, Ordering::Relaxed);
 }
 
 static BASE_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
@@ -77,17 +136,88 @@ static HUGE_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 const DEFAULT_HUGE_PAGE_SIZE: usize = 2 << 20;
 
 /// The kernel's base page size: the granularity of `mprotect` and `madvise`.
+/// Linux uses 4 KiB on x86-64 and 4, 16 or 64 KiB on arm64; nothing above
+/// this layer may assume one of them.
+///
+/// With the `testing` feature, `SCAVALLOC_TEST_PAGE_SIZE` (a power of two
+/// above the kernel's page, at most 1 MiB) makes this the page size the
+/// allocator works with, as if the kernel used it, and every `mmap`,
+/// `mprotect`, `madvise` and `munmap` range must then be whole pages of it
+/// (or the process stops with one line naming the call).
 #[inline]
 pub fn page_size() -> usize {
     let cached = BASE_PAGE_SIZE.load(Ordering::Relaxed);
     if cached != 0 {
         return cached;
     }
-    // SAFETY: `sysconf` has no preconditions.
-    let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let size = if raw > 0 && (raw as usize).is_power_of_two() { raw as usize } else { 4096 };
+    init_page_size()
+}
+
+#[cold]
+fn init_page_size() -> usize {
+    let kernel = kernel_page_size();
+    #[cfg(feature = "testing")]
+    let size = emulated_page_size(kernel).unwrap_or(kernel);
+    #[cfg(not(feature = "testing"))]
+    let size = kernel;
     BASE_PAGE_SIZE.store(size, Ordering::Relaxed);
     size
+}
+
+/// The page size the kernel really uses (the same as [`page_size`] unless a
+/// test emulates a larger one).
+fn kernel_page_size() -> usize {
+    // SAFETY: `sysconf` has no preconditions.
+    let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if raw > 0 && (raw as usize).is_power_of_two() {
+        raw as usize
+    } else {
+        // sysconf cannot fail for this name on Linux; the smallest page
+        // any supported kernel uses keeps every rounding safe regardless.
+        4096
+    }
+}
+
+/// Set when the page size is emulated: the system-call wrappers then check
+/// every range against it.
+#[cfg(feature = "testing")]
+static EMULATED: AtomicBool = AtomicBool::new(false);
+
+/// `SCAVALLOC_TEST_PAGE_SIZE`, read without allocating; a value that is not
+/// a power of two in `(kernel, 1 MiB]` stops the process (a test that asked
+/// for it would otherwise test nothing).
+#[cfg(feature = "testing")]
+fn emulated_page_size(kernel: usize) -> Option<usize> {
+    let text = getenv(c"SCAVALLOC_TEST_PAGE_SIZE")?;
+    match parse_decimal(text) {
+        Some(n) if n == kernel => None,
+        Some(n) if n.is_power_of_two() && n > kernel && n <= 1 << 20 => {
+            EMULATED.store(true, Ordering::Relaxed);
+            Some(n)
+        }
+        _ => crate::report::fatal(format_args!(
+            "SCAVALLOC_TEST_PAGE_SIZE must be a power of two from {kernel} to 1048576 bytes"
+        )),
+    }
+}
+
+/// With an emulated page size (see [`page_size`]), stops the process with
+/// one line unless `addr` and `len` are whole emulated pages: a kernel with
+/// that page size would round the length up and act on bytes past the
+/// range (or refuse an unaligned address). Does nothing otherwise.
+#[inline]
+fn check_aligned(addr: usize, len: usize, call: &str) {
+    #[cfg(feature = "testing")]
+    if EMULATED.load(Ordering::Relaxed) {
+        let page = page_size();
+        if !addr.is_multiple_of(page) || !len.is_multiple_of(page) {
+            crate::report::fatal(format_args!(
+                "{call} of {len:#x} bytes at {addr:#x} is not in whole pages of the emulated {page} B OS page"
+            ));
+        }
+    }
+    #[cfg(not(feature = "testing"))]
+    let _ = (addr, len, call);
 }
 
 /// The transparent-huge-page size (`hpage_pmd_size`), or 2 MiB when the
@@ -139,6 +269,11 @@ pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<usize> {
 }
 
 fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, OsError> {
+    #[cfg(feature = "testing")]
+    if EMULATED.load(Ordering::Relaxed) && hint == 0 {
+        return mmap_emulated(size, prot, flags);
+    }
+    check_aligned(hint, size, "mmap");
     // SAFETY: an anonymous mapping without MAP_FIXED never replaces existing
     // mappings; the kernel picks an address (using `hint` only as a hint).
     let p = unsafe { libc::mmap(hint as *mut libc::c_void, size, prot, flags, -1, 0) };
@@ -146,6 +281,33 @@ fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, 
         return Err(OsError::last());
     }
     NonNull::new(p.cast()).ok_or(OsError { errno: libc::ENOMEM })
+}
+
+/// An anonymous mapping as a kernel with the emulated page size would make
+/// it: aligned to that page, and its length rounded up to it.
+#[cfg(feature = "testing")]
+fn mmap_emulated(size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, OsError> {
+    let page = page_size();
+    let len = size.checked_next_multiple_of(page).ok_or(OsError { errno: libc::ENOMEM })?;
+    let padded = len + page - kernel_page_size();
+    // SAFETY: as in `mmap`: no MAP_FIXED, nothing existing is replaced.
+    let p = unsafe { libc::mmap(core::ptr::null_mut(), padded, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(OsError::last());
+    }
+    let raw = p as usize;
+    let aligned = raw.next_multiple_of(page);
+    // SAFETY: both trimmed pieces lie inside the mapping just made, which
+    // nobody else knows of.
+    unsafe {
+        if aligned != raw {
+            libc::munmap(p, aligned - raw);
+        }
+        if raw + padded != aligned + len {
+            libc::munmap((aligned + len) as *mut libc::c_void, raw + padded - aligned - len);
+        }
+    }
+    NonNull::new(aligned as *mut u8).ok_or(OsError { errno: libc::ENOMEM })
 }
 
 /// Address space for the heap is reserved *with* commit accounting: the
@@ -177,10 +339,10 @@ pub fn reserve(size: usize, align: usize) -> Result<NonNull<u8>, OsError> {
     // nobody else knows of.
     unsafe {
         if head != 0 {
-            libc::munmap(raw as *mut libc::c_void, head);
+            unmap(raw, head);
         }
         if tail != 0 {
-            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+            unmap(aligned + size, tail);
         }
     }
     // SAFETY: `aligned` lies inside a successful mapping, so it is non-null.
@@ -196,7 +358,7 @@ pub fn reserve_at(addr: usize, size: usize) -> Result<NonNull<u8>, OsError> {
         // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat the
         // address as a hint: give back whatever they picked instead.
         // SAFETY: `got` is a fresh mapping of `size` bytes that only we know.
-        unsafe { libc::munmap(got.as_ptr().cast(), size) };
+        unsafe { unmap(got.as_ptr() as usize, size) };
         return Err(OsError { errno: libc::EEXIST });
     }
     Ok(got)
@@ -209,6 +371,7 @@ pub fn reserve_at(addr: usize, size: usize) -> Result<NonNull<u8>, OsError> {
 /// `[addr, addr + size)` must be page-aligned address space that the caller
 /// reserved with [`reserve`] and owns.
 pub unsafe fn map_ready(addr: usize, size: usize) -> Result<(), OsError> {
+    check_aligned(addr, size, "mprotect");
     // SAFETY: the caller owns the range; changing its protection affects
     // nothing else.
     let r = unsafe { libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_READ | libc::PROT_WRITE) };
@@ -230,38 +393,59 @@ pub unsafe fn unmap_ready(addr: usize, size: usize) -> Result<(), OsError> {
 }
 
 /// Hands the physical pages of `[addr, addr + size)` back to the kernel; the
-/// range stays mapped and ready. Uses the [`release_mode`] in force.
+/// range stays mapped and ready. Uses the [`release_mode`] in force; a range
+/// that refuses `MADV_FREE` gets `MADV_DONTNEED` instead.
 ///
 /// # Safety
 ///
 /// The caller owns the range and nothing live is stored in it: its contents
 /// are lost (`MADV_DONTNEED`) or may be lost at any time (`MADV_FREE`).
 pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
-    let advice = match release_mode() {
-        ReleaseMode::DontNeed => libc::MADV_DONTNEED,
-        ReleaseMode::Free => libc::MADV_FREE,
-    };
+    check_aligned(addr, size, "madvise");
+    let advice = release_advice();
     // SAFETY: the caller owns the range and holds nothing in it.
-    let r = unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) };
-    if r != 0 {
-        if advice == libc::MADV_FREE && OsError::last().errno == libc::EINVAL {
-            // Kernels before 4.5 do not know MADV_FREE; fall back for good.
-            set_release_mode(ReleaseMode::DontNeed);
-            // SAFETY: as above.
-            return unsafe { release(addr, size) };
-        }
+    if unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) } == 0 {
+        return Ok(());
+    }
+    let err = OsError::last();
+    if advice != libc::MADV_FREE || err.errno != libc::EINVAL {
+        return Err(err);
+    }
+    // This range (or this kernel) refuses MADV_FREE: release it with
+    // MADV_DONTNEED instead, this time only. The mode stays as configured,
+    // so what other ranges released with MADV_FREE still hold is never
+    // mistaken for zeroes.
+    note_madv_free_refused();
+    // SAFETY: as above.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED) } != 0 {
         return Err(OsError::last());
     }
     Ok(())
 }
 
 /// The pid whose pidfd is cached (high 32 bits) and the pidfd (low 32
-/// bits), 0 before the first use. A forked child has another pid, so it
-/// never advises its parent's memory through an inherited pidfd. An atomic
-/// rather than a lock: a lock held by another thread at `fork()` would stay
-/// held forever in the child.
+/// bits), 0 before the first use. An atomic rather than a lock: a lock
+/// held by another thread at `fork()` would stay held forever in the child.
+/// A forked child drops its copy of the parent's pidfd in
+/// [`after_fork_child`], before it can open a descriptor of its own.
 static SELF_PIDFD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static VECTORED_RELEASE_BROKEN: AtomicU8 = AtomicU8::new(0);
+
+/// In a child just forked (the `pthread_atfork` child handler, which runs
+/// before the child's own code): closes the pidfd inherited from the parent
+/// and forgets it. It must go now: the child's copy is a real descriptor
+/// that refers to the parent, and once the child's code runs, the number
+/// may be closed and reused for the child's own files, so closing it later
+/// by number could close one of them.
+pub fn after_fork_child() {
+    let cached = SELF_PIDFD.swap(0, Ordering::AcqRel);
+    let fd = cached as u32 as i32;
+    if cached != 0 && fd >= 0 {
+        // SAFETY: the parent's pidfd, inherited by this child and not yet
+        // visible to any code but ours; nothing else uses it.
+        unsafe { libc::close(fd) };
+    }
+}
 
 /// The most ranges [`release_many`] takes at once (each call flushes the
 /// TLB of every CPU the process runs on once, so bigger batches are
@@ -299,20 +483,19 @@ unsafe fn release_vectored(ranges: &[(usize, usize)]) -> usize {
     let pidfd = if cached != 0 && (cached >> 32) as i32 == pid {
         cached as u32 as i32
     } else {
+        // A cached word of another pid comes from a fork that skipped the
+        // atfork handlers (a raw `clone`): its descriptor is left alone,
+        // since its number may now name a file of this process.
         // SAFETY: pidfd_open takes a pid and flags; the result is a new
         // descriptor (always close-on-exec) or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
         let word = ((pid as u32 as u64) << 32) | fd as u32 as u64;
-        if SELF_PIDFD.compare_exchange(cached, word, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            if cached != 0 && (cached as u32 as i32) >= 0 {
-                // The parent's pidfd, inherited across fork: not ours to use.
-                // SAFETY: a descriptor this process holds and no longer uses.
-                unsafe { libc::close(cached as u32 as i32) };
+        if SELF_PIDFD.compare_exchange(cached, word, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if fd >= 0 {
+                // Another thread installed one first; ours is not needed.
+                // SAFETY: the descriptor we just opened, used by nobody.
+                unsafe { libc::close(fd) };
             }
-        } else if fd >= 0 {
-            // Another thread installed one first; ours is not needed.
-            // SAFETY: the descriptor we just opened, used by nobody.
-            unsafe { libc::close(fd) };
             return 0;
         }
         fd
@@ -323,12 +506,10 @@ unsafe fn release_vectored(ranges: &[(usize, usize)]) -> usize {
     }
     let mut iov = [libc::iovec { iov_base: core::ptr::null_mut(), iov_len: 0 }; MAX_RELEASE_RANGES];
     for (v, &(addr, len)) in iov.iter_mut().zip(ranges) {
+        check_aligned(addr, len, "process_madvise");
         *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
     }
-    let advice = match release_mode() {
-        ReleaseMode::DontNeed => libc::MADV_DONTNEED,
-        ReleaseMode::Free => libc::MADV_FREE,
-    };
+    let advice = release_advice();
     // SAFETY: `iov` holds `ranges.len()` valid entries; the caller owns
     // every range and holds nothing in it; `pidfd` refers to this process.
     let r = unsafe { libc::syscall(libc::SYS_process_madvise, pidfd, iov.as_ptr(), ranges.len(), advice, 0) };
@@ -360,6 +541,7 @@ unsafe fn release_vectored(ranges: &[(usize, usize)]) -> usize {
 /// The caller owns the range and nothing may legitimately touch it again
 /// until it is made ready anew.
 pub unsafe fn fault(addr: usize, size: usize) -> Result<(), OsError> {
+    check_aligned(addr, size, "mmap(MAP_FIXED)");
     // Mapping a fresh PROT_NONE anonymous region over the range discards the
     // old pages and the access rights in one call.
     // SAFETY: MAP_FIXED replaces only the caller's own range.
@@ -377,6 +559,7 @@ pub unsafe fn fault(addr: usize, size: usize) -> Result<(), OsError> {
 ///
 /// The caller owns `[addr, addr + size)` and nothing refers into it.
 pub unsafe fn unmap(addr: usize, size: usize) {
+    check_aligned(addr, size, "munmap");
     // SAFETY: forwarded from the caller. munmap of an owned range can fail
     // only by splitting a mapping past the VMA limit; the range then stays
     // mapped, which leaks address space but is memory-safe.
@@ -475,7 +658,9 @@ pub fn spawn_thread(entry: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void
         }
         libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
-        let mut thread: libc::pthread_t = 0;
+        // Zeroed rather than 0: `pthread_t` is an integer in glibc and a
+        // pointer in musl.
+        let mut thread: libc::pthread_t = core::mem::zeroed();
         let r = libc::pthread_create(&mut thread, &attr, entry, core::ptr::null_mut());
         libc::pthread_attr_destroy(&mut attr);
         if r != 0 {

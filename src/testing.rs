@@ -29,6 +29,12 @@ mod imp {
         crate::config::get().release_mode == crate::os::ReleaseMode::Free
     }
 
+    /// The OS page size the allocator works with (the emulated one under
+    /// `SCAVALLOC_TEST_PAGE_SIZE`).
+    pub fn os_page_size() -> usize {
+        crate::os::page_size()
+    }
+
     /// The scavenger's CPU budget in percent of the machine
     /// (`SCAVALLOC_SCAVENGE_PERCENT`).
     pub fn scavenge_percent() -> f64 {

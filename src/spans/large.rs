@@ -35,8 +35,9 @@ pub fn counts() -> (usize, usize, usize) {
 pub struct LargeAlloc {
     /// The object's address.
     pub ptr: *mut u8,
-    /// Whether every byte is known to be zero (all its pages were released
-    /// with `MADV_DONTNEED` or never touched).
+    /// Whether every byte is known to be zero: all its pages were released
+    /// or never touched, and every release so far zeroed what it released
+    /// (see [`os::released_memory_is_zero`]).
     pub zeroed: bool,
 }
 
@@ -79,6 +80,10 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
     pagemap::set(run.base, 1, record);
     LARGE_BYTES.fetch_add(size, Ordering::Relaxed);
     LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
+    // Released pages read as zero only if no release ever used MADV_FREE,
+    // which leaves a page's old contents in place until the kernel takes
+    // it: a fact about how these pages were released, whatever the mode
+    // is now.
     let zeroed = run.scavenged_bytes == npages * PAGE_SIZE && os::released_memory_is_zero();
     Some(LargeAlloc { ptr: run.base as *mut u8, zeroed })
 }

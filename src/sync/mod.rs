@@ -12,7 +12,7 @@
 
 mod mutex;
 
-pub use mutex::Mutex;
+pub use mutex::{Mutex, MutexGuard};
 
 /// Atomic types and orderings: `core`'s in a normal build, `loom`'s under
 /// `cfg(loom)`.
