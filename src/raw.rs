@@ -84,33 +84,17 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if Layout::from_size_align(new_size, align).is_err() {
         return core::ptr::null_mut();
     }
-    match spans::owner(ptr, "realloc") {
-        spans::Owner::Small(class) => {
-            if spans::class_for(new_size, align) == Some(class) {
-                return ptr;
-            }
-            let new = alloc(new_size, align);
-            if !new.is_null() {
-                let keep = spans::sizeclass::class_size(class).min(new_size);
-                // SAFETY: both objects are live and distinct; the old one
-                // holds its class size, the new one at least `new_size`.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(ptr, new, keep);
-                    spans::dealloc_unsized(ptr);
-                }
-            }
-            new
-        }
-        // A large object's pages are more than any class holds, so the span
-        // layer routes `bytes` to the large path, as at allocation.
-        spans::Owner::Large(bytes) => {
-            // SAFETY: a live object; the caller uses the result from now on.
-            let new = unsafe { spans::realloc(ptr, bytes, align, new_size) };
-            // A move to a small class comes from the span layer unmarked.
-            if new != ptr {
-                spans::hand_to_user(new);
-            }
-            new
-        }
+    // The page map says what the object is; `resize` takes that as it is.
+    // C's caller may have written all of `malloc_usable_size`, so all of it
+    // is kept.
+    let owner = spans::owner(ptr, "realloc");
+    // SAFETY: a live object of the kind the page map records, with its
+    // usable bytes readable; the caller uses the result from now on.
+    let new = unsafe { spans::resize(ptr, owner.class(), owner.usable(), align, new_size) };
+    // A moved object is a new one for the user: mark it as theirs (the old
+    // one's mark was cleared as it was freed).
+    if !new.is_null() && new != ptr {
+        spans::hand_to_user(new);
     }
+    new
 }

@@ -112,8 +112,28 @@ pub unsafe fn dealloc(ptr: *mut u8, size: usize, align: usize) {
 pub enum Owner {
     /// A small object of this class.
     Small(usize),
-    /// A large object holding this many bytes of pages.
+    /// A large object holding this many bytes of pages (its usable size,
+    /// not a size to find its path from).
     Large(usize),
+}
+
+impl Owner {
+    /// The object's class, `None` for a large object: what [`resize`]
+    /// takes.
+    pub fn class(self) -> Option<usize> {
+        match self {
+            Owner::Small(class) => Some(class),
+            Owner::Large(_) => None,
+        }
+    }
+
+    /// The bytes the object can hold: its class size, or its pages.
+    pub fn usable(self) -> usize {
+        match self {
+            Owner::Small(class) => sizeclass::class_size(class),
+            Owner::Large(bytes) => bytes,
+        }
+    }
 }
 
 /// Where a pointer lies, once [`locate`] has found it to be the start of
@@ -244,6 +264,23 @@ pub fn hand_to_user(ptr: *mut u8) {
     }
 }
 
+/// Clears the user mark of the small object at `ptr`, if it has one
+/// (before it is freed by a path that does not check marks).
+fn forget_user(ptr: *mut u8) {
+    let addr = ptr as usize;
+    let span = pagemap::lookup(addr);
+    if span.is_null() {
+        return;
+    }
+    // SAFETY: a non-null entry is a record; its fields are read by value.
+    let (kind, base, class) = unsafe { ((*span).kind, (*span).base, (*span).class as usize) };
+    if kind == span::SpanKind::Small {
+        let index = sizeclass::object_index(class, addr - base);
+        // SAFETY: an object of this span, still held by the caller.
+        unsafe { span::unmark_user(span, index) };
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn handed_out_twice(addr: usize) -> ! {
@@ -344,19 +381,63 @@ pub fn usable_size(ptr: *mut u8) -> usize {
     }
 }
 
-/// Resizes an object from `size` to `new_size` bytes, keeping `align`;
-/// returns the (possibly moved) object, or null (with the old one intact)
-/// when out of memory.
+/// Resizes an object allocated with `size` and `align` to `new_size`
+/// bytes, keeping `align`; returns the (possibly moved) object, or null
+/// (with the old one intact) when out of memory. The object's path is
+/// found from its layout, as at allocation.
 ///
 /// # Safety
 ///
 /// As for [`dealloc`]; the caller uses the returned pointer from then on.
+#[inline]
 pub unsafe fn realloc(ptr: *mut u8, size: usize, align: usize, new_size: usize) -> *mut u8 {
-    let (old_class, new_class) = (class_for(size, align), class_for(new_size, align));
-    match (old_class, new_class) {
-        (Some(a), Some(b)) if a == b => return ptr,
+    // SAFETY: the layout's path is the object's (the caller's promise), and
+    // its first `size` bytes are the object's.
+    unsafe { resize(ptr, class_for(size, align), size, align, new_size) }
+}
+
+/// Resizes the object at `ptr`, which is of class `class` (`None`: a large
+/// object), to `new_size` bytes aligned to `align` for a move; its first
+/// `keep` bytes are carried over (as many as fit). Returns the (possibly
+/// moved) object, or null (with the old one intact) when out of memory.
+///
+/// The object's kind is what the caller knows it to be (its layout's
+/// [`class_for`], or the page map's [`Owner`]), never re-derived here from
+/// a byte count: C's `realloc` knows only an object's usable bytes, and a
+/// large object of a few pages holds as many bytes as a small class does.
+/// Same class: the same pointer, so Rust's common case is one comparison.
+///
+/// # Safety
+///
+/// `ptr` is a live object of this layer of the kind `class` says, with at
+/// least `keep` readable bytes, not used again on success; `new_size` is
+/// not zero.
+#[inline]
+pub unsafe fn resize(ptr: *mut u8, class: Option<usize>, keep: usize, align: usize, new_size: usize) -> *mut u8 {
+    let new_class = class_for(new_size, align);
+    if class.is_some() && class == new_class {
+        return ptr;
+    }
+    // SAFETY: forwarded.
+    unsafe { resize_slow(ptr, class, keep, align, new_size, new_class) }
+}
+
+/// [`resize`] when the object changes class or is large.
+///
+/// # Safety
+///
+/// As for [`resize`]; `new_class` is `class_for(new_size, align)`.
+unsafe fn resize_slow(
+    ptr: *mut u8,
+    class: Option<usize>,
+    keep: usize,
+    align: usize,
+    new_size: usize,
+    new_class: Option<usize>,
+) -> *mut u8 {
+    let new = match (class, new_class) {
         (None, None) => {
-            // SAFETY: a large object by the same layout rule.
+            // SAFETY: a live large object (the caller's promise).
             if unsafe { large::resize_in_place(ptr, new_size) } {
                 return ptr;
             }
@@ -365,25 +446,34 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize, align: usize, new_size: usize) 
             // O(log n) times, not O(n). The room is address space only until
             // written.
             let pages = new_size.div_ceil(crate::pages::PAGE_SIZE);
-            let Some(new) = large::alloc(new_size, align, pages / 8) else {
-                return core::ptr::null_mut();
-            };
-            // SAFETY: both objects are live and distinct; the old one holds
-            // `size` bytes, the new one at least `new_size`.
-            unsafe {
-                core::ptr::copy_nonoverlapping(ptr, new.ptr, size.min(new_size));
-                large::dealloc(ptr);
+            match large::alloc(new_size, align, pages / 8) {
+                Some(a) => a.ptr,
+                None => return core::ptr::null_mut(),
             }
-            return new.ptr;
         }
-        _ => {}
+        _ => alloc(new_size, align),
+    };
+    if new.is_null() {
+        return new;
     }
-    let new = alloc(new_size, align);
-    if !new.is_null() {
-        // SAFETY: both objects are live and distinct; copy what both hold.
-        unsafe {
-            core::ptr::copy_nonoverlapping(ptr, new, size.min(new_size));
-            dealloc(ptr, size, align);
+    // SAFETY: both objects are live and distinct; the old one holds `keep`
+    // bytes, the new one at least `new_size`. The old one is freed by the
+    // path it is on, which the caller told.
+    unsafe {
+        core::ptr::copy_nonoverlapping(ptr, new, keep.min(new_size));
+        match class {
+            Some(class) => {
+                // A C caller's object is marked as held by its user (see
+                // `hand_to_user`): the mark goes before the object leaves
+                // this thread, or a thread that takes it next would find it
+                // still held. Rust's objects carry no mark; clearing one is
+                // a no-op on this path, which a copy dominates anyway.
+                forget_user(ptr);
+                if !cache::push(class, ptr) {
+                    cache::dealloc_slow(class, ptr);
+                }
+            }
+            None => large::dealloc(ptr),
         }
     }
     new
