@@ -1,5 +1,14 @@
-//! Allocation without a size at free time, as C's `malloc` family needs it
-//! (the `capi` crate exports these as `malloc`, `free`, `realloc`, ...).
+//! The surface the C library (`libscavalloc.so`, the `capi` crate) reaches
+//! the core through: allocation without a size at free time, as C's
+//! `malloc` family needs it (`capi` exports these as `malloc`, `free`,
+//! `realloc`, ...). Rust programs use [`crate::Scavalloc`] instead.
+//!
+//! The calls that take a pointer (`free`, `realloc`) are `unsafe`: the
+//! pointer must be a live block from here. `alloc`, `alloc_zeroed` and
+//! `usable_size` have no such promise to keep (a bad pointer given to
+//! `usable_size` stops the process with one line, as `free` does), so they
+//! are safe functions.
+//!
 //! The page map tells a pointer's class or pages, so `free`, `realloc` and
 //! `usable_size` need no size; nothing here sets `errno` or knows C's
 //! rules, which the `capi` crate applies.
