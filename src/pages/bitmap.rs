@@ -367,7 +367,13 @@ impl ChunkData {
     ///
     /// * `min_pages` (a power of two up to 64): the pages of one physical
     ///   page. Only whole, aligned groups of that many pages qualify, so a
-    ///   release never touches a physical page that is partly in use.
+    ///   release never touches a physical page that is partly in use. A
+    ///   group qualifies when none of its pages is in use and at least one
+    ///   is unreleased: some of its pages may be released already (a page
+    ///   taken from a released OS page and freed again leaves its
+    ///   neighbours marked released, though touching it made the whole OS
+    ///   page resident), and only releasing the group as a whole gives that
+    ///   memory back. The run may so include released pages.
     /// * `max_pages`: how much the caller still wants; the run is cut to that
     ///   (rounded up to `min_pages`), keeping its top.
     /// * `huge_pages`: the pages of one transparent huge page (at most a
@@ -383,7 +389,9 @@ impl ChunkData {
         huge_pages: usize,
     ) -> Option<(usize, usize)> {
         debug_assert!(min_pages.is_power_of_two() && min_pages <= 64);
-        let blocked = |w: usize| fill_groups(self.alloc.0[w] | self.scavenged.0[w], min_pages);
+        // A group is blocked if any page is in use, or if every page is
+        // released already.
+        let blocked = |w: usize| fill_groups(self.alloc.0[w], min_pages) | !fill_groups(!self.scavenged.0[w], min_pages);
         // The highest candidate page.
         let top_word = (0..WORDS).rev().find(|&w| blocked(w) != u64::MAX)?;
         let end = top_word * 64 + 64 - (!blocked(top_word)).leading_zeros() as usize;
@@ -548,7 +556,7 @@ mod tests {
     fn naive_candidate(c: &ChunkData, min: usize, max: usize, huge: usize) -> Option<(usize, usize)> {
         let ok = |p: usize| {
             let g = p / min * min;
-            (g..g + min).all(|q| !c.alloc.get(q) && !c.scavenged.get(q))
+            (g..g + min).all(|q| !c.alloc.get(q)) && (g..g + min).any(|q| !c.scavenged.get(q))
         };
         let end = (0..CHUNK_PAGES).rev().find(|&p| ok(p))? + 1;
         let mut start = end - 1;
@@ -620,6 +628,29 @@ mod tests {
         c.mark_scavenged(100, 198);
         c.mark_scavenged(299, 1);
         assert_eq!(c.find_release_candidate(1, 1000, 1), None);
+    }
+
+    #[test]
+    fn release_candidate_takes_partly_released_physical_pages() {
+        let mut c = ChunkData::default();
+        c.init_fresh();
+        // A released physical page of 2 heap pages [8, 10): page 8 taken
+        // and freed again, page 9 never taken since the release.
+        c.alloc_range(8, 1);
+        c.free_range(8, 1).unwrap();
+        assert!(c.scavenged.get(9) && !c.scavenged.get(8));
+        assert_eq!(c.find_release_candidate(2, 1, 1), Some((8, 2)), "the whole physical page goes");
+        assert_eq!(c.find_release_candidate(1, 1, 1), Some((8, 1)), "at 1 page per physical page, page 8 alone");
+        // Physical pages of 8: [8, 16) with one unreleased page.
+        assert_eq!(c.find_release_candidate(8, 100, 1), Some((8, 8)));
+        // A page in use in the group blocks it.
+        c.alloc_range(9, 1);
+        assert_eq!(c.find_release_candidate(2, 1, 1), None);
+        assert_eq!(c.find_release_candidate(1, 1, 1), Some((8, 1)));
+        // Every page released: nothing to do.
+        c.free_range(9, 1).unwrap();
+        c.mark_scavenged(8, 2);
+        assert_eq!(c.find_release_candidate(2, 1, 1), None);
     }
 
     #[test]

@@ -215,12 +215,17 @@ pub struct PageAlloc {
 /// What a scavenger found in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReleaseCandidate {
-    /// Pages `[base, base + npages pages)` are free and unreleased.
+    /// Pages `[base, base + npages pages)` are free, whole physical pages
+    /// with at least one unreleased heap page in each.
     Run {
         /// First address.
         base: usize,
         /// Length in pages.
         npages: usize,
+        /// Pages of the run that are released already (only when a
+        /// physical page holds more than one heap page): releasing the run
+        /// gives back `npages - released` pages' worth of new memory.
+        released: usize,
     },
     /// The chunk is dense now or was in the last generation: the background
     /// scavenger passes over it.
@@ -883,7 +888,14 @@ impl PageAlloc {
         self.pages_in_use -= npages;
         if scavenged {
             self.pages_scavenged += npages;
-        } else {
+        }
+        // A free makes pages, or a physical page they share with free
+        // unreleased pages, releasable: the chunk may hold work again.
+        // Released pages come back as whole physical pages (deep release,
+        // arenas and the scavenger release nothing less), which change no
+        // other physical page; mark for any that do not, to lose nothing.
+        let os_page = os::page_size().max(PAGE_SIZE);
+        if !scavenged || !base.is_multiple_of(os_page) || !(last + 1).is_multiple_of(os_page) {
             self.index.mark(chunk_index(base), chunk_index(last));
         }
         self.update(base, npages, true, false);
@@ -893,7 +905,9 @@ impl PageAlloc {
     /// scavenger (see [`bitmap::ChunkData::find_release_candidate`] for
     /// `min_pages`, `max_pages` and `huge_pages`). With `skip_dense`, a chunk
     /// that is dense now or was in the last generation is reported as such
-    /// and left marked. A chunk with nothing to release is unmarked.
+    /// and left marked. A chunk with nothing to release is unmarked; free
+    /// unreleased pages it still holds share a physical page with pages in
+    /// use, and the free of those marks the chunk again.
     pub fn release_candidate(
         &mut self,
         ci: usize,
@@ -911,7 +925,11 @@ impl PageAlloc {
             return ReleaseCandidate::Dense;
         }
         match chunk.find_release_candidate(min_pages, max_pages, huge_pages) {
-            Some((first, npages)) => ReleaseCandidate::Run { base: chunk_base(ci) + first * PAGE_SIZE, npages },
+            Some((first, npages)) => ReleaseCandidate::Run {
+                base: chunk_base(ci) + first * PAGE_SIZE,
+                npages,
+                released: chunk.scavenged.count_range(first, npages),
+            },
             None => {
                 self.index.clear(ci);
                 ReleaseCandidate::Nothing
@@ -919,23 +937,23 @@ impl PageAlloc {
         }
     }
 
-    /// Takes free, unreleased pages out of the heap for a scavenger, which
-    /// releases them without the heap lock and then calls
+    /// Takes free pages out of the heap for a scavenger, which releases
+    /// them without the heap lock and then calls
     /// [`end_release`](Self::end_release). Meanwhile they cannot be
-    /// allocated.
+    /// allocated. Some may be released already (a candidate from
+    /// [`release_candidate`](Self::release_candidate) is whole physical
+    /// pages); they are counted as unreleased until `end_release`.
     pub fn begin_release(&mut self, base: usize, npages: usize) {
         let was_in_use = self.pages_in_use;
-        let scavenged = self.take_range(base, npages, false);
-        if scavenged != 0 {
-            fatal(format_args!("page heap: releasing pages at {base:#x} that are already released"));
-        }
+        self.take_range(base, npages, false);
         self.pages_in_use = was_in_use;
         self.pages_releasing += npages;
     }
 
     /// Puts pages taken by [`begin_release`](Self::begin_release) back as
-    /// free, marked released if `released` (the OS took them), or as
-    /// before otherwise.
+    /// free, marked released if `released` (the OS took them), or else
+    /// unreleased (even those that were released before: a safe
+    /// overstatement of what is resident).
     pub fn end_release(&mut self, base: usize, npages: usize, released: bool) {
         self.pages_releasing -= npages;
         self.pages_in_use += npages;

@@ -1249,7 +1249,10 @@ fn release_steps_keep_counters_bitmaps_and_index_exact() {
                 let huge = [1, 64, 256][rng.below(3)];
                 let skip_dense = rng.below(2) == 0;
                 match pa.release_candidate(ci, 1, max, huge, skip_dense) {
-                    ReleaseCandidate::Run { base, npages: n } => {
+                    ReleaseCandidate::Run { base, npages: n, released } => {
+                        // One heap page per physical page: nothing released
+                        // qualifies.
+                        assert_eq!(released, 0, "step {step}");
                         let p = page_of(base);
                         assert!(model[p..p + n].iter().all(|&s| s == St::Free), "step {step}: candidate not free");
                         pa.begin_release(base, n);

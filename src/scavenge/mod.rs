@@ -146,6 +146,9 @@ mod imp {
         while released < max_bytes && !exhausted {
             // Take a batch of runs out of the heap under one lock.
             let mut runs = [(0usize, 0usize); BATCH];
+            // Bytes of each run not released before (a run of whole
+            // physical pages may hold heap pages released already).
+            let mut fresh = [0usize; BATCH];
             let mut n = 0;
             let mut taken = 0;
             {
@@ -163,11 +166,12 @@ mod imp {
                     match heap.pages().release_candidate(ci, min_pages, want, huge_pages, skip_dense) {
                         ReleaseCandidate::Dense => below = Some(ci),
                         ReleaseCandidate::Nothing => {}
-                        ReleaseCandidate::Run { base, npages } => {
+                        ReleaseCandidate::Run { base, npages, released: already } => {
                             heap.begin_release(base, npages);
                             runs[n] = (base, npages * PAGE_SIZE);
+                            fresh[n] = (npages - already) * PAGE_SIZE;
+                            taken += fresh[n];
                             n += 1;
-                            taken += npages * PAGE_SIZE;
                             if below.is_some() {
                                 // Stay on this chunk: it may hold more.
                                 below = Some(ci + 1);
@@ -184,10 +188,10 @@ mod imp {
             // by no one), so nothing lives in it while the lock is dropped.
             unsafe { os::release_many(&runs[..n], &mut ok) };
             let mut heap = HEAP.lock();
-            for (&(base, bytes), &done) in runs[..n].iter().zip(&ok) {
+            for ((&(base, bytes), &done), &new_bytes) in runs[..n].iter().zip(&ok).zip(&fresh) {
                 heap.end_release(base, bytes / PAGE_SIZE, done);
                 if done {
-                    released += bytes;
+                    released += new_bytes;
                 } else {
                     exhausted = true;
                 }
