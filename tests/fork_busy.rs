@@ -21,7 +21,10 @@ static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 
 const FORKS: usize = 40;
 const BUSY_THREADS: usize = 3;
-const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Hang guards only (a deadlock after fork): how long things take is not
+/// what these tests check.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(90);
+const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// What a busy thread does until told to stop: keeps a set of live objects
 /// (checked when freed), churns small and large ones, grows a map.
@@ -147,7 +150,7 @@ fn child_work(parent_objs: &mut Vec<(*mut u8, Layout, Pattern)>, wait_for_scaven
         return 19;
     }
     if wait_for_scavenger
-        && !support::wait_until(Duration::from_secs(10), || scavalloc::stats().released_background > released_before)
+        && !support::wait_until(HANG_GUARD, || scavalloc::stats().released_background > released_before)
     {
         return 20;
     }
@@ -187,7 +190,7 @@ fn fork_with_busy_threads_leaves_the_child_a_working_allocator() {
         // The busy threads must really be running between forks.
         let r0 = rounds.load(Ordering::Relaxed);
         assert!(
-            support::wait_until(Duration::from_secs(10), || rounds.load(Ordering::Relaxed) > r0),
+            support::wait_until(HANG_GUARD, || rounds.load(Ordering::Relaxed) > r0),
             "busy threads made no progress"
         );
         let mut copy = held.clone();
