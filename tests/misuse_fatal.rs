@@ -12,7 +12,6 @@
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 mod support;
@@ -32,7 +31,7 @@ fn announce(p: *const u8) {
 fn expect_fatal(test: &str, case: &str, what: &str) {
     let out = support::run_child(test, case, Duration::from_secs(30));
     let ctx = format!("case {case}: {:?}\nstdout:\n{}\nstderr:\n{}", out.status, out.stdout, out.stderr);
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "not stopped by SIGABRT; {ctx}");
+    out.assert_killed_by(libc::SIGABRT);
     // libtest prints `test <name> ... ` without a newline first, so the
     // marker may be in the middle of a line.
     let addr = out
@@ -54,20 +53,20 @@ fn expect_fatal(test: &str, case: &str, what: &str) {
     assert!(line.contains(what), "the fatal line does not say {what:?}; {ctx}");
 }
 
-/// The child side: if this process is a child for `case`, runs `fault` (which
-/// must not return) and reports survival; returns whether it was a child.
+/// The child side: in the child started for `case` of the test calling
+/// this, runs `fault` (which must not return) and, if it does return,
+/// reports survival and ends the child with `support::CHILD_DONE` (never
+/// returning into the harness: the parent wants SIGABRT). In the parent it
+/// returns false.
 fn child(case: &str, fault: impl FnOnce()) -> bool {
-    match support::child_case() {
-        Some(c) if c == case => {
-            support::no_core_dumps();
-            fault();
-            println!("SURVIVED");
-            std::io::stdout().flush().unwrap();
-            true
-        }
-        Some(_) => true,
-        None => false,
-    }
+    support::as_child(&support::current_test(), |c| {
+        assert_eq!(c, case, "a child for case {c} reached case {case}");
+        support::no_core_dumps();
+        fault();
+        println!("SURVIVED");
+        std::io::stdout().flush().unwrap();
+    });
+    false
 }
 
 static mut FOREIGN_STATIC: [u64; 16384] = [0; 16384];

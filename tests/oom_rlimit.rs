@@ -12,7 +12,6 @@
 
 use std::alloc::{alloc, alloc_zeroed, dealloc, realloc, Layout};
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::Duration;
 
 mod support;
@@ -33,9 +32,19 @@ fn vm_size() -> usize {
 
 fn limit_address_space(extra: usize) -> usize {
     let limit = vm_size() + extra;
-    let lim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: libc::RLIM_INFINITY };
+    let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut now) }, 0, "getrlimit");
+    // Only the soft limit moves (lowering it needs no privilege); the hard
+    // limit stays as it is, and must leave room for the case.
+    assert!(
+        now.rlim_max == libc::RLIM_INFINITY || now.rlim_max >= limit as libc::rlim_t,
+        "the hard RLIMIT_AS ({} bytes) is below the {limit} bytes this case needs",
+        now.rlim_max
+    );
+    let lim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: now.rlim_max };
     // SAFETY: a valid rlimit value for this process.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0, "setrlimit");
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0, "setrlimit: {}", std::io::Error::last_os_error());
     limit
 }
 
@@ -59,29 +68,16 @@ fn small_work() {
     assert_eq!(s.len(), 10_000);
 }
 
-fn done(case: &str) {
-    println!("CHILD DONE {case}");
-    std::io::stdout().flush().unwrap();
-}
-
-fn run(test: &str, case: &str) {
-    let out = support::run_child(test, case, Duration::from_secs(60));
-    assert!(
-        out.status.success() && out.stdout.contains(&format!("CHILD DONE {case}")),
-        "child {case}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-}
-
 #[test]
 fn huge_requests_fail_and_the_process_goes_on() {
-    match support::child_case().as_deref() {
-        None => return run("huge_requests_fail_and_the_process_goes_on", "huge"),
-        Some("huge") => {}
-        Some(other) => panic!("unknown case {other}"),
-    }
+    support::as_child("huge_requests_fail_and_the_process_goes_on", |case| {
+        assert_eq!(case, "huge");
+        huge();
+    });
+    support::run_case("huge_requests_fail_and_the_process_goes_on", "huge", &[], Duration::from_secs(60));
+}
+
+fn huge() {
     assert!(warm_up() > 0);
     let limit = limit_address_space(2 * GIB);
 
@@ -142,7 +138,6 @@ fn huge_requests_fail_and_the_process_goes_on() {
     small_work();
     let h = std::thread::spawn(small_work);
     h.join().unwrap();
-    done("huge");
 }
 
 /// Allocate until the address space is exhausted (untouched memory, so it
@@ -150,11 +145,19 @@ fn huge_requests_fail_and_the_process_goes_on() {
 /// same memory serves new requests, small and large.
 #[test]
 fn exhausting_the_address_space_returns_null_and_recovers() {
-    match support::child_case().as_deref() {
-        None => return run("exhausting_the_address_space_returns_null_and_recovers", "exhaust"),
-        Some("exhaust") => {}
-        Some(other) => panic!("unknown case {other}"),
-    }
+    support::as_child("exhausting_the_address_space_returns_null_and_recovers", |case| {
+        assert_eq!(case, "exhaust");
+        exhaust();
+    });
+    support::run_case(
+        "exhausting_the_address_space_returns_null_and_recovers",
+        "exhaust",
+        &[],
+        Duration::from_secs(60),
+    );
+}
+
+fn exhaust() {
     assert!(warm_up() > 0);
     // Threads and buffers std needs later exist before the limit.
     small_work();
@@ -211,7 +214,6 @@ fn exhausting_the_address_space_returns_null_and_recovers() {
         unsafe { dealloc(p, block) };
     }
     small_work();
-    done("exhaust");
 }
 
 /// Without any limit, a request for far more memory than the machine has
@@ -220,11 +222,14 @@ fn exhausting_the_address_space_returns_null_and_recovers() {
 /// scavalloc reserves with `MAP_NORESERVE`, so it has to refuse itself.)
 #[test]
 fn absurd_request_without_a_limit_is_refused_cheaply() {
-    match support::child_case().as_deref() {
-        None => return run("absurd_request_without_a_limit_is_refused_cheaply", "absurd"),
-        Some("absurd") => {}
-        Some(other) => panic!("unknown case {other}"),
-    }
+    support::as_child("absurd_request_without_a_limit_is_refused_cheaply", |case| {
+        assert_eq!(case, "absurd");
+        absurd();
+    });
+    support::run_case("absurd_request_without_a_limit_is_refused_cheaply", "absurd", &[], Duration::from_secs(60));
+}
+
+fn absurd() {
     assert!(warm_up() > 0);
     let l = Layout::from_size_align(1 << 42, 8).unwrap();
     let before = support::rss();
@@ -237,5 +242,4 @@ fn absurd_request_without_a_limit_is_refused_cheaply() {
     }
     assert!(grown <= 64 * MIB, "a 4 TiB request made the process {} MiB bigger in RAM (result {p:p})", grown >> 20);
     assert!(p.is_null(), "a 4 TiB request succeeded: {p:p}");
-    done("absurd");
 }

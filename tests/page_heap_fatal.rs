@@ -9,14 +9,12 @@
 //! The page heap never touches the memory it manages, so the heaps here sit
 //! at fake addresses that are not mapped.
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::time::Duration;
 
 use scavalloc::testing::{PageAlloc, CHUNK_BYTES, PAGE_SIZE};
 
-/// Names the test a child process is to run for real.
-const CASE_ENV: &str = "SCAVALLOC_PAGE_HEAP_FATAL_CASE";
-const SIGABRT: i32 = 6;
+mod support;
+
 const BASE: usize = 0x1000_0000_0000;
 
 /// A heap of two chunks at `BASE`.
@@ -26,43 +24,26 @@ fn heap() -> Box<PageAlloc> {
     pa
 }
 
-/// In the child (`CASE_ENV` names `name`), runs `body` and returns. In the
+/// In the child started for test `name`, runs `body` and ends the child
+/// (see `support::as_child`: it never returns into the harness). In the
 /// parent, runs this test in a child process and returns its output.
-fn in_child(name: &str, body: impl FnOnce()) -> Option<Output> {
-    if std::env::var(CASE_ENV).as_deref() == Ok(name) {
+fn in_child(name: &str, body: impl FnOnce()) -> support::ChildOutput {
+    support::as_child(name, |_| {
         // No core file for the expected abort.
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: setrlimit only reads the struct passed to it.
-        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        support::no_core_dumps();
         body();
-        return None;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CASE_ENV, name)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("spawn the test binary");
-    Some(out)
+    });
+    support::run_child(name, "case", Duration::from_secs(60))
 }
 
 /// Runs `body` in a child and asserts that it aborted with exactly one
 /// line on stderr, `scavalloc: fatal: ...`, naming `addr`.
 fn assert_fatal(name: &str, addr: usize, body: impl FnOnce()) {
-    let Some(out) = in_child(name, body) else {
-        // Only reached in the child if the body did not abort; the parent
-        // sees a clean exit and fails.
-        return;
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.signal(),
-        Some(SIGABRT),
-        "{name}: the child must die of SIGABRT; status {:?}\nstderr:\n{stderr}\nstdout:\n{stdout}",
-        out.status
-    );
+    let out = in_child(name, body);
+    // A body that returns ends the child with `support::CHILD_DONE`, which
+    // fails here.
+    out.assert_killed_by(libc::SIGABRT);
+    let stderr = &out.stderr;
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{name}: exactly one line on stderr, got:\n{stderr}");
     let line = lines[0];
@@ -147,7 +128,7 @@ fn freeing_an_unaligned_address() {
 #[test]
 fn a_valid_free_does_not_abort() {
     let name = "a_valid_free_does_not_abort";
-    let Some(out) = in_child(name, || {
+    let out = in_child(name, || {
         let mut pa = heap();
         let run = pa.alloc(3).expect("alloc");
         pa.free(run.base + PAGE_SIZE, 2, true);
@@ -156,13 +137,7 @@ fn a_valid_free_does_not_abort() {
         // The pages can be handed out and freed again.
         assert_eq!(pa.alloc(3).map(|r| r.base), Some(run.base));
         pa.free(run.base, 3, false);
-    }) else {
-        return;
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{name}: child failed: {:?}\nstderr:\n{stderr}", out.status);
-    assert!(!stderr.contains("scavalloc: fatal:"), "{name}: unexpected report:\n{stderr}");
-    // The child really ran the case (the filter matched one test).
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("1 passed"), "{name}: the child did not run the case:\n{stdout}");
+    });
+    out.assert_completed();
+    assert!(!out.stderr.contains("scavalloc: fatal:"), "{name}: unexpected report:\n{}", out.stderr);
 }

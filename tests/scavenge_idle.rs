@@ -1,72 +1,62 @@
 //! The scavenger end to end: a 1 GiB burst, frees, and an idle period, in
 //! child processes (RSS is per process), with `Scavalloc` as the global
 //! allocator. Each child samples `/proc/self/statm` and `stats()` and
-//! checks the bounds itself; the parent checks it exited cleanly and shows
+//! checks the outcome itself; the parent checks it ran to the end and shows
 //! its timeline.
 //!
-//! The heavy children run one at a time, so that they do not compete for
-//! the two CPUs the scavenger's budget is measured against.
+//! Nothing here is a wall-clock bound on how fast memory comes back (that
+//! flakes on a loaded machine, and belongs to the benchmark harness): the
+//! children wait for the goal with a deadline that only guards against a
+//! hang, and assert what load does not change: the goal reached, the
+//! scavenger's CPU time within its budget over the wall time that passed,
+//! the bytes it released per CPU-millisecond against `madvise` timed in the
+//! same process, and RSS against retained memory (see
+//! `support::ScavengerMeter`). The heavy children run one at a time, so that
+//! the printed timelines are comparable.
 
 mod support;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{burst, process_cpu, rss};
+use support::{burst, rss, ScavengerMeter};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 
 const MIB: usize = 1 << 20;
-const IDLE: Duration = Duration::from_secs(10);
-const DEADLINE: Duration = Duration::from_secs(5);
+/// Only a guard against a scavenger that never gets there.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+/// The default CPU share (`SCAVALLOC_SCAVENGE_PERCENT` is not set in the
+/// children).
+const PERCENT: f64 = 1.0;
+/// How long a child keeps watching after the goal is reached: the
+/// scavenger must stay at its goal, and within its budget, while idle.
+const AFTER_GOAL: Duration = Duration::from_secs(2);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
-/// Runs `case` in a child process with `env`, and returns its stdout after
-/// checking it succeeded.
-fn run_child(case: &str, env: &[(&str, &str)]) -> String {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"]).env("SCAVENGE_CASE", case);
-    for k in ["SCAVALLOC_BACKGROUND", "SCAVALLOC_MEMLIMIT", "SCAVALLOC_SCAVENGE_PERCENT", "SCAVALLOC_SCAVTRACE"] {
-        cmd.env_remove(k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "case {case} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
-    assert!(stdout.contains(&format!("case {case} done")), "case {case} did not run:\n{stdout}");
-    println!("{stdout}");
-    stdout
-}
-
-/// The entry point of every child; does nothing in the parent.
-#[test]
-fn child() {
-    let Ok(case) = std::env::var("SCAVENGE_CASE") else { return };
-    match case.as_str() {
+/// The child side of `test`: runs its case.
+fn child(test: &str) {
+    support::as_child(test, |case| match case {
         "whole" => burst_idle(Pattern::WholeSpans),
         "scattered" => burst_idle(Pattern::Scattered),
         "background_off" => background_off(),
         "limit" => memory_limit_waves(true),
         "no_limit" => memory_limit_waves(false),
         other => panic!("unknown case {other}"),
-    }
-    println!("case {case} done");
+    });
+}
+
+/// Runs `case` of `test` in a child process with `env`, one child at a
+/// time, and returns its stdout after checking it ran to the end.
+fn run_child(test: &str, case: &str, env: &[(&str, &str)]) -> String {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    support::run_case(test, case, env, Duration::from_secs(300))
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -83,26 +73,82 @@ struct Sample {
     retained: usize,
     in_use: usize,
     metadata: usize,
+    goal: usize,
 }
 
 fn sample(start: Instant) -> Sample {
     let s = scavalloc::stats();
-    Sample { at: start.elapsed(), rss: rss(), retained: s.retained(), in_use: s.heap_in_use, metadata: s.metadata }
+    Sample {
+        at: start.elapsed(),
+        rss: rss(),
+        retained: s.retained(),
+        in_use: s.heap_in_use,
+        metadata: s.metadata,
+        goal: s.retained_goal,
+    }
 }
 
 fn print_timeline(samples: &[Sample]) {
     for s in samples.iter().step_by(5) {
         println!(
-            "t={:>4.1}s rss {:>5} MiB retained {:>5} MiB pages in use {:>5} MiB",
+            "t={:>4.1}s rss {:>5} MiB retained {:>5} MiB (goal {:>5} MiB) pages in use {:>5} MiB",
             s.at.as_secs_f64(),
             s.rss / MIB,
             s.retained / MIB,
+            s.goal.min(1 << 50) / MIB,
             s.in_use / MIB
         );
     }
 }
 
+/// Whether the outcome the pattern promises holds for sample `s`: with
+/// whole spans freed, RSS near the live bytes; with every tenth object
+/// kept, retained memory near the pages in use (the free runs between
+/// them given back). Also the scavenger's own goal: retained memory at most
+/// its goal. `None` if it holds, else why not.
+fn short_of_goal(pattern: Pattern, s: &Sample, live: usize, outside_heap: usize) -> Option<String> {
+    let ps = support::page_size();
+    if s.retained > s.goal.saturating_add(ps) {
+        return Some(format!("retained {} MiB over the goal {} MiB", s.retained / MIB, s.goal / MIB));
+    }
+    match pattern {
+        Pattern::WholeSpans => {
+            let bound = live + live * 15 / 100 + 16 * MIB + outside_heap;
+            (s.rss > bound).then(|| {
+                format!(
+                    "rss {} MiB over 1.15 x live {} MiB + 16 MiB (+ {} MiB outside the heap)",
+                    s.rss / MIB,
+                    live / MIB,
+                    outside_heap / MIB
+                )
+            })
+        }
+        Pattern::Scattered => {
+            let bound = s.in_use + s.in_use / 10 + 16 * MIB;
+            (s.retained > bound).then(|| {
+                format!("retained {} MiB over 1.1 x pages in use {} MiB + 16 MiB", s.retained / MIB, s.in_use / MIB)
+            })
+        }
+    }
+}
+
+/// RSS within what the statistics say is retained: pages they call
+/// released are really gone.
+fn assert_rss_within_retained(s: &Sample, outside_heap: usize) {
+    assert!(
+        s.rss <= s.retained + s.metadata + outside_heap + 8 * MIB,
+        "at {:?}: rss {} MiB over retained {} MiB + metadata {} MiB + {} MiB outside the heap + 8 MiB",
+        s.at,
+        s.rss / MIB,
+        s.retained / MIB,
+        s.metadata / MIB,
+        outside_heap / MIB
+    );
+}
+
 fn burst_idle(pattern: Pattern) {
+    // The floor the scavenger's efficiency is held to, measured here first.
+    let floor = support::madvise_page_by_page_rate(64);
     let start_rss = rss();
     let start_retained = scavalloc::stats().retained();
     // RSS that is not the heap: the binary, stacks, libc's own buffers.
@@ -127,80 +173,76 @@ fn burst_idle(pattern: Pattern) {
     let live = scavalloc::stats().allocated();
     println!("pattern {pattern:?}: peak rss {} MiB, live {} MiB", peak / MIB, live / MIB);
 
-    let cpu_before = process_cpu();
+    let meter = ScavengerMeter::start();
     let start = Instant::now();
-    let mut samples = Vec::with_capacity(128);
-    while start.elapsed() < IDLE {
-        samples.push(sample(start));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let cpu = process_cpu() - cpu_before;
-    print_timeline(&samples);
-
-    // Every sample from 5 s on meets the bound.
-    let late = samples.iter().filter(|s| s.at >= DEADLINE);
-    for s in late {
-        match pattern {
-            Pattern::WholeSpans => {
-                let bound = live + live * 15 / 100 + 16 * MIB + outside_heap;
-                assert!(
-                    s.rss <= bound,
-                    "at {:?}: rss {} MiB over 1.15 x live {} MiB + 16 MiB (+ {} MiB outside the heap)",
-                    s.at,
-                    s.rss / MIB,
-                    live / MIB,
-                    outside_heap / MIB
-                );
-            }
-            Pattern::Scattered => {
-                let bound = s.in_use + s.in_use / 10 + 16 * MIB;
-                assert!(
-                    s.retained <= bound,
-                    "at {:?}: retained {} MiB over 1.1 x pages in use {} MiB + 16 MiB",
-                    s.at,
-                    s.retained / MIB,
-                    s.in_use / MIB
-                );
-                assert!(
-                    s.rss <= s.retained + s.metadata + outside_heap,
-                    "at {:?}: rss {} MiB over retained {} MiB + metadata {} MiB + {} MiB outside the heap",
-                    s.at,
-                    s.rss / MIB,
-                    s.retained / MIB,
-                    s.metadata / MIB,
-                    outside_heap / MIB
-                );
-            }
+    let mut samples = Vec::with_capacity(1024);
+    let reached = loop {
+        let s = sample(start);
+        let short = short_of_goal(pattern, &s, live, outside_heap);
+        samples.push(s);
+        match short {
+            None => break start.elapsed(),
+            Some(why) => assert!(start.elapsed() < HANG_GUARD, "no goal after {HANG_GUARD:?}: {why}"),
         }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let to_goal = meter.used();
+    // Then idle: the goal holds, and the scavenger stays within its budget.
+    while start.elapsed() < reached + AFTER_GOAL {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = sample(start);
+        if let Some(why) = short_of_goal(pattern, &s, live, outside_heap) {
+            panic!("at {:?}, after the goal was reached at {reached:?}: {why}", s.at);
+        }
+        assert_rss_within_retained(&s, outside_heap);
+        samples.push(s);
     }
-    // The CPU budget: 1% of the machine, with 1.5x slack.
-    let budget = IDLE.mul_f64(0.01 * 1.5 * cpus() as f64);
-    println!("idle CPU {:?} (budget {:?}), {:?}", cpu, budget, scavalloc::stats().scavenger_cpu_ns);
-    assert!(cpu <= budget, "the process used {cpu:?} of CPU in {IDLE:?} of idle; budget {budget:?}");
+    let idle = meter.used();
+    print_timeline(&samples);
+    println!("goal reached after {reached:?} (not asserted): {}", to_goal.describe());
+    println!("with {AFTER_GOAL:?} idle after it: {}", idle.describe());
+    println!("floor: madvise page by page here {:.1} MiB per CPU-ms", floor / MIB as f64);
+    // Most of this release fits in the bank, so these are loose; the
+    // scattered deep-release test (`tests/deep_release.rs`) is where paced
+    // work is checked against the budget.
+    to_goal.assert_within_budget(PERCENT, "burst, up to the goal");
+    idle.assert_within_budget(PERCENT, "burst, then idle");
+    // Whole free runs, even of a single page, cost the scavenger little
+    // more than the `madvise` calls: a fifth of the one-call-per-page rate
+    // is a floor a working scavenger clears many times over, and one that
+    // spends its time on anything but releasing does not.
+    assert!(
+        to_goal.rate() >= floor / 5.0,
+        "the scavenger released {:.2} MiB per CPU-ms; madvise page by page here does {:.2}",
+        to_goal.rate() / MIB as f64,
+        floor / MIB as f64
+    );
 
     // Free everything: RSS falls back to within 32 MiB of the start.
     drop(objects);
     let after = Instant::now();
     while rss() > start_rss + 32 * MIB {
         assert!(
-            after.elapsed() < Duration::from_secs(15),
+            after.elapsed() < HANG_GUARD,
             "after freeing everything rss stays at {} MiB (started at {} MiB)",
             rss() / MIB,
             start_rss / MIB
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("all freed: rss back to {} MiB in {:?}", rss() / MIB, after.elapsed());
+    println!("all freed: rss back to {} MiB in {:?} (not asserted)", rss() / MIB, after.elapsed());
 }
 
 #[test]
-fn burst_then_free_whole_spans_gives_memory_back_within_seconds() {
-    run_child("whole", &[]);
+fn burst_then_free_whole_spans_gives_memory_back() {
+    child("burst_then_free_whole_spans_gives_memory_back");
+    run_child("burst_then_free_whole_spans_gives_memory_back", "whole", &[]);
 }
 
 #[test]
 fn burst_then_keep_every_tenth_releases_all_free_page_runs() {
-    run_child("scattered", &[]);
+    child("burst_then_keep_every_tenth_releases_all_free_page_runs");
+    run_child("burst_then_keep_every_tenth_releases_all_free_page_runs", "scattered", &[]);
 }
 
 fn background_off() {
@@ -235,7 +277,12 @@ fn background_off() {
 
 #[test]
 fn background_off_starts_no_thread_and_release_all_brings_rss_down() {
-    run_child("background_off", &[("SCAVALLOC_BACKGROUND", "0")]);
+    child("background_off_starts_no_thread_and_release_all_brings_rss_down");
+    run_child(
+        "background_off_starts_no_thread_and_release_all_brings_rss_down",
+        "background_off",
+        &[("SCAVALLOC_BACKGROUND", "0")],
+    );
 }
 
 /// Waves that would make the heap grow past 256 MiB with free pages in
@@ -302,8 +349,10 @@ fn memory_limit_waves(limited: bool) {
 
 #[test]
 fn memory_limit_keeps_retained_under_it_in_waves() {
-    let limited = run_child("limit", &[("SCAVALLOC_MEMLIMIT", "256MiB")]);
-    let free = run_child("no_limit", &[]);
+    let test = "memory_limit_keeps_retained_under_it_in_waves";
+    child(test);
+    let limited = run_child(test, "limit", &[("SCAVALLOC_MEMLIMIT", "256MiB")]);
+    let free = run_child(test, "no_limit", &[]);
     let max = |out: &str| -> usize {
         out.lines().find_map(|l| l.strip_prefix("MAX_RETAINED ")).unwrap().trim().parse().unwrap()
     };

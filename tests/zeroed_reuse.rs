@@ -52,31 +52,19 @@ fn dirty_then_zeroed(layout: Layout, rounds: usize) -> usize {
 
 #[test]
 fn alloc_zeroed_returns_zeroes_after_dirty_frees() {
-    if let Some(case) = support::child_case() {
+    let test = "alloc_zeroed_returns_zeroes_after_dirty_frees";
+    support::as_child(test, |case| {
         assert_eq!(case, "release-free");
         // Released pages are not known to be zero under MADV_FREE: the
         // same checks must pass with every page zeroed by hand.
         assert!(scavalloc::testing::release_mode_is_free());
-    }
+        small_and_large_dirty_then_zeroed();
+        alloc_zeroed_over_released_and_partly_dirty_pages();
+    });
     small_and_large_dirty_then_zeroed();
     alloc_zeroed_over_released_and_partly_dirty_pages();
-    if support::child_case().is_none() {
-        // The same again in a child process that releases with MADV_FREE.
-        let out = support::run_child_env(
-            "alloc_zeroed_returns_zeroes_after_dirty_frees",
-            "release-free",
-            &[("SCAVALLOC_RELEASE", "free")],
-            std::time::Duration::from_secs(60),
-        );
-        assert!(
-            out.status.success(),
-            "child with SCAVALLOC_RELEASE=free: {:?}\n{}\n{}",
-            out.status,
-            out.stdout,
-            out.stderr
-        );
-        assert!(out.stdout.contains("1 passed"), "child did not run the test:\n{}", out.stdout);
-    }
+    // The same again in a child process that releases with MADV_FREE.
+    support::run_case(test, "release-free", &[("SCAVALLOC_RELEASE", "free")], std::time::Duration::from_secs(60));
 }
 
 fn small_and_large_dirty_then_zeroed() {

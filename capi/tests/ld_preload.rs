@@ -1,14 +1,20 @@
 //! `libscavalloc.so` under `LD_PRELOAD`: a C program exercising every
 //! exported function's edge cases (which also passes on glibc), a
 //! multi-threaded C stress, RSS after frees and idle, and real programs
-//! whose output must match a run without scavalloc. A program that is not
-//! on the machine is skipped with a printed reason.
+//! whose output must match a run without scavalloc.
+//!
+//! It runs without libtest's harness (`harness = false`), through
+//! `libtest-mimic`, so that a case whose program is not on the machine is
+//! reported as *ignored*, with the reason printed once, never as passed.
+//! `.ci/run` installs the programs, so CI runs every case.
 //!
 //! The library is built by the test itself (`cargo build --release -p
 //! scavalloc-capi` into `target/capi-test`): a `cdylib` is not built for
 //! integration tests.
 
 use std::path::{Path, PathBuf};
+
+use libtest_mimic::{Arguments, Trial};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -77,15 +83,6 @@ fn have(program: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
 }
 
-/// Whether `program` is on the machine; if not, says the test is skipped.
-fn available(program: &str) -> bool {
-    let found = have(program);
-    if !found {
-        println!("skipped: no {program} on this machine");
-    }
-    found
-}
-
 /// An empty scratch directory of its own for one test.
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = scratch().join(name);
@@ -94,22 +91,19 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The C test program, compiled once.
-fn c_program() -> Option<&'static Path> {
-    static PROG: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// The C test program, compiled once (only by cases that run: they need
+/// `cc`).
+fn c_program() -> &'static Path {
+    static PROG: OnceLock<PathBuf> = OnceLock::new();
     PROG.get_or_init(|| {
-        if !available("cc") {
-            return None;
-        }
         let exe = scratch().join("api");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("c").join("api.c");
         let mut cmd = Command::new("cc");
         cmd.args(["-O2", "-pthread", "-Wno-alloc-size-larger-than", "-o"]).arg(&exe).arg(&src);
         let out = run(cmd, Duration::from_secs(120), "cc api.c");
         assert!(out.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        Some(exe)
+        exe
     })
-    .as_deref()
 }
 
 /// `cmd` with scavalloc preloaded.
@@ -122,9 +116,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
 fn c_api_edge_cases_hold_on_scavalloc_and_on_glibc() {
-    let Some(api) = c_program() else { return };
+    let api = c_program();
     let glibc = run(
         {
             let mut c = Command::new(api);
@@ -149,9 +142,8 @@ fn c_api_edge_cases_hold_on_scavalloc_and_on_glibc() {
     assert!(text(&ours.stderr).contains("scavalloc stats"), "scavalloc was not the allocator:\n{}", text(&ours.stderr));
 }
 
-#[test]
 fn c_threads_with_cross_thread_frees() {
-    let Some(api) = c_program() else { return };
+    let api = c_program();
     let mut cmd = preloaded(Command::new(api));
     cmd.arg("stress");
     let t = Instant::now();
@@ -165,9 +157,8 @@ fn c_threads_with_cross_thread_frees() {
     );
 }
 
-#[test]
 fn a_c_program_idling_after_frees_gives_memory_back() {
-    let Some(api) = c_program() else { return };
+    let api = c_program();
     let mut cmd = preloaded(Command::new(api));
     cmd.arg("idle");
     let out = run(cmd, Duration::from_secs(60), "api idle");
@@ -182,10 +173,9 @@ fn a_c_program_idling_after_frees_gives_memory_back() {
     assert!(after <= peak * 6 / 10, "rss stayed at {after} KiB of a {peak} KiB peak");
 }
 
-#[test]
 fn freeing_a_foreign_pointer_stops_the_program_with_one_line() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(api) = c_program() else { return };
+    let api = c_program();
     let mut cmd = preloaded(Command::new("sh"));
     // Core dumps off for the program that aborts on purpose.
     cmd.args(["-c", "ulimit -c 0; exec \"$0\" foreign"]).arg(api);
@@ -219,11 +209,7 @@ fn same_output(name: &str, dir: &Path, script: &str, env: &[(&str, &str)]) {
     println!("{name}: same output ({} bytes); glibc {glibc_time:?}, scavalloc {ours_time:?}", glibc.stdout.len());
 }
 
-#[test]
 fn sort_of_a_large_file() {
-    if !available("sort") {
-        return;
-    }
     let dir = fresh_dir("sort");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut data = String::new();
@@ -237,11 +223,7 @@ fn sort_of_a_large_file() {
     same_output("sort", &dir, "sort input.txt | md5sum; sort -r -k3 input.txt | tail -3", &[]);
 }
 
-#[test]
 fn python_dicts_and_lists() {
-    if !available("python3") {
-        return;
-    }
     let script = r#"python3 -c '
 import os
 d = {i: str(i) * 3 for i in range(300000)}
@@ -255,11 +237,7 @@ print("done")
     same_output("python", &scratch(), script, &[("PYTHONMALLOC", "malloc")]);
 }
 
-#[test]
 fn sqlite_insert_index_query() {
-    if !available("sqlite3") {
-        return;
-    }
     let dir = fresh_dir("sqlite");
     let sql = "create table t(a integer primary key, b text, c real);\n\
         with recursive n(x) as (select 1 union all select x + 1 from n limit 100000)\n\
@@ -272,11 +250,7 @@ fn sqlite_insert_index_query() {
     same_output("sqlite3", &dir, "rm -f a.db && sqlite3 a.db < work.sql", &[]);
 }
 
-#[test]
 fn git_on_a_generated_repository() {
-    if !available("git") {
-        return;
-    }
     let dir = fresh_dir("git");
     for i in 0..300 {
         let body: String = (0..(i % 50 + 10)).map(|j| format!("fn f{i}_{j}() -> u32 {{ {} }}\n", i * j)).collect();
@@ -298,11 +272,7 @@ fn git_on_a_generated_repository() {
     same_output("git", &dir, script, &env);
 }
 
-#[test]
 fn gcc_compiles_a_generated_file() {
-    if !available("gcc") {
-        return;
-    }
     let dir = fresh_dir("gcc");
     let mut src = String::from("#include <stdio.h>\n");
     for i in 0..1500 {
@@ -317,4 +287,68 @@ fn gcc_compiles_a_generated_file() {
     src += "  printf(\"%ld\\n\", t); return 0; }\n";
     std::fs::write(dir.join("gen.c"), src).unwrap();
     same_output("gcc", &dir, "gcc -O2 -o gen gen.c && ./gen && gcc -O2 -S -o - gen.c | md5sum", &[]);
+}
+
+/// A case, and the programs it needs.
+struct Case {
+    name: &'static str,
+    needs: &'static [&'static str],
+    run: fn(),
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "c_api_edge_cases_hold_on_scavalloc_and_on_glibc",
+        needs: &["cc"],
+        run: c_api_edge_cases_hold_on_scavalloc_and_on_glibc,
+    },
+    Case { name: "c_threads_with_cross_thread_frees", needs: &["cc"], run: c_threads_with_cross_thread_frees },
+    Case {
+        name: "a_c_program_idling_after_frees_gives_memory_back",
+        needs: &["cc"],
+        run: a_c_program_idling_after_frees_gives_memory_back,
+    },
+    Case {
+        name: "freeing_a_foreign_pointer_stops_the_program_with_one_line",
+        needs: &["cc"],
+        run: freeing_a_foreign_pointer_stops_the_program_with_one_line,
+    },
+    Case { name: "sort_of_a_large_file", needs: &["sort", "md5sum"], run: sort_of_a_large_file },
+    Case { name: "python_dicts_and_lists", needs: &["python3"], run: python_dicts_and_lists },
+    Case { name: "sqlite_insert_index_query", needs: &["sqlite3"], run: sqlite_insert_index_query },
+    Case { name: "git_on_a_generated_repository", needs: &["git", "sed", "wc"], run: git_on_a_generated_repository },
+    Case { name: "gcc_compiles_a_generated_file", needs: &["gcc", "md5sum"], run: gcc_compiles_a_generated_file },
+];
+
+/// Each case is a trial, ignored (with the reason printed once, before the
+/// run) when a program it needs is missing: a case that cannot run its
+/// check must not count as passed.
+fn main() {
+    let args = Arguments::from_args();
+    let mut missing: Vec<&str> = Vec::new();
+    let trials = CASES
+        .iter()
+        .map(|case| {
+            let absent: Vec<&str> = case.needs.iter().copied().filter(|p| !have(p)).collect();
+            for p in &absent {
+                if !missing.contains(p) {
+                    missing.push(p);
+                }
+            }
+            if !absent.is_empty() {
+                println!("ignored: {} needs {} (not on this machine)", case.name, absent.join(", "));
+            }
+            let run = case.run;
+            // libtest-mimic reports a panic in `run` as the trial's failure.
+            Trial::test(case.name, move || {
+                run();
+                Ok(())
+            })
+            .with_ignored_flag(!absent.is_empty())
+        })
+        .collect();
+    if !missing.is_empty() {
+        println!("missing programs: {} (.ci/run installs them)", missing.join(", "));
+    }
+    libtest_mimic::run(&args, trials).exit();
 }
