@@ -151,13 +151,12 @@ fn memory_limit_releases_partly_reused_big_os_pages() {
             ("SCAVALLOC_TEST_PAGE_SIZE", page.to_string()),
         ]
     };
-    if let Some(case) = support::child_case() {
+    support::as_child("memory_limit_releases_partly_reused_big_os_pages", |case| {
         let want: usize = case.strip_prefix("page-").unwrap().parse().unwrap();
         assert_eq!(scavalloc::testing::os_page_size(), want);
         limit_with_partly_reused_os_pages();
         println!("case {case} done");
-        return;
-    }
+    });
     for page in [support::page_size(), 16 * KIB, 64 * KIB] {
         let env = envs(&page.to_string());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -74,31 +74,28 @@ fn check_fatal(out: &support::ChildOutput, case: &str, what: &str) {
     assert!(line.contains(what), "the fatal line does not say {what:?}; {ctx}");
 }
 
-/// The child side: runs `fault` if this process is the child for `case`
-/// (which must not return) and reports survival. Returns whether this
-/// process is a child; a child for another case does nothing.
-fn child(case: &str, fault: impl FnOnce()) -> bool {
-    match support::child_case() {
-        Some(c) if c == case => {
-            support::no_core_dumps();
-            fault();
-            // Straight to the descriptor: formatting or a buffer could
-            // allocate, and an allocator that missed the fault may then
-            // trip over it here, which would pass for a check at the free.
-            // SAFETY: writes a static buffer to stdout.
-            unsafe { libc::write(1, b"SURVIVED\n".as_ptr().cast(), 9) };
-            true
-        }
-        Some(_) => true,
-        None => false,
-    }
+/// The child side of `test`, through [`support::as_child`]: with core
+/// dumps off, runs `fault` for the case (it must not return) and, if the
+/// process is still alive, says so before the child ends as completed,
+/// which the parent, waiting for SIGABRT, does not accept. In the parent
+/// it returns at once.
+fn fault_child(test: &str, fault: impl FnOnce(&str)) {
+    support::as_child(test, |case| {
+        support::no_core_dumps();
+        fault(case);
+        // Straight to the descriptor: formatting or a buffer could
+        // allocate, and an allocator that missed the fault may then trip
+        // over it here, which would pass for a check at the free.
+        // SAFETY: writes a static buffer to stdout.
+        unsafe { libc::write(1, b"SURVIVED\n".as_ptr().cast(), 9) };
+    });
 }
 
 /// `free(a); free(b); free(a)`: the second free of `a` is not on top of
 /// the cache's stack, so only the out-of-band check can see it.
 #[test]
 fn double_free_behind_another_free() {
-    if !child("aba", || {
+    fault_child("double_free_behind_another_free", |_| {
         let l = Layout::from_size_align(48, 8).unwrap();
         // SAFETY: the third free is the deliberate fault.
         unsafe {
@@ -109,14 +106,13 @@ fn double_free_behind_another_free() {
             dealloc(b, l);
             dealloc(a, l);
         }
-    }) {
-        expect_fatal("double_free_behind_another_free", "aba", CHECK_ON, "double free");
-    }
+    });
+    expect_fatal("double_free_behind_another_free", "aba", CHECK_ON, "double free");
 }
 
 #[test]
 fn box_freed_twice() {
-    if !child("box", || {
+    fault_child("box_freed_twice", |_| {
         let p = black_box(Box::into_raw(Box::new([7u64; 4])));
         let other = black_box(Box::new([1u64; 4]));
         // SAFETY: the second `from_raw` is the deliberate fault.
@@ -126,16 +122,15 @@ fn box_freed_twice() {
             drop(other);
             drop(Box::from_raw(p));
         }
-    }) {
-        expect_fatal("box_freed_twice", "box", CHECK_ON, "double free");
-    }
+    });
+    expect_fatal("box_freed_twice", "box", CHECK_ON, "double free");
 }
 
 /// The first free runs on one thread (the object lands in its cache), the
 /// second on another.
 #[test]
 fn double_free_across_threads() {
-    if !child("threads", || {
+    fault_child("double_free_across_threads", |_| {
         let l = Layout::from_size_align(200, 16).unwrap();
         // SAFETY: a fresh object, freed once here.
         let p = unsafe { alloc(l) } as usize;
@@ -155,14 +150,13 @@ fn double_free_across_threads() {
             }
         });
         rx.recv().unwrap();
-    }) {
-        expect_fatal("double_free_across_threads", "threads", CHECK_ON, "double free");
-    }
+    });
+    expect_fatal("double_free_across_threads", "threads", CHECK_ON, "double free");
 }
 
 #[test]
 fn interior_pointer_at_8() {
-    if !child("interior8", || {
+    fault_child("interior_pointer_at_8", |_| {
         let l = Layout::from_size_align(64, 8).unwrap();
         // SAFETY: the free of an interior pointer is the deliberate fault.
         unsafe {
@@ -171,16 +165,15 @@ fn interior_pointer_at_8() {
             announce(p.add(8));
             dealloc(p.add(8), l);
         }
-    }) {
-        expect_fatal("interior_pointer_at_8", "interior8", CHECK_ON, "interior pointer");
-    }
+    });
+    expect_fatal("interior_pointer_at_8", "interior8", CHECK_ON, "interior pointer");
 }
 
 /// Half way into a 1024-byte object, with an aligned layout (not the
 /// inlined fast path's kind).
 #[test]
 fn interior_pointer_at_half_an_object() {
-    if !child("interior-half", || {
+    fault_child("interior_pointer_at_half_an_object", |_| {
         let l = Layout::from_size_align(1024, 64).unwrap();
         // SAFETY: the free of an interior pointer is the deliberate fault.
         unsafe {
@@ -189,15 +182,14 @@ fn interior_pointer_at_half_an_object() {
             announce(p.add(512));
             dealloc(p.add(512), l);
         }
-    }) {
-        expect_fatal("interior_pointer_at_half_an_object", "interior-half", CHECK_ON, "interior pointer");
-    }
+    });
+    expect_fatal("interior_pointer_at_half_an_object", "interior-half", CHECK_ON, "interior pointer");
 }
 
 /// Freed with a layout of another class than it was allocated with.
 #[test]
 fn dealloc_with_a_wrong_class_layout() {
-    if !child("wrong-class", || {
+    fault_child("dealloc_with_a_wrong_class_layout", |_| {
         // SAFETY: the mismatched free is the deliberate fault.
         unsafe {
             let p = alloc(Layout::from_size_align(48, 8).unwrap());
@@ -205,42 +197,36 @@ fn dealloc_with_a_wrong_class_layout() {
             announce(p);
             dealloc(p, Layout::from_size_align(200, 8).unwrap());
         }
-    }) {
-        expect_fatal("dealloc_with_a_wrong_class_layout", "wrong-class", CHECK_ON, "layout mismatch");
-    }
+    });
+    expect_fatal("dealloc_with_a_wrong_class_layout", "wrong-class", CHECK_ON, "layout mismatch");
 }
 
 /// A small object freed with a large layout, and a large one with a small
 /// layout.
 #[test]
 fn dealloc_with_a_layout_of_the_other_kind() {
-    if !child("small-as-large", || {
+    fault_child("dealloc_with_a_layout_of_the_other_kind", |case| {
+        let (small, large) = (Layout::from_size_align(100, 8).unwrap(), Layout::from_size_align(100_000, 8).unwrap());
+        let (allocated, freed) = match case {
+            "small-as-large" => (small, large),
+            "large-as-small" => (large, small),
+            _ => panic!("no case {case}"),
+        };
         // SAFETY: the mismatched free is the deliberate fault.
         unsafe {
-            let p = alloc(Layout::from_size_align(100, 8).unwrap());
+            let p = alloc(allocated);
             assert!(!p.is_null());
             announce(p);
-            dealloc(p, Layout::from_size_align(100_000, 8).unwrap());
+            dealloc(p, freed);
         }
-    }) {
-        expect_fatal("dealloc_with_a_layout_of_the_other_kind", "small-as-large", CHECK_ON, "layout mismatch");
-    }
-    if !child("large-as-small", || {
-        // SAFETY: the mismatched free is the deliberate fault.
-        unsafe {
-            let p = alloc(Layout::from_size_align(100_000, 8).unwrap());
-            assert!(!p.is_null());
-            announce(p);
-            dealloc(p, Layout::from_size_align(100, 8).unwrap());
-        }
-    }) {
-        expect_fatal("dealloc_with_a_layout_of_the_other_kind", "large-as-small", CHECK_ON, "layout mismatch");
-    }
+    });
+    expect_fatal("dealloc_with_a_layout_of_the_other_kind", "small-as-large", CHECK_ON, "layout mismatch");
+    expect_fatal("dealloc_with_a_layout_of_the_other_kind", "large-as-small", CHECK_ON, "layout mismatch");
 }
 
 #[test]
 fn large_object_freed_twice() {
-    if !child("large", || {
+    fault_child("large_object_freed_twice", |_| {
         let l = Layout::from_size_align(100_000, 8).unwrap();
         // SAFETY: the second free is the deliberate fault.
         unsafe {
@@ -250,16 +236,15 @@ fn large_object_freed_twice() {
             dealloc(p, l);
             dealloc(p, l);
         }
-    }) {
-        expect_fatal("large_object_freed_twice", "large", CHECK_ON, "double free");
-    }
+    });
+    expect_fatal("large_object_freed_twice", "large", CHECK_ON, "double free");
 }
 
 /// `realloc` of an object already freed (its class stays the same, so
 /// without the check nothing would even be moved).
 #[test]
 fn realloc_after_free() {
-    if !child("realloc-freed", || {
+    fault_child("realloc_after_free", |_| {
         let l = Layout::from_size_align(40, 8).unwrap();
         // SAFETY: the realloc of a freed object is the deliberate fault.
         unsafe {
@@ -272,9 +257,8 @@ fn realloc_after_free() {
             let r = realloc(p, l, 44);
             black_box(r);
         }
-    }) {
-        expect_fatal("realloc_after_free", "realloc-freed", CHECK_ON, "double free");
-    }
+    });
+    expect_fatal("realloc_after_free", "realloc-freed", CHECK_ON, "double free");
 }
 
 /// A mixed workload that does everything right: small and large objects,
@@ -361,20 +345,18 @@ fn correct_workload() {
 
 #[test]
 fn correct_program_runs_to_the_end() {
-    if let Some(case) = support::child_case() {
-        if case == "correct" {
-            correct_workload();
-            println!("case correct done");
-        }
-        return;
-    }
+    support::as_child("correct_program_runs_to_the_end", |case| {
+        assert_eq!(case, "correct");
+        correct_workload();
+        println!("case correct done");
+    });
     let out = support::run_case("correct_program_runs_to_the_end", "correct", CHECK_ON, Duration::from_secs(120));
     assert!(out.contains("case correct done"));
 }
 
 #[test]
 fn the_check_is_on_during_a_correct_workload() {
-    if !child("workload-then-fault", || {
+    fault_child("the_check_is_on_during_a_correct_workload", |_| {
         correct_workload();
         println!("WORKLOAD DONE");
         let l = Layout::from_size_align(24, 8).unwrap();
@@ -386,37 +368,34 @@ fn the_check_is_on_during_a_correct_workload() {
             dealloc(b, l);
             dealloc(a, l);
         }
-    }) {
-        let out = support::run_child_env(
-            "the_check_is_on_during_a_correct_workload",
-            "workload-then-fault",
-            CHECK_ON,
-            Duration::from_secs(120),
-        );
-        assert!(out.stdout.contains("WORKLOAD DONE"), "the workload did not finish: {}\n{}", out.stdout, out.stderr);
-        check_fatal(&out, "workload-then-fault", "double free");
-    }
+    });
+    let out = support::run_child_env(
+        "the_check_is_on_during_a_correct_workload",
+        "workload-then-fault",
+        CHECK_ON,
+        Duration::from_secs(120),
+    );
+    assert!(out.stdout.contains("WORKLOAD DONE"), "the workload did not finish: {}\n{}", out.stdout, out.stderr);
+    check_fatal(&out, "workload-then-fault", "double free");
 }
 
 /// An invalid value gives one warning line and the default (off), and
 /// the program goes on.
 #[test]
 fn an_invalid_value_warns_once_and_goes_on() {
-    if let Some(case) = support::child_case() {
-        if case == "invalid" {
-            let v: Vec<Box<u64>> = (0..1000).map(Box::new).collect();
-            assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 499_500);
-            println!("case invalid done");
-        }
-        return;
-    }
+    support::as_child("an_invalid_value_warns_once_and_goes_on", |case| {
+        assert_eq!(case, "invalid");
+        let v: Vec<Box<u64>> = (0..1000).map(Box::new).collect();
+        assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 499_500);
+        println!("case invalid done");
+    });
     let out = support::run_child_env(
         "an_invalid_value_warns_once_and_goes_on",
         "invalid",
         &[("SCAVALLOC_CHECK", "sometimes")],
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "{:?}\n{}\n{}", out.status, out.stdout, out.stderr);
+    out.assert_completed();
     assert!(out.stdout.contains("case invalid done"), "{}", out.stdout);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one warning line: {}", out.stderr);

@@ -127,14 +127,13 @@ fn arena_runs_next_to_live_pages() {
 
 #[test]
 fn arena_free_spares_neighbours_with_big_os_pages() {
-    if let Some(case) = support::child_case() {
+    support::as_child("arena_free_spares_neighbours_with_big_os_pages", |case| {
         let want: usize = case.strip_prefix("page-").unwrap().parse().unwrap();
         // The emulated page is the one the allocator works with.
         assert_eq!(scavalloc::testing::os_page_size(), want);
         arena_runs_next_to_live_pages();
         println!("case {case} done");
-        return;
-    }
+    });
     arena_runs_next_to_live_pages();
     for page in [16 * KIB, 64 * KIB] {
         let case = format!("page-{page}");

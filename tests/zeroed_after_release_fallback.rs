@@ -61,12 +61,11 @@ fn dirty_free_lock_then_zeroed() {
 
 #[test]
 fn zeroed_after_madv_free_refused_elsewhere() {
-    if let Some(case) = support::child_case() {
+    support::as_child("zeroed_after_madv_free_refused_elsewhere", |case| {
         assert_eq!(case, "release-free");
         dirty_free_lock_then_zeroed();
         println!("case {case} done");
-        return;
-    }
+    });
     support::run_case(
         "zeroed_after_madv_free_refused_elsewhere",
         "release-free",
