@@ -51,7 +51,13 @@ fn dirty_free_lock_then_zeroed() {
         dealloc(locked, locked_layout);
         scavalloc::release_all();
         let q = alloc_zeroed(dirty_layout);
-        assert_eq!(q, dirty, "the zeroed object did not reuse the dirty pages: the test proves nothing");
+        // Most of it must lie over the dirty pages (a free heap page next
+        // to them may shift it a little), or the test proves nothing.
+        let (lo, hi) = ((q as usize).max(dirty as usize), (q as usize + MIB).min(dirty as usize + MIB));
+        assert!(
+            hi.saturating_sub(lo) >= MIB / 2,
+            "the zeroed object at {q:p} does not reuse most of the dirty pages at {dirty:p}: the test proves nothing"
+        );
         if let Some(i) = first_not(q, MIB, 0) {
             panic!("alloc_zeroed over pages released with MADV_FREE: byte {i} is {:#04x}", *q.add(i));
         }
