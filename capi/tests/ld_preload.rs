@@ -12,76 +12,14 @@
 //! scavalloc-capi` into `target/capi-test`): a `cdylib` is not built for
 //! integration tests.
 
-use std::path::{Path, PathBuf};
+mod support;
 
-use libtest_mimic::{Arguments, Trial};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn scratch() -> PathBuf {
-    let dir = workspace().join("target").join("capi-test").join("scratch");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs `cmd` with a deadline; kills it and panics past the deadline.
-fn run(mut cmd: Command, timeout: Duration, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let reader = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let (o, e) = (reader(Box::new(out)), reader(Box::new(err)));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {timeout:?}, killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
-}
-
-/// The library, built once per test process.
-fn library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let target = workspace().join("target").join("capi-test");
-        let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        cmd.current_dir(workspace())
-            .args(["build", "--release", "-p", "scavalloc-capi"])
-            .env("CARGO_TARGET_DIR", &target);
-        let out = run(cmd, Duration::from_secs(600), "cargo build -p scavalloc-capi");
-        assert!(out.status.success(), "building the library failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let lib = target.join("release").join("libscavalloc.so");
-        assert!(lib.exists(), "{} was not built", lib.display());
-        lib
-    })
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
-}
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::{have, plain, preloaded, run, scratch, served_by_scavalloc, text};
 
 /// An empty scratch directory of its own for one test.
 fn fresh_dir(name: &str) -> PathBuf {
@@ -91,46 +29,21 @@ fn fresh_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The C test program, compiled once (only by cases that run: they need
-/// `cc`).
-fn c_program() -> &'static Path {
-    static PROG: OnceLock<PathBuf> = OnceLock::new();
-    PROG.get_or_init(|| {
-        let exe = scratch().join("api");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("c").join("api.c");
-        let mut cmd = Command::new("cc");
-        cmd.args(["-O2", "-pthread", "-Wno-alloc-size-larger-than", "-o"]).arg(&exe).arg(&src);
-        let out = run(cmd, Duration::from_secs(120), "cc api.c");
-        assert!(out.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        exe
-    })
+/// The C test program `api.c`, compiled once (only by cases that run:
+/// they need `cc`).
+fn c_program() -> Result<PathBuf, Failed> {
+    Ok(support::c_program("api")?)
 }
 
-/// `cmd` with scavalloc preloaded.
-fn preloaded(mut cmd: Command) -> Command {
-    cmd.env("LD_PRELOAD", library());
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn c_api_edge_cases_hold_on_scavalloc_and_on_glibc() {
-    let api = c_program();
-    let glibc = run(
-        {
-            let mut c = Command::new(api);
-            c.arg("edge");
-            c
-        },
-        Duration::from_secs(60),
-        "api edge (glibc)",
-    );
+fn c_api_edge_cases_hold_on_scavalloc_and_on_glibc() -> Result<(), Failed> {
+    let api = c_program()?;
+    let mut cmd = plain(Command::new(&api));
+    cmd.arg("edge");
+    let glibc = run(cmd, Duration::from_secs(60), "api edge (glibc)")?;
     assert!(glibc.status.success(), "the checks fail on glibc itself:\n{}", text(&glibc.stdout));
-    let mut cmd = preloaded(Command::new(api));
-    cmd.arg("edge").env("SCAVALLOC_STATS", "1");
-    let ours = run(cmd, Duration::from_secs(60), "api edge (scavalloc)");
+    let mut cmd = preloaded(Command::new(&api))?;
+    cmd.arg("edge");
+    let ours = run(cmd, Duration::from_secs(60), "api edge (scavalloc)")?;
     println!("{}", text(&ours.stdout));
     assert!(
         ours.status.success() && text(&ours.stdout).contains("ok edge"),
@@ -139,15 +52,15 @@ fn c_api_edge_cases_hold_on_scavalloc_and_on_glibc() {
         text(&ours.stderr)
     );
     // The statistics printed at exit prove scavalloc served the program.
-    assert!(text(&ours.stderr).contains("scavalloc stats"), "scavalloc was not the allocator:\n{}", text(&ours.stderr));
+    assert!(served_by_scavalloc(&ours), "scavalloc was not the allocator:\n{}", text(&ours.stderr));
+    Ok(())
 }
 
-fn c_threads_with_cross_thread_frees() {
-    let api = c_program();
-    let mut cmd = preloaded(Command::new(api));
+fn c_threads_with_cross_thread_frees() -> Result<(), Failed> {
+    let mut cmd = preloaded(Command::new(c_program()?))?;
     cmd.arg("stress");
     let t = Instant::now();
-    let out = run(cmd, Duration::from_secs(180), "api stress");
+    let out = run(cmd, Duration::from_secs(180), "api stress")?;
     println!("stress under scavalloc: {:?}\n{}", t.elapsed(), text(&out.stdout));
     assert!(
         out.status.success() && text(&out.stdout).contains("ok stress"),
@@ -155,61 +68,68 @@ fn c_threads_with_cross_thread_frees() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    assert!(served_by_scavalloc(&out), "scavalloc was not the allocator:\n{}", text(&out.stderr));
+    Ok(())
 }
 
-fn a_c_program_idling_after_frees_gives_memory_back() {
-    let api = c_program();
-    let mut cmd = preloaded(Command::new(api));
+fn a_c_program_idling_after_frees_gives_memory_back() -> Result<(), Failed> {
+    let mut cmd = preloaded(Command::new(c_program()?))?;
     cmd.arg("idle");
-    let out = run(cmd, Duration::from_secs(60), "api idle");
+    let out = run(cmd, Duration::from_secs(60), "api idle")?;
     let stdout = text(&out.stdout);
     println!("{stdout}");
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(served_by_scavalloc(&out), "scavalloc was not the allocator:\n{}", text(&out.stderr));
     let nums: Vec<usize> = stdout.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     let (peak, after) = (nums[0], nums[1]);
     // A tenth of the 1 KiB blocks stay, so about four OS pages in ten keep
     // a live block: glibc stays at the peak, scavalloc gives back the other
     // pages (the floor is a little over 40% of the peak).
     assert!(after <= peak * 6 / 10, "rss stayed at {after} KiB of a {peak} KiB peak");
+    Ok(())
 }
 
-fn freeing_a_foreign_pointer_stops_the_program_with_one_line() {
+fn freeing_a_foreign_pointer_stops_the_program_with_one_line() -> Result<(), Failed> {
     use std::os::unix::process::ExitStatusExt;
-    let api = c_program();
-    let mut cmd = preloaded(Command::new("sh"));
+    let api = c_program()?;
+    let mut cmd = preloaded(Command::new("sh"))?;
     // Core dumps off for the program that aborts on purpose.
     cmd.args(["-c", "ulimit -c 0; exec \"$0\" foreign"]).arg(api);
-    let out = run(cmd, Duration::from_secs(60), "api foreign");
+    let out = run(cmd, Duration::from_secs(60), "api foreign")?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(stdout.contains("freeing a foreign pointer") && !stdout.contains("survived"), "{stdout}");
     assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}\n{stderr}", out.status);
     let fatal: Vec<&str> = stderr.lines().filter(|l| l.starts_with("scavalloc: fatal:")).collect();
     assert_eq!(fatal.len(), 1, "expected one fatal line:\n{stderr}");
     assert!(fatal[0].contains("foreign pointer"), "{}", fatal[0]);
+    Ok(())
 }
 
 /// Runs `script` with `sh -c` in `dir`, with and without scavalloc, and
-/// checks both succeed with the same output.
-fn same_output(name: &str, dir: &Path, script: &str, env: &[(&str, &str)]) {
+/// checks both succeed with the same output (and that scavalloc served
+/// the preloaded run).
+fn same_output(name: &str, dir: &Path, script: &str, env: &[(&str, &str)]) -> Result<(), Failed> {
     let make = || {
         let mut c = Command::new("sh");
         c.current_dir(dir).args(["-c", script]).envs(env.iter().copied()).env("LC_ALL", "C");
         c
     };
     let t = Instant::now();
-    let glibc = run(make(), Duration::from_secs(300), name);
+    let glibc: Output = run(plain(make()), Duration::from_secs(300), name)?;
     let glibc_time = t.elapsed();
     let t = Instant::now();
-    let ours = run(preloaded(make()), Duration::from_secs(300), name);
+    let ours = run(preloaded(make())?, Duration::from_secs(300), name)?;
     let ours_time = t.elapsed();
     assert!(glibc.status.success(), "{name} fails without scavalloc:\n{}", text(&glibc.stderr));
     assert!(ours.status.success(), "{name} under scavalloc: {:?}\n{}", ours.status, text(&ours.stderr));
+    assert!(served_by_scavalloc(&ours), "{name}: scavalloc was not the allocator:\n{}", text(&ours.stderr));
     assert_eq!(text(&ours.stdout), text(&glibc.stdout), "{name}: output differs under scavalloc");
     assert!(!glibc.stdout.is_empty(), "{name} printed nothing");
     println!("{name}: same output ({} bytes); glibc {glibc_time:?}, scavalloc {ours_time:?}", glibc.stdout.len());
+    Ok(())
 }
 
-fn sort_of_a_large_file() {
+fn sort_of_a_large_file() -> Result<(), Failed> {
     let dir = fresh_dir("sort");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut data = String::new();
@@ -220,10 +140,10 @@ fn sort_of_a_large_file() {
         data += &format!("{:016x} line {i} {}\n", x, "z".repeat((x % 40) as usize));
     }
     std::fs::write(dir.join("input.txt"), data).unwrap();
-    same_output("sort", &dir, "sort input.txt | md5sum; sort -r -k3 input.txt | tail -3", &[]);
+    same_output("sort", &dir, "sort input.txt | md5sum; sort -r -k3 input.txt | tail -3", &[])
 }
 
-fn python_dicts_and_lists() {
+fn python_dicts_and_lists() -> Result<(), Failed> {
     let script = r#"python3 -c '
 import os
 d = {i: str(i) * 3 for i in range(300000)}
@@ -234,10 +154,10 @@ print(s, len(d2), d2[299999], sorted(d)[12345])
 del d, l, d2
 print("done")
 '"#;
-    same_output("python", &scratch(), script, &[("PYTHONMALLOC", "malloc")]);
+    same_output("python", &scratch(), script, &[("PYTHONMALLOC", "malloc")])
 }
 
-fn sqlite_insert_index_query() {
+fn sqlite_insert_index_query() -> Result<(), Failed> {
     let dir = fresh_dir("sqlite");
     let sql = "create table t(a integer primary key, b text, c real);\n\
         with recursive n(x) as (select 1 union all select x + 1 from n limit 100000)\n\
@@ -247,10 +167,10 @@ fn sqlite_insert_index_query() {
         select b from t where b like '0001%' order by b limit 5;\n\
         select substr(b, 10), count(*) from t group by 1 order by 1;\n";
     std::fs::write(dir.join("work.sql"), sql).unwrap();
-    same_output("sqlite3", &dir, "rm -f a.db && sqlite3 a.db < work.sql", &[]);
+    same_output("sqlite3", &dir, "rm -f a.db && sqlite3 a.db < work.sql", &[])
 }
 
-fn git_on_a_generated_repository() {
+fn git_on_a_generated_repository() -> Result<(), Failed> {
     let dir = fresh_dir("git");
     for i in 0..300 {
         let body: String = (0..(i % 50 + 10)).map(|j| format!("fn f{i}_{j}() -> u32 {{ {} }}\n", i * j)).collect();
@@ -269,10 +189,10 @@ fn git_on_a_generated_repository() {
         ("GIT_CONFIG_NOSYSTEM", "1"),
         ("HOME", "/nonexistent"),
     ];
-    same_output("git", &dir, script, &env);
+    same_output("git", &dir, script, &env)
 }
 
-fn gcc_compiles_a_generated_file() {
+fn gcc_compiles_a_generated_file() -> Result<(), Failed> {
     let dir = fresh_dir("gcc");
     let mut src = String::from("#include <stdio.h>\n");
     for i in 0..1500 {
@@ -286,14 +206,14 @@ fn gcc_compiles_a_generated_file() {
     }
     src += "  printf(\"%ld\\n\", t); return 0; }\n";
     std::fs::write(dir.join("gen.c"), src).unwrap();
-    same_output("gcc", &dir, "gcc -O2 -o gen gen.c && ./gen && gcc -O2 -S -o - gen.c | md5sum", &[]);
+    same_output("gcc", &dir, "gcc -O2 -o gen gen.c && ./gen && gcc -O2 -S -o - gen.c | md5sum", &[])
 }
 
 /// A case, and the programs it needs.
 struct Case {
     name: &'static str,
     needs: &'static [&'static str],
-    run: fn(),
+    run: fn() -> Result<(), Failed>,
 }
 
 const CASES: &[Case] = &[
@@ -339,12 +259,9 @@ fn main() {
                 println!("ignored: {} needs {} (not on this machine)", case.name, absent.join(", "));
             }
             let run = case.run;
-            // libtest-mimic reports a panic in `run` as the trial's failure.
-            Trial::test(case.name, move || {
-                run();
-                Ok(())
-            })
-            .with_ignored_flag(!absent.is_empty())
+            // libtest-mimic reports a panic in `run` as the trial's failure,
+            // as it does an error (a program that would not build or run).
+            Trial::test(case.name, run).with_ignored_flag(!absent.is_empty())
         })
         .collect();
     if !missing.is_empty() {

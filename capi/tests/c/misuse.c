@@ -15,6 +15,18 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The allocation calls go through volatile pointers, so the compiler
+ * cannot see which functions they are: it may otherwise drop a malloc whose
+ * block is only freed, or a second free, and the fault would never reach
+ * the allocator. (The program is built with the shared flags, no
+ * -fno-builtin.) */
+static void *(*volatile malloc_fn)(size_t) = malloc;
+static void *(*volatile realloc_fn)(void *, size_t) = realloc;
+static void (*volatile free_fn)(void *) = free;
+#define malloc(n) malloc_fn(n)
+#define realloc(p, n) realloc_fn(p, n)
+#define free(p) free_fn(p)
+
 static void announce(void *p) {
     printf("FREEING %#lx\n", (unsigned long)(uintptr_t)p);
     fflush(stdout);
