@@ -16,7 +16,6 @@
 use std::alloc::{alloc as std_alloc, alloc_zeroed, dealloc, realloc, Layout};
 use std::hint::black_box;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 mod support;
@@ -48,30 +47,7 @@ fn announce(p: *const u8) {
 /// `what`.
 fn expect_fatal(test: &str, case: &str, envs: &[(&str, &str)], what: &str) {
     let out = support::run_child_env(test, case, envs, Duration::from_secs(60));
-    check_fatal(&out, case, what);
-}
-
-/// The checks of [`expect_fatal`] on a child's output.
-fn check_fatal(out: &support::ChildOutput, case: &str, what: &str) {
-    let ctx = format!("case {case}: {:?}\nstdout:\n{}\nstderr:\n{}", out.status, out.stdout, out.stderr);
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "not stopped by SIGABRT; {ctx}");
-    let addr = out
-        .stdout
-        .split("FREEING ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("the child never reached the fault; {ctx}"))
-        .to_string();
-    assert!(!out.stdout.contains("SURVIVED"), "the child went on after the fault; {ctx}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "stderr is not exactly one line; {ctx}");
-    let line = lines[0];
-    assert!(line.starts_with("scavalloc: fatal:"), "{ctx}");
-    assert!(
-        line.split(|c: char| !c.is_ascii_hexdigit() && c != 'x').any(|w| w == addr),
-        "the fatal line does not name {addr}; {ctx}"
-    );
-    assert!(line.contains(what), "the fatal line does not say {what:?}; {ctx}");
+    support::assert_fatal(&out, what);
 }
 
 /// The child side of `test`, through [`support::as_child`]: with core
@@ -376,7 +352,7 @@ fn the_check_is_on_during_a_correct_workload() {
         Duration::from_secs(120),
     );
     assert!(out.stdout.contains("WORKLOAD DONE"), "the workload did not finish: {}\n{}", out.stdout, out.stderr);
-    check_fatal(&out, "workload-then-fault", "double free");
+    support::assert_fatal(&out, "double free");
 }
 
 /// An invalid value gives one warning line and the default (off), and

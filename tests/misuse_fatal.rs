@@ -30,27 +30,7 @@ fn announce(p: *const u8) {
 /// a word the fatal line must contain besides the address.
 fn expect_fatal(test: &str, case: &str, what: &str) {
     let out = support::run_child(test, case, Duration::from_secs(30));
-    let ctx = format!("case {case}: {:?}\nstdout:\n{}\nstderr:\n{}", out.status, out.stdout, out.stderr);
-    out.assert_killed_by(libc::SIGABRT);
-    // libtest prints `test <name> ... ` without a newline first, so the
-    // marker may be in the middle of a line.
-    let addr = out
-        .stdout
-        .split("FREEING ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("the child never reached the fault; {ctx}"))
-        .to_string();
-    assert!(!out.stdout.contains("SURVIVED"), "the child went on after the fault; {ctx}");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "stderr is not exactly one line; {ctx}");
-    let line = lines[0];
-    assert!(line.starts_with("scavalloc: fatal:"), "{ctx}");
-    assert!(
-        line.split(|c: char| !c.is_ascii_hexdigit() && c != 'x').any(|w| w == addr),
-        "the fatal line does not name {addr}; {ctx}"
-    );
-    assert!(line.contains(what), "the fatal line does not say {what:?}; {ctx}");
+    support::assert_fatal(&out, what);
 }
 
 /// The child side: in the child started for `case` of the test calling

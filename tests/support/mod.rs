@@ -408,6 +408,34 @@ pub fn run_case(test: &str, case: &str, envs: &[(&str, &str)], timeout: Duration
     out.stdout
 }
 
+/// Checks that a child stopped at a deliberate fault: killed by SIGABRT
+/// before the end of its case, "SURVIVED" never printed, and stderr exactly
+/// one `scavalloc: fatal:` line that names the address the child printed
+/// after `FREEING ` and says `what`.
+pub fn assert_fatal(out: &ChildOutput, what: &str) {
+    let ctx = format!("case {}: {:?}\nstdout:\n{}\nstderr:\n{}", out.case, out.status, out.stdout, out.stderr);
+    out.assert_killed_by(libc::SIGABRT);
+    // libtest prints `test <name> ... ` without a newline first, so the
+    // marker may be in the middle of a line.
+    let addr = out
+        .stdout
+        .split("FREEING ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the child never reached the fault; {ctx}"))
+        .to_string();
+    assert!(!out.stdout.contains("SURVIVED"), "the child went on after the fault; {ctx}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "stderr is not exactly one line; {ctx}");
+    let line = lines[0];
+    assert!(line.starts_with("scavalloc: fatal:"), "{ctx}");
+    assert!(
+        line.split(|c: char| !c.is_ascii_hexdigit() && c != 'x').any(|w| w == addr),
+        "the fatal line does not name {addr}; {ctx}"
+    );
+    assert!(line.contains(what), "the fatal line does not say {what:?}; {ctx}");
+}
+
 /// The exit code of a forked child whose body returned 0.
 pub const FORK_DONE: i32 = 87;
 /// The exit code of a forked child whose body panicked.
