@@ -90,19 +90,23 @@ unsafe impl GlobalAlloc for Scavalloc {
         if checking() {
             spans::hand_to_user(p);
         }
+        scavenge::background::run_deferred();
         p
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ensure_init();
-        if checking() {
+        let new = if checking() {
             // SAFETY: forwarded from the caller.
-            return unsafe { realloc_checked(ptr, layout, new_size) };
-        }
-        // SAFETY: forwarded from the caller (`ptr` was allocated by us with
-        // `layout`).
-        unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
+            unsafe { realloc_checked(ptr, layout, new_size) }
+        } else {
+            // SAFETY: forwarded from the caller (`ptr` was allocated by us
+            // with `layout`).
+            unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
+        };
+        scavenge::background::run_deferred();
+        new
     }
 }
 
@@ -124,7 +128,9 @@ pub(crate) fn alloc_unmarked(layout: Layout) -> *mut u8 {
 #[inline(never)]
 fn alloc_slow_unmarked(layout: Layout) -> *mut u8 {
     ensure_init();
-    spans::alloc(layout.size(), layout.align())
+    let p = spans::alloc(layout.size(), layout.align());
+    scavenge::background::run_deferred();
+    p
 }
 
 /// The slow path, and every allocation in the hardened mode (which is only
@@ -137,6 +143,7 @@ fn alloc_slow(layout: Layout) -> *mut u8 {
     if checking() {
         spans::hand_to_user(p);
     }
+    scavenge::background::run_deferred();
     p
 }
 
@@ -151,6 +158,9 @@ unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded from `dealloc`'s caller.
         unsafe { spans::dealloc(ptr, layout.size(), layout.align()) }
     }
+    // The free is complete and no lock is held: the place to start or wake
+    // the scavenger if the free asked for it.
+    scavenge::background::run_deferred();
 }
 
 /// `realloc` in the hardened mode: the old object is checked first, and a
@@ -268,7 +278,9 @@ pub fn release_all() -> usize {
     ensure_init();
     spans::cache::flush_current();
     spans::central::release_spares();
-    scavenge::release_all_free()
+    let released = scavenge::release_all_free();
+    scavenge::background::run_deferred();
+    released
 }
 
 extern "C" fn print_stats_at_exit() {

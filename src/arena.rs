@@ -241,6 +241,7 @@ impl Arena {
         LIVE_BYTES.fetch_sub(freed, Ordering::Relaxed);
         ALLOCATED.fetch_sub(self.published.replace(0), Ordering::Relaxed);
         self.allocated.set(0);
+        crate::scavenge::background::run_deferred();
     }
 
     #[cold]
@@ -328,6 +329,8 @@ impl Drop for Arena {
         LIVE_BYTES.fetch_sub(self.held.get(), Ordering::Relaxed);
         ALLOCATED.fetch_sub(self.published.get(), Ordering::Relaxed);
         ARENAS.fetch_sub(1, Ordering::Relaxed);
+        // Runs went back to the page heap and no lock is held.
+        crate::scavenge::background::run_deferred();
     }
 }
 

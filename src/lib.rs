@@ -127,6 +127,7 @@ on_supported_targets! {
     #[cfg(not(loom))]
     pub fn flush_thread_cache() {
         spans::cache::flush_current();
+        scavenge::background::run_deferred();
     }
 }
 

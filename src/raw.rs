@@ -23,6 +23,7 @@
 use core::alloc::Layout;
 
 use crate::api::{alloc_unmarked, ensure_init};
+use crate::scavenge::background;
 use crate::spans;
 
 /// At least `size` bytes (one if `size` is 0) aligned to `align` (a power
@@ -46,6 +47,7 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
             ensure_init();
             let p = spans::alloc_zeroed(layout.size(), layout.align());
             spans::hand_to_user(p);
+            background::run_deferred();
             p
         }
         Err(_) => core::ptr::null_mut(),
@@ -63,7 +65,10 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 pub unsafe fn free(ptr: *mut u8) {
     if !ptr.is_null() {
         // SAFETY: the caller's promise.
-        unsafe { spans::dealloc_unsized(ptr) }
+        unsafe { spans::dealloc_unsized(ptr) };
+        // A free that sent objects or pages home may have asked for the
+        // scavenger; here no lock is held and the cache is consistent.
+        background::run_deferred();
     }
 }
 
@@ -105,5 +110,6 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if !new.is_null() && new != ptr {
         spans::hand_to_user(new);
     }
+    background::run_deferred();
     new
 }

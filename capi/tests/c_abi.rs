@@ -10,6 +10,13 @@
 //!   threads with cross-thread frees, every block's contents checked; its
 //!   summary line depends only on its seeds, so both runs must print the
 //!   same one.
+//! * `start_hook.c`: wraps `pthread_create` with one that allocates many
+//!   objects of every small size (as glibc's allocates the new thread's
+//!   DTV), then frees bursts of small objects: the scavenger thread is
+//!   started from inside a free, and must be started where no allocator
+//!   lock is held and no thread cache is half updated (the wrapper's
+//!   allocations would otherwise deadlock on the class lock, or take
+//!   objects the cache no longer owns).
 //!
 //! Without `cc` the trials are reported as ignored, with the reason
 //! printed, never as passed.
@@ -20,7 +27,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use support::{c_program, have, plain, preloaded, run, served_by_scavalloc, text};
+use support::{c_program, c_program_with, have, plain, preloaded, run, served_by_scavalloc, text};
 
 /// Operations per thread of `random_ops` (four threads).
 const RANDOM_OPS_PER_THREAD: &str = "500000";
@@ -82,6 +89,26 @@ fn random_ops_match() -> Result<(), Failed> {
     Ok(())
 }
 
+fn scavenger_started_outside_locks() -> Result<(), Failed> {
+    let exe = c_program_with("start_hook", &["-rdynamic", "-ldl"])?;
+    let cmd = preloaded(plain(Command::new(&exe)))?;
+    // A deadlock is the failure this test looks for: the deadline turns it
+    // into one (it runs in about a second).
+    let out = run(cmd, Duration::from_secs(60), "start_hook on scavalloc")?;
+    if !out.status.success() || !served_by_scavalloc(&out) {
+        return Err(format!("start_hook failed on scavalloc: {}", describe(&out)).into());
+    }
+    let started = text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("threads created through the hook: "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("no count of threads: {}", describe(&out)))?;
+    if started == 0 {
+        return Err(format!("the scavenger was never started through the hook: {}", describe(&out)).into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let no_cc = !have("cc");
@@ -93,6 +120,7 @@ fn main() {
         trial("aligned_realloc_on_glibc", || aligned_realloc(false)),
         trial("aligned_realloc_on_scavalloc", || aligned_realloc(true)),
         trial("random_ops_same_summary_on_glibc_and_scavalloc", random_ops_match),
+        trial("scavenger_started_outside_locks", scavenger_started_outside_locks),
     ];
     libtest_mimic::run(&args, trials).exit();
 }

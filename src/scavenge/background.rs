@@ -1,8 +1,13 @@
 //! The background scavenger thread.
 //!
-//! It starts on the first free of pages to the page heap (never from inside
-//! an allocator lock, and without any Rust allocation: a raw
-//! `pthread_create`), and loops:
+//! It is started after the first free of pages to the page heap, without
+//! any Rust allocation (a raw `pthread_create`). The free itself only
+//! leaves a note ([`wake_if_over_goal`], [`nudge`]): it may hold a class
+//! lock, or run while a thread cache is half updated, and creating a thread
+//! allocates (through this allocator, under `LD_PRELOAD`). The public entry
+//! points act on the note at their end ([`run_deferred`]), holding no
+//! allocator lock, with every cache consistent; waking a parked thread (a
+//! futex system call) waits for the same point. Then it loops:
 //!
 //! 1. Every quarter second it records the peak of pages in use into the
 //!    [`PeakWindow`] and recomputes the retained goal; every half second it
@@ -29,7 +34,7 @@
 //! All its state but a few published figures lives on its own stack.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::controller::PiController;
 use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
@@ -133,27 +138,40 @@ pub fn stats() -> BackgroundStats {
     }
 }
 
-/// Called after pages are freed to the heap: starts the thread if it has
-/// never run, and wakes it if it is parked and retained memory is over the
-/// goal that the current pages in use will lead to (the goal follows the
-/// peak in use, which this free may have ended). A few loads when there is
-/// nothing to do.
+/// Work for the thread that the allocator's inner paths asked for, done by
+/// [`run_deferred`]: bits of [`WANT_WAKE`] and [`WANT_NUDGE`].
+///
+/// The paths that learn the thread has work (a free of pages to the heap,
+/// a give-back that leaves spans mostly free) run with a class lock held or
+/// with a thread cache half updated. Starting a thread there is wrong:
+/// `pthread_create` allocates (under `LD_PRELOAD`, through this allocator,
+/// which would wait for the class lock this thread holds, or pop from the
+/// half-updated cache), and even a futex wake is a system call under a
+/// lock. So they only leave a note, and the public entry points act on it
+/// once they hold no lock and every cache is consistent.
+static WANTED: AtomicU8 = AtomicU8::new(0);
+/// Pages went back to the heap: wake or start the thread if retained
+/// memory is over its goal.
+const WANT_WAKE: u8 = 1;
+/// Objects went back to spans that are now mostly free: see [`nudge`].
+const WANT_NUDGE: u8 = 2;
+
+#[inline(always)]
+fn want(bit: u8) {
+    // A load first: the word is shared by every thread and is nearly
+    // always set or clear already.
+    if WANTED.load(Ordering::Relaxed) & bit == 0 {
+        WANTED.fetch_or(bit, Ordering::Relaxed);
+    }
+}
+
+/// Called after pages are freed to the heap (often under a class lock):
+/// notes that the thread may have to be started or woken, which
+/// [`run_deferred`] does. One load when the note is already there.
 #[inline]
 pub fn wake_if_over_goal() {
-    if !goals::background_enabled() {
-        return;
-    }
-    let goal = goals::goal_for(scavenge::resident_in_use());
-    if scavenge::retained() <= goal.saturating_add(os::page_size()) {
-        return;
-    }
-    match STATE.load(Ordering::Acquire) {
-        NOT_STARTED => start(),
-        RUNNING if PARKED.load(Ordering::SeqCst) => {
-            PARK.store(1, Ordering::SeqCst);
-            os::futex_wake(&PARK, 1);
-        }
-        _ => {}
+    if goals::background_enabled() {
+        want(WANT_WAKE);
     }
 }
 
@@ -165,18 +183,76 @@ static LAST_NUDGE: AtomicU64 = AtomicU64::new(0);
 /// memory inside spans. Such frees release no pages, so
 /// [`wake_if_over_goal`] never hears of them, and deep release would wait
 /// for the next page free: a cache emptied of nine objects in ten, none of
-/// its spans wholly free, could keep its memory for good. At most once a
-/// second this starts the thread, or wakes it if it is parked without a
-/// deadline; the thread then sees whether deep release has work, and keeps
-/// looking every quarter second for two seconds after a nudge (nudges the
-/// rate limit drops are not lost). A few loads when there is nothing to
-/// do.
+/// its spans wholly free, could keep its memory for good. It notes the
+/// request; [`run_deferred`] then, at most once a second, starts the
+/// thread or wakes it if it is parked without a deadline; the thread sees
+/// whether deep release has work, and keeps looking every quarter second
+/// for two seconds after a nudge (nudges the rate limit drops are not
+/// lost).
+#[inline]
 pub fn nudge() {
-    if !goals::background_enabled() || !goals::deep_release_enabled() {
+    if goals::background_enabled() && goals::deep_release_enabled() {
+        want(WANT_NUDGE);
+    }
+}
+
+/// Acts on what [`wake_if_over_goal`] and [`nudge`] noted: starts the
+/// thread, or wakes it. Called at the end of the public entry points' slow
+/// paths (and of `free` in the C API, `release_all`, cache flushes, thread
+/// exit and arena frees), where the calling thread holds no allocator lock
+/// and its cache is consistent. One load when there is nothing to do.
+#[inline]
+pub fn run_deferred() {
+    if WANTED.load(Ordering::Relaxed) != 0 {
+        run_deferred_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn run_deferred_slow() {
+    let wanted = WANTED.swap(0, Ordering::Relaxed);
+    #[cfg(feature = "testing")]
+    if let Some(held) = crate::sync::held_locks() {
+        if held != 0 {
+            crate::report::fatal(format_args!(
+                "the scavenger thread would be started or woken while {held} allocator locks are held"
+            ));
+        }
+    }
+    // Pairs with the fence in `Scavenger::park_inner`: either this thread
+    // sees the scavenger parked, or the scavenger sees the retained memory
+    // (and the frees) that led here, and does not sleep. Without it the
+    // load of `PARKED` below could be ordered before the counters' updates
+    // and both sides miss each other.
+    fence(Ordering::SeqCst);
+    if wanted & WANT_WAKE != 0 {
+        wake_now();
+    }
+    if wanted & WANT_NUDGE != 0 {
+        nudge_now();
+    }
+}
+
+/// Starts the thread if it has never run, and wakes it if it is parked and
+/// retained memory is over the goal that the current pages in use will
+/// lead to (the goal follows the peak in use, which a free may have ended).
+fn wake_now() {
+    let goal = goals::goal_for(scavenge::resident_in_use());
+    if scavenge::retained() <= goal.saturating_add(os::page_size()) {
         return;
     }
-    let state = STATE.load(Ordering::Acquire);
-    let parked = state == RUNNING && PARKED.load(Ordering::Relaxed);
+    match STATE.load(Ordering::SeqCst) {
+        NOT_STARTED => start(),
+        RUNNING if PARKED.load(Ordering::SeqCst) => wake_parked(),
+        _ => {}
+    }
+}
+
+/// The nudge itself, rate-limited to once a second.
+fn nudge_now() {
+    let state = STATE.load(Ordering::SeqCst);
+    let parked = state == RUNNING && PARKED.load(Ordering::SeqCst);
     if !(state == NOT_STARTED || parked) {
         return;
     }
@@ -189,11 +265,13 @@ pub fn nudge() {
     }
     match state {
         NOT_STARTED => start(),
-        _ => {
-            PARK.store(1, Ordering::SeqCst);
-            os::futex_wake(&PARK, 1);
-        }
+        _ => wake_parked(),
     }
+}
+
+fn wake_parked() {
+    PARK.store(1, Ordering::SeqCst);
+    os::futex_wake(&PARK, 1);
 }
 
 #[cold]
@@ -209,6 +287,8 @@ fn start() {
 /// free start a new one.
 pub(crate) fn after_fork_child() {
     PARKED.store(false, Ordering::Relaxed);
+    // Let the child's first entry point look at the goal afresh.
+    WANTED.store(WANT_WAKE, Ordering::Relaxed);
     PARK.store(0, Ordering::Relaxed);
     if STATE.load(Ordering::Relaxed) != FAILED {
         STATE.store(NOT_STARTED, Ordering::Relaxed);
@@ -469,7 +549,11 @@ impl Scavenger {
         PARK.store(0, Ordering::SeqCst);
         PARKED.store(true, Ordering::SeqCst);
         // A free between our goal check and `PARKED` saw us awake and did
-        // not wake us: look once more before sleeping.
+        // not wake us: look once more before sleeping. The fence pairs with
+        // the one in `run_deferred_slow`: the counters are read after
+        // `PARKED` is visible, so a waker either sees us parked or we see
+        // what it freed (the counters themselves are relaxed atomics).
+        fence(Ordering::SeqCst);
         let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
         if scavenge::retained() <= goal.saturating_add(os::page_size()) {
             os::futex_wait(&PARK, 0);

@@ -475,6 +475,9 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
         flush(cache);
         detach(cache);
     }
+    // The cache is gone and no lock is held: if the flush sent spans home,
+    // the scavenger may be started or woken now.
+    crate::scavenge::background::run_deferred();
 }
 
 /// Objects of `class` cached in all live threads' caches. Exact when no

@@ -13,6 +13,8 @@
 mod mutex;
 
 pub use mutex::{Mutex, MutexGuard};
+#[cfg(all(feature = "testing", not(loom)))]
+pub(crate) use mutex::held::count as held_locks;
 
 /// Atomic types and orderings: `core`'s in a normal build, `loom`'s under
 /// `cfg(loom)`.

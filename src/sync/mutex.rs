@@ -64,6 +64,7 @@ impl<T> Mutex<T> {
         if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.lock_contended();
         }
+        held::taken();
         MutexGuard { mutex: self }
     }
 
@@ -74,7 +75,10 @@ impl<T> Mutex<T> {
         self.state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| MutexGuard { mutex: self })
+            .map(|_| {
+                held::taken();
+                MutexGuard { mutex: self }
+            })
     }
 
     #[cold]
@@ -105,6 +109,7 @@ impl<T> Mutex<T> {
 
     #[inline]
     fn unlock(&self) {
+        held::released();
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
             park::wake_one(&self.state);
         }
@@ -172,5 +177,40 @@ impl<T> Drop for MutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         self.mutex.unlock();
+    }
+}
+
+/// How many allocator locks the calling thread holds, counted in the
+/// crate's test builds (the `testing` feature) so that the rule "no system
+/// call and no thread start while an allocator lock is held" can be
+/// asserted where it matters ([`held::count`]); nothing in other builds.
+pub(crate) mod held {
+    #[cfg(all(feature = "testing", not(loom)))]
+    thread_local! {
+        // `const`: a plain TLS slot, readable without allocating.
+        static HELD: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    }
+
+    /// A lock was taken.
+    #[inline(always)]
+    pub(crate) fn taken() {
+        #[cfg(all(feature = "testing", not(loom)))]
+        HELD.with(|h| h.set(h.get() + 1));
+    }
+
+    /// A lock was released (by its guard, or after a fork).
+    #[inline(always)]
+    pub(crate) fn released() {
+        #[cfg(all(feature = "testing", not(loom)))]
+        HELD.with(|h| h.set(h.get().saturating_sub(1)));
+    }
+
+    /// Locks the calling thread holds; `None` where they are not counted.
+    #[allow(dead_code)]
+    pub(crate) fn count() -> Option<u32> {
+        #[cfg(all(feature = "testing", not(loom)))]
+        return Some(HELD.with(|h| h.get()));
+        #[cfg(not(all(feature = "testing", not(loom))))]
+        None
     }
 }

@@ -109,6 +109,13 @@ pub fn library() -> Result<&'static Path, String> {
 /// `tests/c/<name>.c` compiled with `cc` into the scratch directory, once
 /// per test process. The caller has checked that `cc` exists.
 pub fn c_program(name: &str) -> Result<PathBuf, String> {
+    c_program_with(name, &[])
+}
+
+/// As [`c_program`], with `extra` arguments for `cc` after the source (for
+/// example `-rdynamic` for a program whose functions a preloaded library
+/// must bind to).
+pub fn c_program_with(name: &str, extra: &[&str]) -> Result<PathBuf, String> {
     static BUILT: Mutex<Vec<(String, Result<PathBuf, String>)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, r)) = built.iter().find(|(n, _)| n == name) {
@@ -117,7 +124,7 @@ pub fn c_program(name: &str) -> Result<PathBuf, String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("c").join(format!("{name}.c"));
     let exe = scratch().join(name);
     let mut cmd = Command::new("cc");
-    cmd.args(["-O2", "-g", "-Wall", "-Wextra", "-pthread", "-o"]).arg(&exe).arg(&src);
+    cmd.args(["-O2", "-g", "-Wall", "-Wextra", "-pthread", "-o"]).arg(&exe).arg(&src).args(extra);
     let r = run(cmd, Duration::from_secs(120), &format!("cc {name}.c")).and_then(|out| {
         if out.status.success() {
             Ok(exe)
