@@ -10,7 +10,7 @@
 //! is made readable and writable at once but is never touched here, so it
 //! costs no physical memory until an allocation writes to it.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::os;
 use crate::scavenge::index::ScavengeIndex;
@@ -284,12 +284,41 @@ pub static INDEX: ScavengeIndex = ScavengeIndex::empty();
 pub static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap::new());
 
 /// Takes the heap lock and keeps it, before `fork()`.
+///
+/// A release in flight (runs taken out of the heap while their `madvise`
+/// runs with the lock dropped, see `scavenge::release`) would leave the
+/// child with pages that no thread of it owns: marked in use by nobody,
+/// and never free again. So this waits, with the lock dropped, until none
+/// is in flight. The releasing thread needs only this lock to finish
+/// (the caller holds the span layer's locks, and no release waits on
+/// those), and a release takes a bounded batch, so the wait is short.
 pub(crate) fn lock_for_fork() {
-    HEAP.hold_for_fork();
+    FORKING.store(true, Ordering::Relaxed);
+    loop {
+        let mut heap = HEAP.lock();
+        if heap.pages().pages_releasing() == 0 {
+            core::mem::forget(heap);
+            return;
+        }
+        drop(heap);
+        // SAFETY: `sched_yield` has no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+/// Set while a `fork()` waits for releases in flight: no new release
+/// batch begins (read under the heap lock by `scavenge::release`), so the
+/// wait ends.
+static FORKING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a `fork()` is waiting for the heap (see [`lock_for_fork`]).
+pub(crate) fn fork_pending() -> bool {
+    FORKING.load(Ordering::Relaxed)
 }
 
 /// Releases the lock taken by [`lock_for_fork`].
 pub(crate) fn unlock_after_fork() {
+    FORKING.store(false, Ordering::Relaxed);
     // SAFETY: `lock_for_fork` held it on this thread.
     unsafe { HEAP.release_after_fork() };
 }

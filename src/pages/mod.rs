@@ -314,7 +314,6 @@ impl PageAlloc {
         self.pages_scavenged
     }
 
-    #[cfg(any(test, feature = "testing"))]
     /// Free pages being released by a scavenger right now (counted among
     /// the free, unscavenged pages).
     pub fn pages_releasing(&self) -> usize {

@@ -153,6 +153,10 @@ mod imp {
             let mut taken = 0;
             {
                 let mut heap = HEAP.lock();
+                if heap::fork_pending() {
+                    // A fork waits for the releases in flight: start none.
+                    break;
+                }
                 while n < BATCH && released + taken < max_bytes {
                     let ci = match below {
                         None => index.find(),
