@@ -17,6 +17,9 @@
 //!   lock is held and no thread cache is half updated (the wrapper's
 //!   allocations would otherwise deadlock on the class lock, or take
 //!   objects the cache no longer owns).
+//! * `late_key.c`: makes 64 pthread keys before its first allocation, so
+//!   the allocator's own key is one whose `pthread_setspecific` allocates
+//!   (through the allocator, attaching its first cache).
 //!
 //! Without `cc` the trials are reported as ignored, with the reason
 //! printed, never as passed.
@@ -109,6 +112,16 @@ fn scavenger_started_outside_locks() -> Result<(), Failed> {
     Ok(())
 }
 
+fn late_pthread_key() -> Result<(), Failed> {
+    for preload in [false, true] {
+        let out = run_c("late_key", &[], preload, Duration::from_secs(60))?;
+        if !text(&out.stdout).contains("ok late-key") {
+            return Err(format!("no success line: {}", describe(&out)).into());
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let no_cc = !have("cc");
@@ -121,6 +134,7 @@ fn main() {
         trial("aligned_realloc_on_scavalloc", || aligned_realloc(true)),
         trial("random_ops_same_summary_on_glibc_and_scavalloc", random_ops_match),
         trial("scavenger_started_outside_locks", scavenger_started_outside_locks),
+        trial("cache_attach_with_a_late_pthread_key", late_pthread_key),
     ];
     libtest_mimic::run(&args, trials).exit();
 }

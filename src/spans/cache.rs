@@ -408,6 +408,13 @@ fn attach() -> Option<*const ThreadCache> {
         reg.live_count += 1;
         cache
     };
+    // `pthread_setspecific` may allocate: glibc keeps keys past the first
+    // 32 in blocks it gets from `calloc`, which under `LD_PRELOAD` is ours.
+    // That nested allocation must not try to attach a cache again (it would
+    // recurse into this function, and into `pthread_setspecific`, until the
+    // stack runs out): meanwhile the thread works on the central lists
+    // directly, as an exited thread does.
+    CURRENT.with(|c| c.set(&DEAD.0));
     // SAFETY: `key` is a valid key; the value is our cache, handed back to
     // `on_thread_exit` when the thread ends.
     if unsafe { libc::pthread_setspecific(key, cache.cast()) } != 0 {

@@ -140,21 +140,33 @@ pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
             // SAFETY: as above.
             unsafe { (*span).in_partial = true };
         }
-        // SAFETY: spans on the partial list are live records of this class,
-        // guarded by the lock we hold.
-        let s = unsafe { &mut *span };
-        let taken = s.take_free(&mut out[got..]);
-        s.refilled_ms = os::coarse_ms();
-        if s.released != 0 {
-            let reclaimed = s.reclaim_pages(&out[got..got + taken], os::page_size());
+        // One discipline for span records: a reference to the record lives
+        // only in this block, and the lists (which reach the record through
+        // raw pointers) are touched only after it ends.
+        let (taken, reclaimed, now_full) = {
+            // SAFETY: spans on the partial list are live records of this
+            // class, guarded by the lock we hold; no other reference to the
+            // record exists while this one lives.
+            let s = unsafe { &mut *span };
+            let taken = s.take_free(&mut out[got..]);
+            s.refilled_ms = os::coarse_ms();
+            let reclaimed =
+                if s.released != 0 { s.reclaim_pages(&out[got..got + taken], os::page_size()) } else { 0 };
+            let now_full = s.nfree == 0;
+            if now_full {
+                s.in_partial = false;
+            }
+            (taken, reclaimed, now_full)
+        };
+        if reclaimed != 0 {
             central.released -= reclaimed;
             scavenge::note_reclaimed_in_use(reclaimed);
         }
         got += taken;
-        if s.nfree == 0 {
-            // SAFETY: `span` is on the list (checked via `in_partial`).
+        if now_full {
+            // SAFETY: the span was on the partial list (it was taken from
+            // it or pushed onto it above) and no reference to it is live.
             unsafe { central.remove_partial(span) };
-            s.in_partial = false;
         }
     }
     central.handed_out += got;
@@ -184,30 +196,43 @@ fn give_back_locked(class: usize, objects: &[*mut u8]) -> bool {
     for &p in objects {
         let addr = p as usize;
         let span = pagemap::lookup(addr);
-        // SAFETY: a non-null page-map entry points to a span record, which
-        // lives forever; a record of this class is guarded by our lock.
-        let s = match unsafe { span.as_mut() } {
-            Some(s) if s.kind == SpanKind::Small && s.class as usize == class => s,
-            Some(s) if s.kind == SpanKind::Small => fatal(format_args!(
-                "free of {addr:#x} with a size of {} bytes, but it was allocated with {} (size mismatch or corruption)",
-                sizeclass::class_size(class),
-                sizeclass::class_size(s.class as usize)
-            )),
-            _ => fatal(format_args!("free of {addr:#x}, which scavalloc did not allocate (foreign pointer)")),
-        };
-        match s.put(addr) {
-            Ok(()) => {}
-            Err(PutError::AlreadyFree) => fatal(format_args!("double free of {addr:#x}")),
-            Err(PutError::NotAnObject) => {
-                fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
+        // What the free does to the span, decided through a reference that
+        // lives only in this block; the lists, which reach the record
+        // through raw pointers, are changed after it ends (one discipline:
+        // never a live reference while the record is reached another way).
+        let (empty, was_in_partial, released) = {
+            // SAFETY: a non-null page-map entry points to a span record,
+            // which lives forever; a record of this class is guarded by our
+            // lock, and no other reference to it is live.
+            let s = match unsafe { span.as_mut() } {
+                Some(s) if s.kind == SpanKind::Small && s.class as usize == class => s,
+                Some(s) if s.kind == SpanKind::Small => fatal(format_args!(
+                    "free of {addr:#x} with a size of {} bytes, but it was allocated with {} (size mismatch or corruption)",
+                    sizeclass::class_size(class),
+                    sizeclass::class_size(s.class as usize)
+                )),
+                _ => fatal(format_args!("free of {addr:#x}, which scavalloc did not allocate (foreign pointer)")),
+            };
+            match s.put(addr) {
+                Ok(()) => {}
+                Err(PutError::AlreadyFree) => fatal(format_args!("double free of {addr:#x}")),
+                Err(PutError::NotAnObject) => {
+                    fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
+                }
             }
-        }
+            let empty = s.is_empty();
+            let was_in_partial = s.in_partial;
+            // Empty spans leave the partial list below; a span that was
+            // full joins it.
+            s.in_partial = !empty;
+            (empty, was_in_partial, s.released.count_ones() as usize * os::page_size())
+        };
         central.handed_out -= 1;
-        if s.is_empty() {
-            if s.in_partial {
-                // SAFETY: the span is on this class's list.
+        if empty {
+            if was_in_partial {
+                // SAFETY: the span is on this class's list; no reference to
+                // it is live.
                 unsafe { central.remove_partial(span) };
-                s.in_partial = false;
             }
             if central.spare.len() < SPARES {
                 // SAFETY: the span is on no list; the spare list is ours.
@@ -215,16 +240,15 @@ fn give_back_locked(class: usize, objects: &[*mut u8]) -> bool {
                 continue;
             }
             central.spans -= 1;
-            let released = s.released.count_ones() as usize * os::page_size();
             central.released -= released;
             scavenge::note_reclaimed_in_use(released);
             // SAFETY: the span is wholly free, off every list, and no
             // pointer into it is live.
             unsafe { release_span(span) };
-        } else if !s.in_partial {
-            // SAFETY: the span was full, so on no list.
+        } else if !was_in_partial {
+            // SAFETY: the span was full, so on no list; no reference to it
+            // is live.
             unsafe { central.partial.push_front(span) };
-            s.in_partial = true;
         }
     }
     let span_bytes = central.spans * sizeclass::class_span_bytes(class);
@@ -323,7 +347,7 @@ pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
         }
         for (first, count) in deep::runs(mask) {
             ranges[nranges] = (s.base + first * os_page, count * os_page);
-            owners[nranges] = (span, ((1u64 << count) - 1) << first);
+            owners[nranges] = (span, deep::run_mask(first, count));
             nranges += 1;
         }
         looked += 1;

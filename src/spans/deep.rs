@@ -97,6 +97,18 @@ pub fn count_runs(mask: u64) -> usize {
     (mask & !(mask << 1)).count_ones() as usize
 }
 
+/// The mask of `count` bits from bit `first` (`first + count <= 64`): a
+/// run that [`runs`] found. A run may be all 64 bits (a span of 64 OS
+/// pages), where `1 << count` would overflow.
+pub fn run_mask(first: usize, count: usize) -> u64 {
+    debug_assert!(first + count <= 64);
+    if count == 0 {
+        0
+    } else {
+        (u64::MAX >> (64 - count)) << first
+    }
+}
+
 /// Runs of set bits in `mask`, lowest first, as `(first bit, length)`.
 pub fn runs(mut mask: u64) -> impl Iterator<Item = (usize, usize)> {
     core::iter::from_fn(move || {
@@ -317,6 +329,9 @@ mod tests {
                 }
             }
             assert_eq!(runs(mask).collect::<Vec<_>>(), naive, "{mask:#x}");
+            // The runs' masks put back together are the mask (this covers
+            // the run of all 64 bits, round 1).
+            assert_eq!(runs(mask).fold(0, |m, (first, count)| m | run_mask(first, count)), mask, "{mask:#x}");
             assert_eq!(count_runs(mask), naive.len(), "{mask:#x}");
         }
     }
