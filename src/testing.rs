@@ -11,7 +11,7 @@
 #[cfg(loom)]
 pub use crate::scavenge::index::ScavengeIndex;
 #[cfg(loom)]
-pub use crate::sync::Mutex;
+pub use crate::sync::{Mutex, Parker};
 
 #[cfg(not(loom))]
 pub use imp::*;

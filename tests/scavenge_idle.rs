@@ -106,9 +106,16 @@ fn print_timeline(samples: &[Sample]) {
 /// kept, retained memory near the pages in use (the free runs between
 /// them given back). Also the scavenger's own goal: retained memory at most
 /// its goal. `None` if it holds, else why not.
-fn short_of_goal(pattern: Pattern, s: &Sample, live: usize, outside_heap: usize) -> Option<String> {
+///
+/// `moving_goal`: also hold retained memory to the scavenger's own goal,
+/// which is right only while the goal is still where it was. The goal
+/// follows the peak of a one-second window, so for a moment after the burst
+/// it can fall below what was just met (on a loaded machine the scavenger
+/// meets the higher goal first); what must then hold is the outcome bound,
+/// which does not move.
+fn short_of_goal(pattern: Pattern, s: &Sample, live: usize, outside_heap: usize, moving_goal: bool) -> Option<String> {
     let ps = support::page_size();
-    if s.retained > s.goal.saturating_add(ps) {
+    if moving_goal && s.retained > s.goal.saturating_add(ps) {
         return Some(format!("retained {} MiB over the goal {} MiB", s.retained / MIB, s.goal / MIB));
     }
     match pattern {
@@ -178,7 +185,7 @@ fn burst_idle(pattern: Pattern) {
     let mut samples = Vec::with_capacity(1024);
     let reached = loop {
         let s = sample(start);
-        let short = short_of_goal(pattern, &s, live, outside_heap);
+        let short = short_of_goal(pattern, &s, live, outside_heap, true);
         samples.push(s);
         match short {
             None => break start.elapsed(),
@@ -191,7 +198,7 @@ fn burst_idle(pattern: Pattern) {
     while start.elapsed() < reached + AFTER_GOAL {
         std::thread::sleep(Duration::from_millis(100));
         let s = sample(start);
-        if let Some(why) = short_of_goal(pattern, &s, live, outside_heap) {
+        if let Some(why) = short_of_goal(pattern, &s, live, outside_heap, false) {
             panic!("at {:?}, after the goal was reached at {reached:?}: {why}", s.at);
         }
         assert_rss_within_retained(&s, outside_heap);

@@ -34,7 +34,7 @@
 //! All its state but a few published figures lives on its own stack.
 
 use core::fmt::Write;
-use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::controller::PiController;
 use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
@@ -42,6 +42,7 @@ use super::{release, released_by, DeepOutcome, Path};
 use crate::os;
 use crate::pages::heap::HEAP;
 use crate::report::LineBuf;
+use crate::sync::Parker;
 use crate::scavenge;
 
 const NOT_STARTED: u32 = 0;
@@ -50,11 +51,11 @@ const RUNNING: u32 = 2;
 const FAILED: u32 = 3;
 
 static STATE: AtomicU32 = AtomicU32::new(NOT_STARTED);
-/// The futex word the thread sleeps on: wakers set it to 1.
-static PARK: AtomicU32 = AtomicU32::new(0);
-/// Whether the thread is parked with no deadline (so a waker must wake it);
-/// a thread parked until its next tick wakes itself.
-static PARKED: AtomicBool = AtomicBool::new(false);
+/// Where the thread parks with no deadline, until a waker wakes it (a
+/// thread that naps until its next tick wakes itself).
+static PARKER: Parker = Parker::new();
+/// The futex word timed naps sleep on; nobody wakes it.
+static NAP: AtomicU32 = AtomicU32::new(0);
 
 /// CPU time the thread has spent working, in nanoseconds.
 static CPU_NS: AtomicU64 = AtomicU64::new(0);
@@ -220,12 +221,9 @@ fn run_deferred_slow() {
             ));
         }
     }
-    // Pairs with the fence in `Scavenger::park_inner`: either this thread
-    // sees the scavenger parked, or the scavenger sees the retained memory
-    // (and the frees) that led here, and does not sleep. Without it the
-    // load of `PARKED` below could be ordered before the counters' updates
-    // and both sides miss each other.
-    fence(Ordering::SeqCst);
+    // The wake below asks `PARKER.is_parked()`, whose fence pairs with the
+    // parking thread's: either it is seen parked, or it sees the retained
+    // memory (and the frees) that led here and does not sleep.
     if wanted & WANT_WAKE != 0 {
         wake_now();
     }
@@ -244,16 +242,18 @@ fn wake_now() {
     }
     match STATE.load(Ordering::SeqCst) {
         NOT_STARTED => start(),
-        RUNNING if PARKED.load(Ordering::SeqCst) => wake_parked(),
+        RUNNING if PARKER.is_parked() => PARKER.wake(),
         _ => {}
     }
 }
 
-/// The nudge itself, rate-limited to once a second.
+/// The nudge itself, rate-limited to once a second: starts the thread, or
+/// wakes it if it is parked. A running thread that is awake sees the nudge
+/// (its time) when it next parks, and looks again every quarter second for
+/// two seconds instead of parking for good.
 fn nudge_now() {
     let state = STATE.load(Ordering::SeqCst);
-    let parked = state == RUNNING && PARKED.load(Ordering::SeqCst);
-    if !(state == NOT_STARTED || parked) {
+    if state != NOT_STARTED && state != RUNNING {
         return;
     }
     let now = os::coarse_ms();
@@ -265,13 +265,15 @@ fn nudge_now() {
     }
     match state {
         NOT_STARTED => start(),
-        _ => wake_parked(),
+        _ if PARKER.is_parked() => PARKER.wake(),
+        _ => {}
     }
 }
 
-fn wake_parked() {
-    PARK.store(1, Ordering::SeqCst);
-    os::futex_wake(&PARK, 1);
+/// Whether a nudge came in the last two seconds: frees are under way that
+/// the rate limit may have kept from reaching the thread.
+fn nudged_lately() -> bool {
+    os::coarse_ms().saturating_sub(LAST_NUDGE.load(Ordering::Relaxed)) < 2000
 }
 
 #[cold]
@@ -286,29 +288,25 @@ fn start() {
 /// In a forked child: the thread did not survive the fork; let the next
 /// free start a new one.
 pub(crate) fn after_fork_child() {
-    PARKED.store(false, Ordering::Relaxed);
+    PARKER.reset();
     // Let the child's first entry point look at the goal afresh.
     WANTED.store(WANT_WAKE, Ordering::Relaxed);
-    PARK.store(0, Ordering::Relaxed);
     if STATE.load(Ordering::Relaxed) != FAILED {
         STATE.store(NOT_STARTED, Ordering::Relaxed);
     }
 }
 
 /// Sleeps for `ns` nanoseconds (wakers do not cut it short: they only wake
-/// a thread parked without a deadline). The futex word is reset first, or a
-/// wake-up left over from an earlier park would end every later sleep at
-/// once and turn the thread into a busy loop.
+/// a thread parked without a deadline), on a futex word of its own that
+/// nobody wakes.
 fn nap(ns: u64) {
-    PARK.store(0, Ordering::SeqCst);
     let deadline = os::monotonic_ns().saturating_add(ns);
     loop {
         let now = os::monotonic_ns();
         if now >= deadline {
             return;
         }
-        os::futex_wait_timeout(&PARK, 0, deadline - now);
-        PARK.store(0, Ordering::SeqCst);
+        os::futex_wait_timeout(&NAP, 0, deadline - now);
     }
 }
 
@@ -536,8 +534,7 @@ impl Scavenger {
     fn park_inner(&mut self, goal: usize, goal_may_fall: bool) {
         // A nudge in the last two seconds means frees are under way that
         // the rate limit may have kept from reaching us: look again soon.
-        let nudged_lately = os::coarse_ms().saturating_sub(LAST_NUDGE.load(Ordering::Relaxed)) < 2000;
-        if nudged_lately && !goal_may_fall {
+        if nudged_lately() && !goal_may_fall {
             nap(SLOT_NS);
             return;
         }
@@ -546,19 +543,13 @@ impl Scavenger {
             nap(until_tick);
             return;
         }
-        PARK.store(0, Ordering::SeqCst);
-        PARKED.store(true, Ordering::SeqCst);
-        // A free between our goal check and `PARKED` saw us awake and did
-        // not wake us: look once more before sleeping. The fence pairs with
-        // the one in `run_deferred_slow`: the counters are read after
-        // `PARKED` is visible, so a waker either sees us parked or we see
-        // what it freed (the counters themselves are relaxed atomics).
-        fence(Ordering::SeqCst);
-        let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
-        if scavenge::retained() <= goal.saturating_add(os::page_size()) {
-            os::futex_wait(&PARK, 0);
-        }
-        PARKED.store(false, Ordering::SeqCst);
+        // A free or a nudge between our checks and the announcement saw us
+        // awake and did not wake us: the parker looks once more, after the
+        // announcement, before sleeping.
+        PARKER.park_unless(|| {
+            let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
+            scavenge::retained() > goal.saturating_add(os::page_size()) || nudged_lately()
+        });
     }
 
     /// Prints one trace line, at the end of a cycle of work (when the

@@ -11,8 +11,10 @@
 //! the futex and nothing else.
 
 mod mutex;
+mod parker;
 
 pub use mutex::{Mutex, MutexGuard};
+pub use parker::Parker;
 #[cfg(all(feature = "testing", not(loom)))]
 pub(crate) use mutex::held::count as held_locks;
 
@@ -20,9 +22,9 @@ pub(crate) use mutex::held::count as held_locks;
 /// `cfg(loom)`.
 pub mod atomic {
     #[cfg(not(loom))]
-    pub use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+    pub use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
     #[cfg(loom)]
-    pub use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+    pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 }
 
 /// Blocking on an atomic word: the kernel's futex in a normal build.
