@@ -58,11 +58,9 @@ unsafe impl GlobalAlloc for Scavalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !checking() {
-            if let Some(class) = fast_class(&layout) {
-                let p = cache::pop(class);
-                if !p.is_null() {
-                    return p;
-                }
+            let p = fast_pop(&layout);
+            if !p.is_null() {
+                return p;
             }
         }
         // Also the process's first allocation, which finds the mode only
@@ -115,13 +113,21 @@ unsafe impl GlobalAlloc for Scavalloc {
 /// marks every object itself, in either mode.
 #[inline(always)]
 pub(crate) fn alloc_unmarked(layout: Layout) -> *mut u8 {
-    if let Some(class) = fast_class(&layout) {
-        let p = cache::pop(class);
-        if !p.is_null() {
-            return p;
-        }
+    let p = fast_pop(&layout);
+    if !p.is_null() {
+        return p;
     }
     alloc_slow_unmarked(layout)
+}
+
+/// The allocation fast path: an object from the thread's cache if the
+/// layout takes it, else null.
+#[inline(always)]
+fn fast_pop(layout: &Layout) -> *mut u8 {
+    match fast_class(layout) {
+        Some(class) => cache::pop(class),
+        None => core::ptr::null_mut(),
+    }
 }
 
 #[cold]

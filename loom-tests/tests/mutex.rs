@@ -8,12 +8,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
 use scavalloc::testing::Mutex;
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(f);
-}
+use scavalloc_loom_tests::model;
 
 #[test]
 fn two_threads_increment_under_the_lock() {

@@ -9,12 +9,7 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use scavalloc::testing::Parker;
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(f);
-}
+use scavalloc_loom_tests::model;
 
 /// One waker, one sleeper that parks once unless it finds the work.
 #[test]

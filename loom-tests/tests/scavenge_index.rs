@@ -7,12 +7,7 @@ use loom::sync::atomic::AtomicU8;
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 use scavalloc::testing::ScavengeIndex;
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(f);
-}
+use scavalloc_loom_tests::model;
 
 /// An index over chunks 0..16 with its own storage; marks and clears are
 /// serialised by `lock`, as the heap lock does in the allocator.

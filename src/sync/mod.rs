@@ -13,7 +13,9 @@
 mod mutex;
 mod parker;
 
-pub use mutex::{Mutex, MutexGuard};
+pub use mutex::Mutex;
+#[cfg(not(loom))]
+pub use mutex::MutexGuard;
 pub use parker::Parker;
 #[cfg(all(feature = "testing", not(loom)))]
 pub(crate) use mutex::held::count as held_locks;
