@@ -35,6 +35,12 @@ mod imp {
         crate::os::page_size()
     }
 
+    /// Heap pages a release has taken out of the heap right now, for its
+    /// `madvise` (none, in a child just after `fork`).
+    pub fn pages_being_released() -> usize {
+        crate::pages::heap::HEAP.lock().pages().pages_releasing()
+    }
+
     /// The scavenger's CPU budget in percent of the machine
     /// (`SCAVALLOC_SCAVENGE_PERCENT`).
     pub fn scavenge_percent() -> f64 {
