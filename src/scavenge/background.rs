@@ -242,7 +242,10 @@ fn wake_now() {
     }
     match STATE.load(Ordering::SeqCst) {
         NOT_STARTED => start(),
-        RUNNING if PARKER.is_parked() => PARKER.wake(),
+        FAILED => {}
+        // Also while the thread is being started: it may already run, and
+        // park, before its starter marks it running.
+        _ if PARKER.is_parked() => PARKER.wake(),
         _ => {}
     }
 }
@@ -253,7 +256,7 @@ fn wake_now() {
 /// two seconds instead of parking for good.
 fn nudge_now() {
     let state = STATE.load(Ordering::SeqCst);
-    if state != NOT_STARTED && state != RUNNING {
+    if state == FAILED {
         return;
     }
     let now = os::coarse_ms();
