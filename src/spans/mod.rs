@@ -247,38 +247,37 @@ pub fn owner(ptr: *mut u8, what: &str) -> Owner {
 /// free that skipped the check let an object be handed out twice).
 #[inline]
 pub fn hand_to_user(ptr: *mut u8) {
-    let addr = ptr as usize;
-    let span = pagemap::lookup(addr);
-    if span.is_null() {
-        return;
-    }
-    // SAFETY: a non-null entry is a record; its fields are read by value.
-    let (kind, base, class) = unsafe { ((*span).kind, (*span).base, (*span).class as usize) };
-    if kind != span::SpanKind::Small {
-        return;
-    }
-    let index = sizeclass::object_index(class, addr - base);
-    // SAFETY: a fresh object of this span, so `index` is one of its objects.
-    if unsafe { span::mark_user(span, index) } {
-        handed_out_twice(addr);
+    if let Some((span, index)) = small_object(ptr) {
+        // SAFETY: `index` is an object of the record `span`.
+        if unsafe { span::mark_user(span, index) } {
+            handed_out_twice(ptr as usize);
+        }
     }
 }
 
 /// Clears the user mark of the small object at `ptr`, if it has one
 /// (before it is freed by a path that does not check marks).
 fn forget_user(ptr: *mut u8) {
+    if let Some((span, index)) = small_object(ptr) {
+        // SAFETY: `index` is an object of the record `span`.
+        unsafe { span::unmark_user(span, index) };
+    }
+}
+
+/// The span record and object index of `ptr`, an object this layer handed
+/// out and still live, if it is a small one (`None` for null and for large
+/// objects).
+#[inline]
+fn small_object(ptr: *mut u8) -> Option<(*mut span::Span, usize)> {
     let addr = ptr as usize;
     let span = pagemap::lookup(addr);
     if span.is_null() {
-        return;
+        return None;
     }
-    // SAFETY: a non-null entry is a record; its fields are read by value.
+    // SAFETY: a non-null entry is a record; its fields are read by value,
+    // and do not change while an object of the span is live.
     let (kind, base, class) = unsafe { ((*span).kind, (*span).base, (*span).class as usize) };
-    if kind == span::SpanKind::Small {
-        let index = sizeclass::object_index(class, addr - base);
-        // SAFETY: an object of this span, still held by the caller.
-        unsafe { span::unmark_user(span, index) };
-    }
+    (kind == span::SpanKind::Small).then(|| (span, sizeclass::object_index(class, addr - base)))
 }
 
 #[cold]
