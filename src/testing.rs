@@ -19,7 +19,8 @@ pub use imp::*;
 #[cfg(not(loom))]
 mod imp {
     pub use crate::pages::{PageAlloc, PageRun, CHUNK_BYTES, CHUNK_PAGES, PAGE_SIZE};
-    pub use crate::spans::cache::{bin_capacity, MAX_CACHED_BYTES_PER_THREAD};
+    pub use crate::spans::cache::{bin_capacity, home_capacity, MAX_CACHED_BYTES_PER_THREAD};
+    pub use crate::spans::central::object_is_free;
     pub use crate::spans::class_for;
     pub use crate::spans::sizeclass::{class_objects, class_size, size_to_class, NUM_CLASSES};
 

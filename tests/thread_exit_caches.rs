@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 
-use scavalloc::testing::{bin_capacity, MAX_CACHED_BYTES_PER_THREAD};
+use scavalloc::testing::{bin_capacity, home_capacity, MAX_CACHED_BYTES_PER_THREAD};
 use scavalloc::testing::{class_size, size_to_class, NUM_CLASSES};
 
 mod support;
@@ -76,13 +76,18 @@ fn thread_body(t: usize) {
         assert!(b.iter().all(|&x| x == i as u8));
     }
     drop(v);
-    // Leave objects of three classes in the cache on purpose.
+    // Leave objects of three classes in the cache on purpose, for the exit
+    // to flush. The thread keeps those of the span it owns and holds the
+    // rest on their way home (a buffer sent back when full), so how many
+    // stay depends on where the objects came from; some always do (no
+    // count here is a multiple of its class's buffer size, so the objects
+    // cannot all have left in full buffers).
     for (size, n) in [(64usize, 100usize), (512, 20), (4096, 3)] {
+        let class = size_to_class(size).unwrap();
         let objs: Vec<Box<[u8]>> = (0..n).map(|_| vec![1u8; size].into_boxed_slice()).collect();
         drop(objs);
-        let class = size_to_class(size).unwrap();
         let cached = scavalloc::stats().classes[class].cached;
-        assert!(cached >= n.min(bin_capacity(class)), "thread {t}: only {cached} objects of {size} bytes cached");
+        assert!(cached > 0, "thread {t}: no object of {size} bytes cached after freeing {n}");
     }
     // Objects freed by the thread-local destructor.
     KEEP.with(|k| {
@@ -147,7 +152,7 @@ fn short_lived_threads_strand_nothing() {
     for c in 0..NUM_CLASSES {
         let cs = after.classes[c];
         assert!(
-            cs.cached <= others * bin_capacity(c),
+            cs.cached <= others * (bin_capacity(c) + home_capacity(c)),
             "class {c} ({} bytes): {} objects cached by {others} other live threads",
             class_size(c),
             cs.cached

@@ -2,19 +2,36 @@
 //!
 //! Each thread has, per size class, a stack of free object addresses. The
 //! allocation fast path pops from it and the free fast path pushes onto it:
-//! a thread-local load, one compare and two plain stores, with no atomic
-//! read-modify-write and no lock. When a stack runs dry it is refilled from
-//! the class's central list with a batch (half its capacity); when it is
-//! full, its older half goes back in one batch. An object freed by another
-//! thread than the one that allocated it simply lands in the freeing
-//! thread's cache, so a cross-thread free costs the same as a local one.
+//! a thread-local load, two compares and two plain stores, with no atomic
+//! read-modify-write and no lock.
+//!
+//! # Objects go home
+//!
+//! A thread *owns* one span per class (see [`central::refill_owned`]): its
+//! stack holds only objects of that span, and no other thread hands out
+//! objects of it. The free fast path keeps an object only if it lies in
+//! the thread's own span (one subtraction and compare against the span's
+//! range); any other object, freed here but from another span (allocated
+//! by another thread, or from a span this thread owned before), goes into
+//! the class's *home-bound* buffer, and the buffer goes back to the
+//! objects' spans in one batch, under one lock, when it fills. So an object
+//! is never handed out again by a thread that did not take it from its
+//! span, and objects that share a cache line are handed to one thread at a
+//! time: two threads that free each other's objects do not end up writing
+//! to one cache line (passive false sharing), and a thread that only frees
+//! (a consumer) does not hoard what another thread allocates.
+//!
+//! When a stack runs dry it is refilled from the thread's span, or from a
+//! new span it takes over; when it is full, its older half goes back to the
+//! span in one batch.
 //!
 //! # Bounds
 //!
-//! A class's stack holds `clamp(16 KiB / size, 4, 256)` objects, so a thread
-//! never caches more than [`MAX_CACHED_BYTES_PER_THREAD`] bytes of objects
-//! (about 1.95 MiB over all classes, plus 416 KiB of freed large objects; in
-//! practice only the classes it uses, filled to half).
+//! A class's stack holds `clamp(16 KiB / size, 4, 256)` objects and its
+//! home-bound buffer `clamp(8 KiB / size, 2, 128)`, so a thread never caches
+//! more than [`MAX_CACHED_BYTES_PER_THREAD`] bytes of objects (about 2.9 MiB
+//! over all classes, plus 416 KiB of freed large objects; in practice only
+//! the classes it uses), besides the free objects of the spans it owns.
 //!
 //! # Set-up and thread exit
 //!
@@ -22,14 +39,15 @@
 //! room, so its first allocation takes the slow path, which attaches a real
 //! cache without allocating through the global allocator: caches come from
 //! persistent memory and are reused after their threads exit. A pthread key
-//! destructor flushes the cache back to the central lists when the thread
-//! exits and points the thread at a second empty cache, the *dead* one: any
-//! allocation or free that a later TLS destructor makes goes straight to the
-//! central lists, so nothing is stranded.
+//! destructor flushes the cache back to the central lists (and gives up the
+//! thread's spans) when the thread exits, and points the thread at a second
+//! empty cache, the *dead* one: any allocation or free that a later TLS
+//! destructor makes goes straight to the central lists, so nothing is
+//! stranded.
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::Span;
@@ -44,29 +62,47 @@ const MIN_SLOTS: usize = 4;
 /// Most slots a class's stack has.
 const MAX_SLOTS: usize = 256;
 
-/// Slots in the stack of `class`.
-pub const fn bin_capacity(class: usize) -> usize {
-    let n = BIN_BYTES / sizeclass::class_size(class);
-    if n < MIN_SLOTS {
-        MIN_SLOTS
-    } else if n > MAX_SLOTS {
-        MAX_SLOTS
+/// Target bytes of objects in a class's home-bound buffer: a batch sent
+/// home under one lock.
+const HOME_BYTES: usize = 8 << 10;
+/// Fewest slots a home-bound buffer has: objects of 4 KiB and more go
+/// home in pairs, where the lock round trip is small beside the object.
+const MIN_HOME_SLOTS: usize = 2;
+/// Most slots a home-bound buffer has.
+const MAX_HOME_SLOTS: usize = 128;
+
+const fn clamp_slots(n: usize, min: usize, max: usize) -> usize {
+    if n < min {
+        min
+    } else if n > max {
+        max
     } else {
         n
     }
+}
+
+/// Slots in the stack of `class`.
+pub const fn bin_capacity(class: usize) -> usize {
+    clamp_slots(BIN_BYTES / sizeclass::class_size(class), MIN_SLOTS, MAX_SLOTS)
+}
+
+/// Slots in the home-bound buffer of `class`.
+pub const fn home_capacity(class: usize) -> usize {
+    clamp_slots(HOME_BYTES / sizeclass::class_size(class), MIN_HOME_SLOTS, MAX_HOME_SLOTS)
 }
 
 const fn slot_offsets() -> [usize; NUM_CLASSES + 1] {
     let mut off = [0; NUM_CLASSES + 1];
     let mut c = 0;
     while c < NUM_CLASSES {
-        off[c + 1] = off[c] + bin_capacity(c);
+        off[c + 1] = off[c] + bin_capacity(c) + home_capacity(c);
         c += 1;
     }
     off
 }
 
-/// Where each class's slots start in a cache's slot array.
+/// Where each class's slots (its stack's, then its home-bound buffer's)
+/// start in a cache's slot array.
 const SLOT_OFFSETS: [usize; NUM_CLASSES + 1] = slot_offsets();
 const TOTAL_SLOTS: usize = SLOT_OFFSETS[NUM_CLASSES];
 
@@ -76,7 +112,7 @@ pub const MAX_CACHED_BYTES_PER_THREAD: usize = {
     let mut total = 0;
     let mut c = 0;
     while c < NUM_CLASSES {
-        total += bin_capacity(c) * sizeclass::class_size(c);
+        total += (bin_capacity(c) + home_capacity(c)) * sizeclass::class_size(c);
         c += 1;
     }
     total
@@ -148,12 +184,36 @@ struct Bin {
     cap: u32,
     /// The stack's storage: `cap` slots.
     slots: *mut *mut u8,
+    /// The thread's own span of this class: its first object's address
+    /// and the bytes its objects cover (0 without one). An object is kept
+    /// on the stack only if `object - span_base < span_len`. Only the
+    /// owning thread reads or writes these (atomics with plain loads and
+    /// stores, for the shared empty caches' `Sync`).
+    span_base: AtomicUsize,
+    span_len: AtomicUsize,
+}
+
+/// One class's buffer of objects on their way home: freed by this thread
+/// but from other spans than its own.
+#[repr(C)]
+struct HomeBound {
+    /// Objects in the buffer (atomic for the same reason as `Bin::count`).
+    count: AtomicU32,
+    /// Slots available.
+    cap: u32,
+    /// The buffer's storage: `cap` slots.
+    slots: *mut *mut u8,
 }
 
 /// A thread's cache.
 #[repr(C)]
 pub struct ThreadCache {
     bins: [Bin; NUM_CLASSES],
+    /// Per class, objects freed here that go back to other spans.
+    home: [HomeBound; NUM_CLASSES],
+    /// Per class, the span this thread owns (null: none). Only the owning
+    /// thread uses these.
+    owned: [AtomicPtr<Span>; NUM_CLASSES],
     /// Freed large objects of `LARGE_MIN_PAGES..=LARGE_MAX_PAGES` pages,
     /// [`LARGE_PER_SIZE`] per page count, kept for this thread's next large
     /// allocation of the same page count (null: empty). Atomics for the same
@@ -167,13 +227,24 @@ pub struct ThreadCache {
 /// A cache that lives in a static: the shared empty ones.
 struct StaticCache(ThreadCache);
 
-// SAFETY: the static caches have zero capacity everywhere, so nothing ever
-// writes to them: their counts stay 0 and their slots are never touched.
+// SAFETY: the static caches have zero capacity everywhere and no span, so
+// nothing ever writes to them: their counts stay 0, their slots are never
+// touched and their spans stay null.
 unsafe impl Sync for StaticCache {}
 
 const fn empty_cache() -> StaticCache {
     StaticCache(ThreadCache {
-        bins: [const { Bin { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
+        bins: [const {
+            Bin {
+                count: AtomicU32::new(0),
+                cap: 0,
+                slots: ptr::null_mut(),
+                span_base: AtomicUsize::new(0),
+                span_len: AtomicUsize::new(0),
+            }
+        }; NUM_CLASSES],
+        home: [const { HomeBound { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
+        owned: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_CLASSES],
         large: [const { AtomicPtr::new(ptr::null_mut()) }; LARGE_SLOTS],
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
@@ -217,14 +288,18 @@ pub fn pop(class: usize) -> *mut u8 {
     unsafe { *bin.slots.add(n as usize - 1) }
 }
 
-/// Pushes a freed object of `class`; false when the stack is full (the
-/// caller then takes [`dealloc_slow`]).
+/// Pushes a freed object of `class` if it belongs to the thread's own
+/// span; false when it does not, or the stack is full (the caller then
+/// takes [`dealloc_slow`]).
 #[inline(always)]
 pub fn push(class: usize, object: *mut u8) -> bool {
     // SAFETY: as in `pop`.
     let bin = unsafe { &*(*current()).bins.as_ptr().add(class) };
     let n = bin.count.load(Ordering::Relaxed);
-    if n >= bin.cap {
+    // Below the span's base the subtraction wraps to a huge offset, which
+    // the bound rejects too; the empty caches' length is 0.
+    let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
+    if n >= bin.cap || offset >= bin.span_len.load(Ordering::Relaxed) {
         return false;
     }
     // The cheapest double-free check there is: the same object freed twice
@@ -248,32 +323,43 @@ fn double_free(object: *mut u8) -> ! {
     crate::report::fatal(format_args!("double free of {:#x}", object as usize))
 }
 
-/// The allocation slow path: refills the stack of `class` (attaching a
-/// cache first if the thread has none) and returns an object, or null when
-/// the OS refuses memory.
+/// The allocation slow path: refills the stack of `class` from the
+/// thread's own span, or a span it takes over (attaching a cache first if
+/// the thread has none), and returns an object, or null when the OS
+/// refuses memory.
 #[cold]
 pub fn alloc_slow(class: usize) -> *mut u8 {
     let Some(cache) = attached_cache() else {
         let mut one = [ptr::null_mut(); 1];
-        central::refill(class, &mut one);
+        central::refill_unowned(class, &mut one);
         return one[0];
     };
     // SAFETY: `cache` is this thread's own cache.
-    let bin = unsafe { &(*cache).bins[class] };
-    let n = bin.count.load(Ordering::Relaxed) as usize;
-    if n == 0 {
-        let batch = (bin.cap as usize / 2).max(1);
-        // SAFETY: the stack's storage has `cap >= batch` slots owned by
-        // this thread.
-        let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, batch) };
-        let got = central::refill(class, slots);
+    let (bin, owned) = unsafe { (&(*cache).bins[class], &(*cache).owned[class]) };
+    if bin.count.load(Ordering::Relaxed) == 0 {
+        // SAFETY: the stack's storage has `cap` slots owned by this thread.
+        let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, bin.cap as usize) };
+        let mut span = owned.load(Ordering::Relaxed);
+        let got = central::refill_owned(class, &mut span, slots);
+        owned.store(span, Ordering::Relaxed);
+        let (base, len) = if span.is_null() {
+            (0, 0)
+        } else {
+            // SAFETY: a span this thread owns: a live record whose base
+            // and class do not change while it is owned.
+            unsafe { ((*span).base, (*span).nobjects as usize * sizeclass::class_size(class)) }
+        };
+        bin.span_base.store(base, Ordering::Relaxed);
+        bin.span_len.store(len, Ordering::Relaxed);
         bin.count.store(got as u32, Ordering::Relaxed);
     }
     pop(class)
 }
 
-/// The free slow path: makes room in the stack of `class` by giving its
-/// older half back to the central list, then pushes `object`.
+/// The free slow path. An object of the thread's own span makes room in
+/// the stack (its older half goes back to the span) and is pushed; any
+/// other object goes into the class's home-bound buffer, which is sent
+/// home when full.
 #[cold]
 pub fn dealloc_slow(class: usize, object: *mut u8) {
     let Some(cache) = attached_cache() else {
@@ -282,6 +368,12 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     };
     // SAFETY: `cache` is this thread's own cache.
     let bin = unsafe { &(*cache).bins[class] };
+    let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
+    if offset >= bin.span_len.load(Ordering::Relaxed) {
+        // SAFETY: `cache` is this thread's own cache.
+        send_home(unsafe { &(*cache).home[class] }, class, object);
+        return;
+    }
     let n = bin.count.load(Ordering::Relaxed) as usize;
     if n >= bin.cap as usize {
         let half = (n / 2).max(1);
@@ -293,6 +385,26 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     }
     if !push(class, object) {
         central::give_back(class, &[object]);
+    }
+}
+
+/// Adds `object` to a home-bound buffer of the calling thread, sending the
+/// buffer's objects back to their spans when it is full.
+fn send_home(home: &HomeBound, class: usize, object: *mut u8) {
+    let n = home.count.load(Ordering::Relaxed) as usize;
+    // SAFETY: `slots[0..n]` are this thread's initialised entries, and the
+    // buffer has `cap > n` slots (it is sent home as soon as it is full).
+    let buffer = unsafe { core::slice::from_raw_parts_mut(home.slots, home.cap as usize) };
+    // The same object freed twice in a row is caught here, as on the stack.
+    if n > 0 && buffer[n - 1] == object {
+        double_free(object);
+    }
+    buffer[n] = object;
+    if n + 1 == buffer.len() {
+        central::give_back(class, buffer);
+        home.count.store(0, Ordering::Relaxed);
+    } else {
+        home.count.store(n as u32 + 1, Ordering::Relaxed);
     }
 }
 
@@ -323,12 +435,25 @@ unsafe fn flush(cache: *const ThreadCache) {
     }
     for class in 0..NUM_CLASSES {
         // SAFETY: per the contract the cache is ours.
-        let bin = unsafe { &(*cache).bins[class] };
+        let (bin, home, owned) = unsafe { (&(*cache).bins[class], &(*cache).home[class], &(*cache).owned[class]) };
         let n = bin.count.load(Ordering::Relaxed) as usize;
-        if n > 0 {
-            // SAFETY: `slots[0..n]` are initialised entries.
-            central::give_back(class, unsafe { core::slice::from_raw_parts(bin.slots, n) });
-            bin.count.store(0, Ordering::Relaxed);
+        // SAFETY: `slots[0..n]` are initialised entries.
+        let stack = unsafe { core::slice::from_raw_parts(bin.slots, n) };
+        let span = owned.swap(ptr::null_mut(), Ordering::Relaxed);
+        if !span.is_null() {
+            // Every object on the stack is from the thread's own span.
+            central::give_up_owned(class, span, stack);
+        } else if n > 0 {
+            central::give_back(class, stack);
+        }
+        bin.count.store(0, Ordering::Relaxed);
+        bin.span_base.store(0, Ordering::Relaxed);
+        bin.span_len.store(0, Ordering::Relaxed);
+        let h = home.count.load(Ordering::Relaxed) as usize;
+        if h > 0 {
+            // SAFETY: `slots[0..h]` are initialised entries.
+            central::give_back(class, unsafe { core::slice::from_raw_parts(home.slots, h) });
+            home.count.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -439,6 +564,9 @@ fn new_cache() -> Option<*mut ThreadCache> {
             let bin = &mut (*cache).bins[class];
             bin.cap = bin_capacity(class) as u32;
             bin.slots = slots.add(*offset);
+            let home = &mut (*cache).home[class];
+            home.cap = home_capacity(class) as u32;
+            home.slots = slots.add(*offset + bin_capacity(class));
         }
     }
     Some(cache)
@@ -498,7 +626,8 @@ pub fn cached_objects(class: usize) -> usize {
         // the list still; counts are atomics, so reading another thread's is
         // not a data race.
         unsafe {
-            total += (*cache).bins[class].count.load(Ordering::Relaxed) as usize;
+            total += (*cache).bins[class].count.load(Ordering::Relaxed) as usize
+                + (*cache).home[class].count.load(Ordering::Relaxed) as usize;
             cache = (*cache).next;
         }
     }
@@ -530,13 +659,17 @@ mod tests {
     fn capacities_and_bound() {
         assert_eq!(bin_capacity(0), 256);
         assert_eq!(bin_capacity(NUM_CLASSES - 1), 4);
+        assert_eq!(home_capacity(0), MAX_HOME_SLOTS);
+        assert_eq!(home_capacity(NUM_CLASSES - 1), MIN_HOME_SLOTS);
         let mut total = 0;
         for c in 0..NUM_CLASSES {
             let cap = bin_capacity(c);
             assert!((MIN_SLOTS..=MAX_SLOTS).contains(&cap));
-            total += cap * sizeclass::class_size(c);
+            let home = home_capacity(c);
+            assert!((MIN_HOME_SLOTS..=MAX_HOME_SLOTS).contains(&home));
+            total += (cap + home) * sizeclass::class_size(c);
         }
         assert_eq!(total, MAX_CACHED_BYTES_PER_THREAD);
-        const { assert!(MAX_CACHED_BYTES_PER_THREAD < 2 << 20) };
+        const { assert!(MAX_CACHED_BYTES_PER_THREAD < 3 << 20) };
     }
 }

@@ -3,14 +3,22 @@
 //! (Go's `mcentral`, with explicit frees in place of sweeping).
 //!
 //! Each class has its own lock, so threads working on different sizes never
-//! meet. A thread cache takes objects in batches ([`refill`]) and gives them
-//! back in batches ([`give_back`]); one lock round trip serves a whole batch.
-//! A span that becomes wholly free goes back to the page heap, where the
-//! scavenger can release it, except that each class keeps one such span
-//! aside as a spare: classes whose spans hold one to three objects would
-//! otherwise make and unmake a span (two page-heap round trips) for nearly
-//! every allocation. Spares cost at most one span per class (about 1.7 MiB
-//! over all classes) and [`release_spares`] gives them back.
+//! meet. A thread cache owns one span per class at a time and takes its
+//! objects in batches ([`refill_owned`]); an owned span is on no list, so
+//! no other thread hands out its objects. Objects come back in batches
+//! ([`give_back`]), to whatever span they belong to: one lock round trip
+//! serves a whole batch. A span that becomes wholly free (and is not owned)
+//! goes back to the page heap, where the scavenger can release it, except
+//! that each class keeps one such span aside as a spare: classes whose
+//! spans hold one to three objects would otherwise make and unmake a span
+//! (two page-heap round trips) for nearly every allocation. Spares cost at
+//! most one span per class (about 1.7 MiB over all classes) and
+//! [`release_spares`] gives them back.
+//!
+//! The partial list keeps spans *ready* for a new owner (at least
+//! [`ready_threshold`] free objects) at the front and sparse ones at the
+//! back, so a refill takes over a span only when it yields a batch worth a
+//! lock round trip.
 //!
 //! Lock order: a central lock may be held while taking the heap lock, never
 //! the other way round.
@@ -111,66 +119,216 @@ pub fn counts(class: usize) -> CentralCounts {
     CentralCounts { spans: c.spans, handed_out: c.handed_out, released: c.released, give_backs: c.give_backs }
 }
 
-/// Hands out up to `out.len()` objects of `class`, writing their addresses
-/// to `out`; returns how many. Fewer than asked (even none) only when the
-/// OS refuses memory for a new span.
-pub fn refill(class: usize, out: &mut [*mut u8]) -> usize {
+/// The fewest free objects a span of `class` must have for a thread to
+/// take it over (see [`refill_owned`]): a thirty-second of the span, at
+/// least one. Spans with fewer wait at the back of the partial list until
+/// frees bring them over it, so that a thread's refill never yields a
+/// trickle of objects (one lock round trip for each), at the cost of at
+/// most a thirty-second of each partly used span's objects left unused.
+pub fn ready_threshold(class: usize) -> usize {
+    (sizeclass::class_objects(class) / 32).max(1)
+}
+
+/// Where a thread's objects of one class come from: the span it owns.
+///
+/// Takes up to `out.len()` objects for the calling thread's cache, writing
+/// their addresses to `out`, and returns how many. `*owned` is the span
+/// the thread owns for `class` (null if none): the objects come from it
+/// while it has at least [`ready_threshold`] free; otherwise it is given up
+/// (to the partial list if it has free objects) and the thread takes over
+/// another span: the head of the partial list if that one is ready, else
+/// the spare, else a new span, else (the OS refused memory) any partial
+/// span. `*owned` is updated to the span the objects came from. Fewer
+/// objects than asked (even none) only when the OS refuses memory.
+///
+/// While a thread owns a span, no one else hands out its objects: frees
+/// from other threads go back into its bitmap (see [`give_back`]) and wait
+/// for the owner's next refill. So objects that share a cache line are
+/// handed to one thread at a time.
+pub fn refill_owned(class: usize, owned: &mut *mut Span, out: &mut [*mut u8]) -> usize {
+    let threshold = ready_threshold(class);
+    let mut central = CENTRAL[class].0.lock();
+    let mut span = *owned;
+    if !span.is_null() {
+        // SAFETY: the thread's owned span is a live record of this class;
+        // its fields are guarded by the lock we hold.
+        let nfree = unsafe { (*span).nfree } as usize;
+        if nfree < threshold {
+            // SAFETY: as above; the span is owned, so on no list.
+            unsafe { central.disown(span) };
+            span = ptr::null_mut();
+        }
+    }
+    if span.is_null() {
+        span = central.adopt(class, threshold);
+        if span.is_null() {
+            *owned = ptr::null_mut();
+            return 0;
+        }
+    }
+    *owned = span;
+    // SAFETY: the span is owned by the calling thread and guarded by the
+    // class lock we hold; this is the only reference to it.
+    let got = unsafe { take_from(&mut central, span, out) };
+    central.handed_out += got;
+    got
+}
+
+/// Takes up to `out.len()` free objects of `span` (the caller's own, or
+/// one on no list), marking their pages as no longer released; returns
+/// how many.
+///
+/// # Safety
+///
+/// `span` is a live record of the class whose lock `central` is, on no
+/// list, and no reference to it is live.
+unsafe fn take_from(central: &mut Central, span: *mut Span, out: &mut [*mut u8]) -> usize {
+    let (taken, reclaimed) = {
+        // SAFETY: the contract.
+        let s = unsafe { &mut *span };
+        let taken = s.take_free(out);
+        s.refilled_ms = os::coarse_ms();
+        let reclaimed = if s.released != 0 { s.reclaim_pages(&out[..taken], os::page_size()) } else { 0 };
+        (taken, reclaimed)
+    };
+    if reclaimed != 0 {
+        central.released -= reclaimed;
+        scavenge::note_reclaimed_in_use(reclaimed);
+    }
+    taken
+}
+
+/// Hands out up to `out.len()` objects of `class` to a thread that has no
+/// cache (one that is exiting, or could not get one), from the partial
+/// list or a new span, without owning any span; returns how many.
+pub fn refill_unowned(class: usize, out: &mut [*mut u8]) -> usize {
     let mut central = CENTRAL[class].0.lock();
     let mut got = 0;
     while got < out.len() {
-        let mut span = central.partial.first();
-        if span.is_null() && !central.spare.is_empty() {
-            span = central.spare.first();
-            // SAFETY: the spare is on this class's spare list; it moves to
-            // the partial list under the lock we hold.
-            unsafe {
-                central.spare.remove(span);
-                central.partial.push_front(span);
-                (*span).in_partial = true;
-            }
-        }
+        let span = central.adopt(class, 1);
         if span.is_null() {
-            span = new_span(class);
-            if span.is_null() {
-                break;
-            }
-            central.spans += 1;
-            // SAFETY: a fresh record on no list; we hold the class lock.
-            unsafe { central.partial.push_front(span) };
-            // SAFETY: as above.
-            unsafe { (*span).in_partial = true };
+            break;
         }
-        // One discipline for span records: a reference to the record lives
-        // only in this block, and the lists (which reach the record through
-        // raw pointers) are touched only after it ends.
-        let (taken, reclaimed, now_full) = {
-            // SAFETY: spans on the partial list are live records of this
-            // class, guarded by the lock we hold; no other reference to the
-            // record exists while this one lives.
-            let s = unsafe { &mut *span };
-            let taken = s.take_free(&mut out[got..]);
-            s.refilled_ms = os::coarse_ms();
-            let reclaimed =
-                if s.released != 0 { s.reclaim_pages(&out[got..got + taken], os::page_size()) } else { 0 };
-            let now_full = s.nfree == 0;
-            if now_full {
-                s.in_partial = false;
-            }
-            (taken, reclaimed, now_full)
-        };
-        if reclaimed != 0 {
-            central.released -= reclaimed;
-            scavenge::note_reclaimed_in_use(reclaimed);
-        }
-        got += taken;
-        if now_full {
-            // SAFETY: the span was on the partial list (it was taken from
-            // it or pushed onto it above) and no reference to it is live.
-            unsafe { central.remove_partial(span) };
-        }
+        // SAFETY: `adopt` took the span off every list and marked it owned;
+        // we hold the class lock and no reference to it.
+        got += unsafe { take_from(&mut central, span, &mut out[got..]) };
+        // SAFETY: as above.
+        unsafe { central.disown(span) };
     }
     central.handed_out += got;
     got
+}
+
+/// Gives up the calling thread's span of `class` (at thread exit, or when
+/// its cache is flushed), after returning `objects` (the thread's cached
+/// objects of the class, all from that span) to it.
+pub fn give_up_owned(class: usize, span: *mut Span, objects: &[*mut u8]) {
+    let nudge = {
+        let mut central = CENTRAL[class].0.lock();
+        let nudge = central.put_objects(class, objects);
+        // SAFETY: the caller owned the span, a live record of this class,
+        // and gives it up here under the lock.
+        unsafe { central.disown(span) };
+        nudge
+    };
+    if nudge {
+        scavenge::background::nudge();
+    }
+}
+
+impl Central {
+    /// Finds a span for a thread to own: the head of the partial list if
+    /// it has at least `threshold` free objects, else the spare, else a new
+    /// span, else any span on the partial list; takes it off its list,
+    /// marks it owned and returns it (null when there is none and the OS
+    /// refuses memory).
+    fn adopt(&mut self, class: usize, threshold: usize) -> *mut Span {
+        let head = self.partial.first();
+        // SAFETY: spans on the partial list are live records of this class,
+        // guarded by the lock the caller holds (as `&mut self`).
+        let span = if !head.is_null() && unsafe { (*head).nfree } as usize >= threshold {
+            // SAFETY: as above; the head is on the partial list.
+            unsafe { self.remove_partial(head) };
+            head
+        } else if !self.spare.is_empty() {
+            let spare = self.spare.first();
+            // SAFETY: the spare is on this class's spare list.
+            unsafe { self.spare.remove(spare) };
+            spare
+        } else {
+            let fresh = new_span(class);
+            if !fresh.is_null() {
+                self.spans += 1;
+                fresh
+            } else if !head.is_null() {
+                // SAFETY: as above.
+                unsafe { self.remove_partial(head) };
+                head
+            } else {
+                return ptr::null_mut();
+            }
+        };
+        // SAFETY: the span is off every list; we hold its class lock.
+        unsafe {
+            (*span).in_partial = false;
+            (*span).owned = true;
+        }
+        span
+    }
+
+    /// Ends a thread's ownership of `span`: it joins the partial list if
+    /// it has free objects (at the front if it is ready for another owner),
+    /// the spares or the page heap if it is wholly free, and no list if it
+    /// is full.
+    ///
+    /// # Safety
+    ///
+    /// `span` is an owned, live record of this class, on no list, with no
+    /// live reference to it.
+    unsafe fn disown(&mut self, span: *mut Span) {
+        // SAFETY: the contract.
+        let (class, nfree, empty) = unsafe {
+            (*span).owned = false;
+            ((*span).class as usize, (*span).nfree as usize, (*span).is_empty())
+        };
+        if empty {
+            // SAFETY: the contract: off every list, unreferenced.
+            unsafe { self.retire_empty(span) };
+        } else if nfree > 0 {
+            // SAFETY: as above; the span goes on the partial list.
+            unsafe {
+                (*span).in_partial = true;
+                if nfree >= ready_threshold(class) {
+                    self.partial.push_front(span);
+                } else {
+                    self.partial.push_back(span);
+                }
+            }
+        }
+    }
+
+    /// A wholly free span leaves use: it becomes the spare if there is
+    /// room, else its pages go back to the page heap.
+    ///
+    /// # Safety
+    ///
+    /// `span` is a wholly free, unowned record of this class, on no list,
+    /// with no live reference to it.
+    unsafe fn retire_empty(&mut self, span: *mut Span) {
+        if self.spare.len() < SPARES {
+            // SAFETY: the span is on no list; the spare list is ours.
+            unsafe { self.spare.push_front(span) };
+            return;
+        }
+        // SAFETY: the contract.
+        let released = unsafe { (*span).released }.count_ones() as usize * os::page_size();
+        self.spans -= 1;
+        self.released -= released;
+        scavenge::note_reclaimed_in_use(released);
+        // SAFETY: the span is wholly free, off every list, and no pointer
+        // into it is live.
+        unsafe { release_span(span) };
+    }
 }
 
 /// Returns objects of `class` to their spans. A pointer that is not an
@@ -192,68 +350,118 @@ const NUDGE_FREE_BYTES: usize = 8 << 20;
 /// now hold more than [`NUDGE_FREE_BYTES`] of free, resident memory.
 fn give_back_locked(class: usize, objects: &[*mut u8]) -> bool {
     let mut central = CENTRAL[class].0.lock();
-    central.give_backs += 1;
-    for &p in objects {
-        let addr = p as usize;
-        let span = pagemap::lookup(addr);
-        // What the free does to the span, decided through a reference that
-        // lives only in this block; the lists, which reach the record
-        // through raw pointers, are changed after it ends (one discipline:
-        // never a live reference while the record is reached another way).
-        let (empty, was_in_partial, released) = {
-            // SAFETY: a non-null page-map entry points to a span record,
-            // which lives forever; a record of this class is guarded by our
-            // lock, and no other reference to it is live.
-            let s = match unsafe { span.as_mut() } {
-                Some(s) if s.kind == SpanKind::Small && s.class as usize == class => s,
-                Some(s) if s.kind == SpanKind::Small => fatal(format_args!(
-                    "free of {addr:#x} with a size of {} bytes, but it was allocated with {} (size mismatch or corruption)",
-                    sizeclass::class_size(class),
-                    sizeclass::class_size(s.class as usize)
-                )),
-                _ => fatal(format_args!("free of {addr:#x}, which scavalloc did not allocate (foreign pointer)")),
-            };
-            match s.put(addr) {
-                Ok(()) => {}
-                Err(PutError::AlreadyFree) => fatal(format_args!("double free of {addr:#x}")),
-                Err(PutError::NotAnObject) => {
-                    fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
+    central.put_objects(class, objects)
+}
+
+impl Central {
+    /// Returns `objects` to their spans (see [`give_back`]); returns
+    /// whether the class's spans now hold more than [`NUDGE_FREE_BYTES`]
+    /// of free, resident memory.
+    fn put_objects(&mut self, class: usize, objects: &[*mut u8]) -> bool {
+        self.give_backs += 1;
+        let threshold = ready_threshold(class);
+        for &p in objects {
+            let addr = p as usize;
+            let span = pagemap::lookup(addr);
+            // What the free does to the span, decided through a reference
+            // that lives only in this block; the lists, which reach the
+            // record through raw pointers, are changed after it ends (one
+            // discipline: never a live reference while the record is
+            // reached another way).
+            let (owned, empty, was_in_partial, nfree) = {
+                // SAFETY: a non-null page-map entry points to a span record,
+                // which lives forever; a record of this class is guarded by
+                // our lock, and no other reference to it is live.
+                let s = match unsafe { span.as_mut() } {
+                    Some(s) if s.kind == SpanKind::Small && s.class as usize == class => s,
+                    Some(s) if s.kind == SpanKind::Small => fatal(format_args!(
+                        "free of {addr:#x} with a size of {} bytes, but it was allocated with {} (size mismatch or corruption)",
+                        sizeclass::class_size(class),
+                        sizeclass::class_size(s.class as usize)
+                    )),
+                    _ => fatal(format_args!("free of {addr:#x}, which scavalloc did not allocate (foreign pointer)")),
+                };
+                match s.put(addr) {
+                    Ok(()) => {}
+                    Err(PutError::AlreadyFree) => fatal(format_args!("double free of {addr:#x}")),
+                    Err(PutError::NotAnObject) => {
+                        fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
+                    }
                 }
-            }
-            let empty = s.is_empty();
-            let was_in_partial = s.in_partial;
-            // Empty spans leave the partial list below; a span that was
-            // full joins it.
-            s.in_partial = !empty;
-            (empty, was_in_partial, s.released.count_ones() as usize * os::page_size())
-        };
-        central.handed_out -= 1;
-        if empty {
-            if was_in_partial {
-                // SAFETY: the span is on this class's list; no reference to
-                // it is live.
-                unsafe { central.remove_partial(span) };
-            }
-            if central.spare.len() < SPARES {
-                // SAFETY: the span is on no list; the spare list is ours.
-                unsafe { central.spare.push_front(span) };
+                (s.owned, s.is_empty(), s.in_partial, s.nfree as usize)
+            };
+            self.handed_out -= 1;
+            if owned {
+                // The owner takes the object at its next refill; an owned
+                // span stays with its owner even when wholly free.
                 continue;
             }
-            central.spans -= 1;
-            central.released -= released;
-            scavenge::note_reclaimed_in_use(released);
-            // SAFETY: the span is wholly free, off every list, and no
-            // pointer into it is live.
-            unsafe { release_span(span) };
-        } else if !was_in_partial {
-            // SAFETY: the span was full, so on no list; no reference to it
-            // is live.
-            unsafe { central.partial.push_front(span) };
+            if empty {
+                if was_in_partial {
+                    // SAFETY: the span is on this class's list; no
+                    // reference to it is live.
+                    unsafe { self.remove_partial(span) };
+                }
+                // SAFETY: wholly free, unowned, now on no list.
+                unsafe {
+                    (*span).in_partial = false;
+                    self.retire_empty(span);
+                }
+            } else if !was_in_partial {
+                // A full span gets its first free object: it waits at the
+                // back until it is ready for an owner (at once, for classes
+                // whose threshold is one object).
+                // SAFETY: the span was full, so on no list; no reference to
+                // it is live.
+                unsafe {
+                    (*span).in_partial = true;
+                    if nfree >= threshold {
+                        self.partial.push_front(span);
+                    } else {
+                        self.partial.push_back(span);
+                    }
+                }
+            } else if nfree == threshold && threshold > 1 {
+                // Just became ready: to the front, where refills look.
+                // SAFETY: the span is on this class's list; no reference to
+                // it is live.
+                unsafe {
+                    self.remove_partial(span);
+                    self.partial.push_front(span);
+                }
+            }
         }
+        let span_bytes = self.spans * sizeclass::class_span_bytes(class);
+        let used = self.handed_out * sizeclass::class_size(class) + self.released;
+        span_bytes.saturating_sub(used) > NUDGE_FREE_BYTES
     }
-    let span_bytes = central.spans * sizeclass::class_span_bytes(class);
-    let used = central.handed_out * sizeclass::class_size(class) + central.released;
-    span_bytes.saturating_sub(used) > NUDGE_FREE_BYTES
+}
+
+/// Whether the small object at `addr` is free in its span (its span's
+/// bitmap says so, or no small span holds the address any more: the span
+/// went back to the page heap); false while a user or a thread cache holds
+/// it. For tests: objects that went home are free here.
+#[cfg(any(test, feature = "testing"))]
+pub fn object_is_free(addr: usize) -> bool {
+    loop {
+        let span = pagemap::lookup(addr);
+        // SAFETY: a non-null entry is a record; its kind and class are
+        // read by value and checked again under the lock below.
+        let class = match unsafe { span.as_ref() } {
+            Some(s) if s.kind == SpanKind::Small => s.class as usize,
+            _ => return true,
+        };
+        let _central = CENTRAL[class].0.lock();
+        if pagemap::lookup(addr) != span {
+            continue;
+        }
+        // SAFETY: the record is guarded by the class lock we hold.
+        let s = unsafe { &*span };
+        if s.kind != SpanKind::Small || s.class as usize != class {
+            continue;
+        }
+        return s.is_free(addr);
+    }
 }
 
 /// Gives every class's spare spans back to the page heap; returns how many.

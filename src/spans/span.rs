@@ -58,6 +58,10 @@ pub struct Span {
     pub kind: SpanKind,
     /// Whether the span is on its class's list of spans with free objects.
     pub in_partial: bool,
+    /// Whether a thread cache owns the span: only that thread hands out
+    /// its objects, and the span is on no list. Set and cleared under the
+    /// class lock (see [`super::central`]).
+    pub owned: bool,
     /// Small: objects in the span.
     pub nobjects: u16,
     /// Small: objects whose bit is clear.
@@ -102,6 +106,7 @@ impl Span {
         self.class = class as u8;
         self.kind = SpanKind::Small;
         self.in_partial = false;
+        self.owned = false;
         self.nobjects = nobjects as u16;
         self.nfree = nobjects as u16;
         self.large_bytes = 0;
@@ -134,6 +139,7 @@ impl Span {
         self.class = 0;
         self.kind = SpanKind::Large;
         self.in_partial = false;
+        self.owned = false;
         self.nobjects = 0;
         self.nfree = 0;
         self.large_bytes = bytes;
@@ -177,6 +183,14 @@ impl Span {
         self.bits[w] &= !(1 << bit);
         self.nfree += 1;
         Ok(())
+    }
+
+    /// Whether the object starting at `addr` is free in the bitmap (false
+    /// for an address that starts no object).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn is_free(&self, addr: usize) -> bool {
+        object_start(self.base, self.class as usize, self.nobjects as usize, addr)
+            .is_some_and(|index| self.bits[index / 64] & (1 << (index % 64)) == 0)
     }
 
     /// Whether every object is free.
@@ -325,6 +339,7 @@ pub unsafe fn is_user(span: *const Span, index: usize) -> bool {
 /// An intrusive doubly-linked list of spans.
 pub struct SpanList {
     head: *mut Span,
+    tail: *mut Span,
     len: usize,
 }
 
@@ -336,7 +351,7 @@ unsafe impl Send for SpanList {}
 impl SpanList {
     /// An empty list.
     pub const fn new() -> Self {
-        SpanList { head: ptr::null_mut(), len: 0 }
+        SpanList { head: ptr::null_mut(), tail: ptr::null_mut(), len: 0 }
     }
 
     /// The first span, or null.
@@ -367,11 +382,34 @@ impl SpanList {
         unsafe {
             (*span).prev = ptr::null_mut();
             (*span).next = self.head;
-            if !self.head.is_null() {
+            if self.head.is_null() {
+                self.tail = span;
+            } else {
                 (*self.head).prev = span;
             }
         }
         self.head = span;
+        self.len += 1;
+    }
+
+    /// Puts `span` at the back.
+    ///
+    /// # Safety
+    ///
+    /// As for [`push_front`](Self::push_front).
+    pub unsafe fn push_back(&mut self, span: *mut Span) {
+        // SAFETY: per the contract, we may write the record's links and
+        // those of the current tail, which belong to this list.
+        unsafe {
+            (*span).next = ptr::null_mut();
+            (*span).prev = self.tail;
+            if self.tail.is_null() {
+                self.head = span;
+            } else {
+                (*self.tail).next = span;
+            }
+        }
+        self.tail = span;
         self.len += 1;
     }
 
@@ -390,7 +428,9 @@ impl SpanList {
             } else {
                 (*prev).next = next;
             }
-            if !next.is_null() {
+            if next.is_null() {
+                self.tail = prev;
+            } else {
                 (*next).prev = prev;
             }
             (*span).next = ptr::null_mut();

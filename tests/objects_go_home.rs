@@ -1,0 +1,96 @@
+//! Objects go home: an object freed by a thread other than the one that
+//! took it from its span is not handed out again by the freeing thread,
+//! and two threads are never handed objects that share a cache line while
+//! one of them still hands out objects of that span (passive false
+//! sharing).
+
+use std::alloc::{alloc, dealloc, Layout};
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::thread;
+
+use scavalloc::testing::{home_capacity, object_is_free, size_to_class};
+
+#[global_allocator]
+static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
+
+const LINE: usize = 64;
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// The cache lines `[addr, addr + size)` touches.
+fn lines(addr: usize, size: usize) -> impl Iterator<Item = usize> {
+    addr / LINE..=(addr + size - 1) / LINE
+}
+
+/// The passive false-sharing pattern, for one size: a producer thread
+/// allocates a few objects next to each other (from the span it owns) and
+/// hands them to a worker; the worker frees them, then allocates. The
+/// worker must get none of them back and nothing on their cache lines;
+/// once the worker's cache is flushed, they are back in their spans.
+fn one_size(size: usize) {
+    // Fewer than the worker's buffer of objects on their way home holds,
+    // so that they are still on their way when it allocates; the producer
+    // keeps as many again live, next to them.
+    let class = size_to_class(size).unwrap();
+    let handed_count = 4.min(home_capacity(class) - 1);
+    let (to_worker, worker_rx) = mpsc::channel::<Vec<usize>>();
+    let (to_producer, producer_rx) = mpsc::channel::<()>();
+    let producer = thread::spawn(move || {
+        // SAFETY: a valid, non-zero layout; the objects are freed by the
+        // worker with the same layout.
+        let mut objects: Vec<usize> = (0..2 * handed_count).map(|_| unsafe { alloc(layout(size)) } as usize).collect();
+        assert!(objects.iter().all(|&p| p != 0));
+        let kept = objects.split_off(handed_count);
+        to_worker.send([objects.clone(), kept.clone()].concat()).unwrap();
+        // Wait until the worker has freed them and flushed its cache.
+        producer_rx.recv().unwrap();
+        // They went home: free in their spans, in no thread's cache.
+        for &p in &objects {
+            assert!(object_is_free(p), "{size} B: {p:#x}, freed by the worker, did not go back to its span");
+        }
+        for p in kept {
+            // SAFETY: allocated above with this layout, freed once.
+            unsafe { dealloc(p as *mut u8, layout(size)) };
+        }
+    });
+    let mut handed = worker_rx.recv().unwrap();
+    let kept = handed.split_off(handed_count);
+    let worker = thread::spawn(move || {
+        let busy_lines: HashSet<usize> = handed.iter().chain(&kept).flat_map(|&p| lines(p, size)).collect();
+        for &p in &handed {
+            // SAFETY: allocated by the producer with this layout, freed once.
+            unsafe { dealloc(p as *mut u8, layout(size)) };
+        }
+        // The worker's own objects: none of the freed ones, nothing on
+        // their cache lines.
+        // SAFETY: as above; freed below.
+        let fresh: Vec<usize> = (0..2 * handed_count).map(|_| unsafe { alloc(layout(size)) } as usize).collect();
+        for &p in &fresh {
+            assert_ne!(p, 0);
+            assert!(!handed.contains(&p), "{size} B: the worker was handed back {p:#x}, which it had just freed");
+            assert!(
+                lines(p, size).all(|l| !busy_lines.contains(&l)),
+                "{size} B: the worker was handed {p:#x}, on a cache line of an object the producer handed out"
+            );
+        }
+        for p in fresh {
+            // SAFETY: allocated above with this layout.
+            unsafe { dealloc(p as *mut u8, layout(size)) };
+        }
+        // Send the freed objects home now (the thread's exit would too).
+        scavalloc::flush_thread_cache();
+    });
+    worker.join().expect("worker");
+    to_producer.send(()).unwrap();
+    producer.join().expect("producer");
+}
+
+#[test]
+fn a_freeing_thread_does_not_reuse_another_threads_objects() {
+    for size in [8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096, 8192, 32768] {
+        one_size(size);
+    }
+}
