@@ -13,7 +13,7 @@
 mod mutex;
 mod parker;
 
-pub use mutex::Mutex;
+pub use mutex::{LockStats, Mutex};
 #[cfg(not(loom))]
 pub use mutex::MutexGuard;
 pub use parker::Parker;
