@@ -13,7 +13,9 @@
 mod mutex;
 mod parker;
 
-pub use mutex::{LockStats, Mutex};
+#[cfg(not(loom))]
+pub use mutex::LockStats;
+pub use mutex::Mutex;
 #[cfg(not(loom))]
 pub use mutex::MutexGuard;
 pub use parker::Parker;
