@@ -12,6 +12,10 @@
 //!   back pages that hold no handed-out object)
 //!
 //! Bytes allocated to users are `small_allocated + large_allocated`.
+//!
+//! The lock figures (`heap_lock`, `class_locks`) are read first, before the
+//! snapshot takes any lock itself: its own acquisitions show in the next
+//! one.
 
 use core::fmt::Write;
 
@@ -22,6 +26,12 @@ use crate::report::LineBuf;
 use crate::scavenge::{self, background, goals, Path};
 use crate::spans::sizeclass::{self, NUM_CLASSES};
 use crate::spans::{cache, central, deep, large, pagemap};
+
+/// Figures of one lock or a group of locks: acquisitions, contended
+/// acquisitions and the time those waited. Defined with the lock in
+/// `sync`, which keeps the counters (and builds under loom, where this
+/// module does not).
+pub use crate::sync::LockStats;
 
 /// Figures for one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +131,12 @@ pub struct Stats {
     pub memory_limit: usize,
     /// Allocations that left retained memory over the memory limit.
     pub limit_overruns: u64,
+    /// The page heap's lock, taken to make spans, for large objects, to
+    /// grow the heap and by the scavenger.
+    pub heap_lock: LockStats,
+    /// The size classes' central-list locks, summed over all classes:
+    /// taken when a thread cache refills or flushes, and by deep release.
+    pub class_locks: LockStats,
     /// Per size class.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -149,6 +165,8 @@ impl Stats {
 
 /// Takes a snapshot of the allocator's figures.
 pub fn stats() -> Stats {
+    let heap_lock = HEAP.lock_stats();
+    let class_locks = central::lock_stats();
     let bg = background::stats();
     let deep = deep::stats();
     let arenas = crate::arena::stats();
@@ -188,6 +206,8 @@ pub fn stats() -> Stats {
         retained_goal: goals::retained_goal(),
         memory_limit: goals::memory_limit().unwrap_or(0),
         limit_overruns: scavenge::limit_overruns(),
+        heap_lock,
+        class_locks,
         classes: [ClassStats::default(); NUM_CLASSES],
     };
     for (class, cs) in s.classes.iter_mut().enumerate() {
@@ -276,6 +296,8 @@ pub fn print(s: &Stats) {
         s.limit_overruns
     );
     line.emit_line();
+    print_lock("heap lock", &s.heap_lock);
+    print_lock("class locks", &s.class_locks);
     let mut line = LineBuf::<128>::new();
     let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", "size", "spans", "allocated", "cached", "free");
     line.emit_line();
@@ -284,6 +306,21 @@ pub fn print(s: &Stats) {
         let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", c.size, c.spans, c.allocated, c.cached, c.free);
         line.emit_line();
     }
+}
+
+/// One line of lock figures: acquisitions, contended ones, their wait.
+fn print_lock(name: &str, l: &LockStats) {
+    let mut line = LineBuf::<160>::new();
+    let _ = write!(
+        line,
+        "  {name}: {} acquisitions, {} contended ({:.2}%), waited {:.3} ms in all, {} ns mean",
+        l.acquisitions,
+        l.contended,
+        l.contended_percent(),
+        l.wait_ns as f64 / 1e6,
+        l.mean_wait_ns()
+    );
+    line.emit_line();
 }
 
 #[cfg(test)]

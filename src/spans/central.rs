@@ -97,6 +97,12 @@ static CENTRAL: [Padded; NUM_CLASSES] = [const {
     }))
 }; NUM_CLASSES];
 
+/// The class locks' counters, summed over every class (read without the
+/// locks, for the statistics).
+pub(crate) fn lock_stats() -> crate::sync::LockStats {
+    CENTRAL.iter().fold(crate::sync::LockStats::default(), |sum, c| sum.plus(c.0.lock_stats()))
+}
+
 /// Wholly free spans a class keeps aside.
 const SPARES: usize = 1;
 

@@ -13,6 +13,8 @@
 mod mutex;
 mod parker;
 
+#[cfg(not(loom))]
+pub use mutex::LockStats;
 pub use mutex::Mutex;
 #[cfg(not(loom))]
 pub use mutex::MutexGuard;
