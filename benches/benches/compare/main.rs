@@ -29,6 +29,7 @@
 mod dispatch;
 mod memory;
 mod report;
+mod threads;
 mod workloads;
 
 #[path = "../../../examples/support/chart.rs"]
