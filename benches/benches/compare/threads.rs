@@ -263,8 +263,9 @@ pub fn malloc_thread<const T: usize>(b: &mut Bencher, scale: Scale) {
     b.iter(|| malloc_thread_run(T, &s));
 }
 
-/// The block sizes of the simple micro-benchmark.
-pub const MS_SIZES: [usize; 6] = [16, 64, 256, 1024, 4096, 16384];
+/// The block sizes of the simple micro-benchmark (the same as
+/// `ms_sizes` in `benches/c/malloc_bench.c`).
+pub const MS_SIZES: [usize; 6] = [16, 32, 64, 128, 256, 512];
 
 /// glibc's bench-malloc-simple style, one thread: for each size, allocate
 /// a run of blocks and free them all, in allocation order, then in reverse

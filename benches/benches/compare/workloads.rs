@@ -159,7 +159,7 @@ pub const ALL: &[Workload] = &[
     },
     Workload {
         name: "malloc_simple",
-        per_iter: "one thread, 50 rounds of: for 6 sizes of 16 B-16 KiB, 1,000 blocks allocated and freed, in order, reversed, interleaved",
+        per_iter: "one thread, 50 rounds of: for 6 sizes of 16-512 B, 1,000 blocks allocated and freed, in order, reversed, interleaved",
         sampling: SamplingMode::Flat,
         bench: threads::malloc_simple,
     },
