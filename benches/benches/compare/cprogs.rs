@@ -235,6 +235,9 @@ pub fn setup(out: &Path, backends: &[Backend]) -> Setup {
 /// Runs the program once; returns the wall time in nanoseconds and the
 /// peak RSS in bytes. A failed run, or a library the loader refused to
 /// preload (it says so and runs on glibc), stops the harness.
+// The child is reaped with `wait4` (for its own `rusage`, which std's
+// `wait` does not give), not with `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_once(cmd: &mut Command, what: &str) -> (f64, f64) {
     let start = Instant::now();
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| {
