@@ -6,11 +6,13 @@
 #ifndef SCAVALLOC_BENCH_COMMON_H
 #define SCAVALLOC_BENCH_COMMON_H
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static inline uint64_t rng_next(uint64_t *s) {
     *s ^= *s << 13;
@@ -55,6 +57,26 @@ static inline size_t arg(int argc, char **argv, int i) {
 static inline void start_thread(pthread_t *t, void *(*f)(void *), void *a) {
     if (pthread_create(t, NULL, f, a) != 0)
         die("pthread_create failed");
+}
+
+/* Prints the process's peak RSS (`VmHWM`, in KiB) for the harness, read
+ * without allocating. The harness cannot take it from `wait4`: a child
+ * started with vfork semantics keeps its parent's high-water mark in
+ * `ru_maxrss` across exec. */
+static inline void report_peak_rss(void) {
+    char buf[4096];
+    int fd = open("/proc/self/status", O_RDONLY);
+    if (fd < 0)
+        die("open /proc/self/status");
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        die("read /proc/self/status");
+    buf[n] = '\0';
+    char *line = strstr(buf, "VmHWM:");
+    if (line == NULL)
+        die("no VmHWM in /proc/self/status");
+    printf("peak_rss_kib %llu\n", strtoull(line + 6, NULL, 10));
 }
 
 #endif

@@ -67,5 +67,6 @@ int main(int argc, char **argv) {
     }
     free(w);
     free(t);
+    report_peak_rss();
     return sum == 0 ? 1 : 0;
 }

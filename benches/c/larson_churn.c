@@ -78,5 +78,6 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&done_lock);
     }
     free(lanes);
+    report_peak_rss();
     return 0;
 }

@@ -67,6 +67,7 @@ int main(int argc, char **argv) {
         for (size_t rep = 0; rep < repeat; rep++)
             simple_run(b, blocks, rounds);
         free(b);
+        report_peak_rss();
         return 0;
     }
     if (argc != 6 || strcmp(argv[1], "thread") != 0)
@@ -89,5 +90,6 @@ int main(int argc, char **argv) {
     }
     free(a);
     free(t);
+    report_peak_rss();
     return 0;
 }

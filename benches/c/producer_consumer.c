@@ -106,5 +106,6 @@ int main(int argc, char **argv) {
     }
     free(rings);
     free(t);
+    report_peak_rss();
     return sum == 0 ? 1 : 0;
 }

@@ -8,7 +8,7 @@
 //! The driver compiles each program with `cc -O2 -pthread` into the output
 //! directory, runs it several times per allocator, and reports the median
 //! wall time of a whole run and the median of the runs' peak RSS (the
-//! child's `ru_maxrss`, from `wait4`). The sizes are the Rust workloads'
+//! program's `VmHWM`, which it prints at exit). The sizes are the Rust workloads'
 //! (`threads::Sizes`), so the two sets of figures measure one thing.
 
 use std::collections::BTreeMap;
@@ -233,43 +233,26 @@ pub fn setup(out: &Path, backends: &[Backend]) -> Setup {
 }
 
 /// Runs the program once; returns the wall time in nanoseconds and the
-/// peak RSS in bytes. A failed run, or a library the loader refused to
-/// preload (it says so and runs on glibc), stops the harness.
-// The child is reaped with `wait4` (for its own `rusage`, which std's
-// `wait` does not give), not with `Child::wait`.
-#[allow(clippy::zombie_processes)]
+/// peak RSS in bytes (the program prints its own `VmHWM`). A failed run,
+/// or a library the loader refused to preload (it says so and runs on
+/// glibc), stops the harness.
 fn run_once(cmd: &mut Command, what: &str) -> (f64, f64) {
     let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| {
+    let out = cmd.output().unwrap_or_else(|e| {
         eprintln!("compare: {what}: {e}");
         std::process::exit(1)
     });
-    let pid = child.id() as libc::pid_t;
-    // The program writes little to stderr (the loader's complaint, a
-    // failure); read it all before reaping the child.
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let mut status = 0;
-    // SAFETY: a zeroed `rusage` is valid; `wait4` reaps our own child and
-    // writes its status and usage.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::wait4(pid, &mut status, 0, &mut usage) != pid {
-            eprintln!("compare: {what}: wait4 failed");
-            std::process::exit(1);
-        }
-        usage
-    };
     let wall = start.elapsed().as_nanos() as f64;
-    let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !exited_ok || stderr.contains("cannot be preloaded") {
-        eprintln!("compare: {what} failed (wait status {status:#x})\n--- stderr\n{stderr}");
-        std::process::exit(1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let peak_kib = stdout.lines().find_map(|l| l.strip_prefix("peak_rss_kib ")?.trim().parse::<f64>().ok());
+    match peak_kib {
+        Some(kib) if out.status.success() && !stderr.contains("cannot be preloaded") => (wall, kib * 1024.0),
+        _ => {
+            eprintln!("compare: {what} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+            std::process::exit(1)
+        }
     }
-    (wall, usage.ru_maxrss as f64 * 1024.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {

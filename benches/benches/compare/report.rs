@@ -330,7 +330,7 @@ fn c_programs(out: &mut String, records: &[Record], backends: &[Backend], skippe
         })
         .collect();
     let _ = writeln!(out, "| **geometric mean, speed vs glibc** | {} |\n", means.join(" | "));
-    let _ = writeln!(out, "Median peak RSS of the runs (MiB, `ru_maxrss`):\n");
+    let _ = writeln!(out, "Median peak RSS of the runs (MiB, the program's `VmHWM` at exit):\n");
     header(out, "program", backends);
     for w in &names {
         let cells: Vec<String> =
