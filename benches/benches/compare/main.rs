@@ -2,7 +2,7 @@
 //! side by side in one run.
 //!
 //! ```text
-//! cargo bench -p scavalloc-bench --bench compare                 # full run, about 9 minutes
+//! cargo bench -p scavalloc-bench --bench compare                 # full run, about 20 minutes
 //! cargo bench -p scavalloc-bench --bench compare -- --smoke      # tiny sizes, as CI runs it
 //! cargo bench -p scavalloc-bench --bench compare -- --write-readme  # full run, tables into README.md
 //! cargo bench -p scavalloc-bench --bench compare -- --only json_tree,fragmentation --alloc system,scavalloc

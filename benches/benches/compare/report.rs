@@ -134,7 +134,7 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale, skipped:
     let _ = writeln!(
         out,
         "Measured {}{}. Regenerate with `cargo bench -p scavalloc-bench --bench compare` \
-         (about 9 minutes; one child process per workload and allocator).\n",
+         (about 20 minutes; one child process per workload and allocator, then the C programs).\n",
         machine(),
         if scale == Scale::Smoke { " **(smoke sizes: not a measurement)**" } else { "" }
     );
