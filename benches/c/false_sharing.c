@@ -8,7 +8,10 @@
  * rounds of malloc, REPETITIONS writes of every byte, free. An allocator
  * that hands a freed object back to the thread that freed it gives
  * neighbouring workers one cache line. Active: no hand-over, each worker
- * its own loop from the start. */
+ * its own loop from the start. Prints how many workers' first objects
+ * share a cache line with another worker's: the scheduler decides how
+ * often two of them run at once (on a loaded machine, seldom), but not
+ * whether their objects can collide. */
 #include "common.h"
 
 struct worker {
@@ -16,6 +19,7 @@ struct worker {
     void *handed;
     size_t size, rounds, repetitions;
     uint64_t sum;
+    uintptr_t first; /* the address of the worker's first own object */
 };
 
 static void *work(void *arg) {
@@ -26,6 +30,12 @@ static void *work(void *arg) {
     uint64_t sum = 0;
     for (size_t r = 0; r < w->rounds; r++) {
         volatile unsigned char *p = alloc_touch(w->size);
+        if (r == 0) {
+            /* Every worker's first object is live at once when the
+             * addresses are compared (a freed one may be reused). */
+            w->first = (uintptr_t)p;
+            pthread_barrier_wait(w->start);
+        }
         for (size_t j = 0; j < w->repetitions; j++) {
             for (size_t k = 0; k < w->size; k++) {
                 p[k] = (unsigned char)k;
@@ -55,7 +65,7 @@ int main(int argc, char **argv) {
         pthread_barrier_t start;
         pthread_barrier_init(&start, NULL, (unsigned)threads);
         for (size_t i = 0; i < threads; i++) {
-            w[i] = (struct worker){&start, passive ? alloc_touch(size) : NULL, size, rounds / threads, repetitions, 0};
+            w[i] = (struct worker){&start, passive ? alloc_touch(size) : NULL, size, rounds / threads, repetitions, 0, 0};
         }
         for (size_t i = 0; i < threads; i++)
             start_thread(&t[i], work, &w[i]);
@@ -64,6 +74,21 @@ int main(int argc, char **argv) {
             sum += w[i].sum;
         }
         pthread_barrier_destroy(&start);
+        /* Whether false sharing can happen at all, whatever the scheduler
+         * did: the workers whose first object shares a 64-byte cache line
+         * with another worker's. */
+        if (rep == 0) {
+            size_t sharing = 0;
+            for (size_t i = 0; i < threads; i++) {
+                for (size_t j = 0; j < threads; j++) {
+                    if (j != i && w[i].first / 64 == w[j].first / 64) {
+                        sharing++;
+                        break;
+                    }
+                }
+            }
+            printf("workers_sharing_a_line %zu\n", sharing);
+        }
     }
     free(w);
     free(t);

@@ -232,11 +232,12 @@ pub fn setup(out: &Path, backends: &[Backend]) -> Setup {
     Setup { bin_dir, peers }
 }
 
-/// Runs the program once; returns the wall time in nanoseconds and the
-/// peak RSS in bytes (the program prints its own `VmHWM`). A failed run,
+/// Runs the program once; returns the wall time in nanoseconds, the peak
+/// RSS in bytes (the program prints its own `VmHWM`) and, for the false
+/// sharing program, how many workers' objects shared a cache line. A failed run,
 /// or a library the loader refused to preload (it says so and runs on
 /// glibc), stops the harness.
-fn run_once(cmd: &mut Command, what: &str) -> (f64, f64) {
+fn run_once(cmd: &mut Command, what: &str) -> (f64, f64, Option<f64>) {
     let start = Instant::now();
     let out = cmd.output().unwrap_or_else(|e| {
         eprintln!("compare: {what}: {e}");
@@ -245,9 +246,10 @@ fn run_once(cmd: &mut Command, what: &str) -> (f64, f64) {
     let wall = start.elapsed().as_nanos() as f64;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let peak_kib = stdout.lines().find_map(|l| l.strip_prefix("peak_rss_kib ")?.trim().parse::<f64>().ok());
-    match peak_kib {
-        Some(kib) if out.status.success() && !stderr.contains("cannot be preloaded") => (wall, kib * 1024.0),
+    let value = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<f64>().ok());
+    let sharing = value("workers_sharing_a_line ");
+    match value("peak_rss_kib ") {
+        Some(kib) if out.status.success() && !stderr.contains("cannot be preloaded") => (wall, kib * 1024.0, sharing),
         _ => {
             eprintln!("compare: {what} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
             std::process::exit(1)
@@ -277,20 +279,26 @@ pub fn run(setup: &Setup, w: &'static CWorkload, backend: Backend, scale: Scale)
     args.extend((w.args)(&s).iter().map(usize::to_string));
     args.push(repeat.to_string());
     let what = format!("{} on {}", w.name, backend.name());
-    let (mut walls, mut rsss) = (Vec::new(), Vec::new());
+    let (mut walls, mut rsss, mut sharing) = (Vec::new(), Vec::new(), None::<f64>);
     for _ in 0..runs {
         let mut cmd = Command::new(setup.bin_dir.join(w.program));
         cmd.args(&args).env_remove("LD_PRELOAD").envs(peer.env.iter().copied());
         if let Some(lib) = &peer.preload {
             cmd.env("LD_PRELOAD", lib);
         }
-        let (wall, rss) = run_once(&mut cmd, &what);
+        let (wall, rss, shared) = run_once(&mut cmd, &what);
         walls.push(wall);
         rsss.push(rss);
+        // The worst run: one in which objects collided is enough.
+        sharing = shared.map(|v| sharing.map_or(v, |s| s.max(v)));
     }
     let mut values = BTreeMap::new();
     values.insert("median_ns".to_string(), median(&mut walls));
     values.insert("peak_rss".to_string(), median(&mut rsss));
+    if let Some(v) = sharing {
+        values.insert("sharing_workers".to_string(), v);
+        values.insert("workers".to_string(), (w.args)(&s)[0] as f64);
+    }
     values.insert("done".to_string(), 1.0);
     Some(Record { workload: w.name, backend, values, samples: Vec::new() })
 }

@@ -337,6 +337,28 @@ fn c_programs(out: &mut String, records: &[Record], backends: &[Backend], skippe
             backends.iter().map(|&b| mib(find(records, w.name, b).and_then(|r| r.get("peak_rss")))).collect();
         let _ = writeln!(out, "| {} | {} |", w.name, cells.join(" | "));
     }
+    let sharing: Vec<&&cprogs::CWorkload> = names
+        .iter()
+        .filter(|w| records.iter().any(|r| r.workload == w.name && r.get("sharing_workers").is_some()))
+        .collect();
+    if !sharing.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nFalse sharing whatever the scheduler did: workers whose first object shared a 64-byte cache line \
+             with another worker's (all live at once; the worst run; 0 is what an allocator should give).\n"
+        );
+        header(out, "program", backends);
+        for w in sharing {
+            let cells: Vec<String> = backends
+                .iter()
+                .map(|&b| match find(records, w.name, b).and_then(|r| r.get("sharing_workers").zip(r.get("workers"))) {
+                    Some((k, n)) => format!("{k:.0} of {n:.0}"),
+                    None => "-".into(),
+                })
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", w.name, cells.join(" | "));
+        }
+    }
     let _ = writeln!(out, "\nOne run:\n");
     for w in &names {
         let _ = writeln!(out, "- `{}`: {}", w.name, w.per_run);
