@@ -1,6 +1,6 @@
 //! Small SVG charts, written as text: a line chart (RSS over time) and a
 //! grouped bar chart (throughput relative to a baseline). Shared by the
-//! demo and the comparison harness (`bench/benches/compare`); no plotting
+//! demo and the comparison harness (`benches/benches/compare`); no plotting
 //! crate is needed for two kinds of chart.
 
 use std::fmt::Write;

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::chart::{self, Frame, Series};
+use crate::cprogs;
 use crate::dispatch::Backend;
 use crate::workloads::{self, Scale};
 use crate::Record;
@@ -39,7 +40,7 @@ pub fn check(records: &[Record]) -> Result<(), String> {
     };
     for r in records {
         positive(r, "peak_rss")?;
-        if workloads::ALL.iter().any(|w| w.name == r.workload) {
+        if workloads::ALL.iter().any(|w| w.name == r.workload) || cprogs::ALL.iter().any(|w| w.name == r.workload) {
             positive(r, "median_ns")?;
         } else {
             positive(r, "live")?;
@@ -127,13 +128,13 @@ fn rss_at(r: &Record, t: f64) -> Option<f64> {
     r.samples.iter().min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs())).map(|s| s.1)
 }
 
-pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale) -> String {
+pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale, skipped: &[(&str, String)]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# scavalloc against the system allocator, jemalloc and mimalloc\n");
     let _ = writeln!(
         out,
         "Measured {}{}. Regenerate with `cargo bench -p scavalloc-bench --bench compare` \
-         (about 9 minutes; one child process per workload and allocator).\n",
+         (about 20 minutes; one child process per workload and allocator, then the C programs).\n",
         machine(),
         if scale == Scale::Smoke { " **(smoke sizes: not a measurement)**" } else { "" }
     );
@@ -175,17 +176,21 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale) -> Strin
         .chain(crate::MEMORY_WORKLOADS)
         .filter(|n| records.iter().any(|r| r.workload == *n))
         .collect();
-    let _ = writeln!(
-        out,
-        "## Peak RSS (MiB)\n\nThe child process's `VmHWM`: the workload, plus the harness (a few MiB).\n"
-    );
-    header(&mut out, "workload", backends);
-    for w in &all_workloads {
-        let cells: Vec<String> =
-            backends.iter().map(|&b| mib(find(records, w, b).and_then(|r| r.get("peak_rss")))).collect();
-        let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
+    if !all_workloads.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Peak RSS (MiB)\n\nThe child process's `VmHWM`: the workload, plus the harness (a few MiB).\n"
+        );
+        header(&mut out, "workload", backends);
+        for w in &all_workloads {
+            let cells: Vec<String> =
+                backends.iter().map(|&b| mib(find(records, w, b).and_then(|r| r.get("peak_rss")))).collect();
+            let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
+        }
+        let _ = writeln!(out);
     }
-    let _ = writeln!(out);
+
+    c_programs(&mut out, records, backends, skipped);
 
     if records.iter().any(|r| r.workload == "fragmentation") {
         let _ = writeln!(
@@ -276,6 +281,89 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale) -> Strin
         let _ = writeln!(out);
     }
     out
+}
+
+/// The C programs' tables: the median wall time of a whole run (speed
+/// relative to glibc in brackets) and the median peak RSS.
+fn c_programs(out: &mut String, records: &[Record], backends: &[Backend], skipped: &[(&str, String)]) {
+    let names: Vec<&cprogs::CWorkload> =
+        cprogs::ALL.iter().filter(|w| records.iter().any(|r| r.workload == w.name)).collect();
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## C programs under LD_PRELOAD\n\nThe many-thread workloads as C programs (`benches/c/`, `cc -O2 -pthread`), \
+         run on glibc (`system`), `libscavalloc.so` and Debian's `libjemalloc2` and `libmimalloc2.0` through \
+         `LD_PRELOAD`. Median wall time of a whole run (process start included); in brackets, speed relative \
+         to glibc.\n"
+    );
+    for (name, why) in skipped {
+        let _ = writeln!(out, "{name}: skipped ({why}).\n");
+    }
+    header(out, "program", backends);
+    let mut speeds: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    for w in &names {
+        let cells: Vec<String> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                let Some(ns) = find(records, w.name, b).and_then(|r| r.get("median_ns")) else { return "-".into() };
+                match speedup(records, w.name, b) {
+                    Some(s) if b != Backend::System => {
+                        speeds[i].push(s);
+                        format!("{} ({s:.2}x)", duration(ns))
+                    }
+                    _ => duration(ns),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", w.name, cells.join(" | "));
+    }
+    let means: Vec<String> = backends
+        .iter()
+        .zip(&speeds)
+        .map(|(&b, v)| match b {
+            Backend::System => "1.00x".into(),
+            _ if v.is_empty() => "-".into(),
+            _ => format!("{:.2}x", geomean(v)),
+        })
+        .collect();
+    let _ = writeln!(out, "| **geometric mean, speed vs glibc** | {} |\n", means.join(" | "));
+    let _ = writeln!(out, "Median peak RSS of the runs (MiB, the program's `VmHWM` at exit):\n");
+    header(out, "program", backends);
+    for w in &names {
+        let cells: Vec<String> =
+            backends.iter().map(|&b| mib(find(records, w.name, b).and_then(|r| r.get("peak_rss")))).collect();
+        let _ = writeln!(out, "| {} | {} |", w.name, cells.join(" | "));
+    }
+    let sharing: Vec<&&cprogs::CWorkload> = names
+        .iter()
+        .filter(|w| records.iter().any(|r| r.workload == w.name && r.get("sharing_workers").is_some()))
+        .collect();
+    if !sharing.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nFalse sharing whatever the scheduler did: workers whose first object shared a 64-byte cache line \
+             with another worker's (all live at once; the worst run; 0 is what an allocator should give).\n"
+        );
+        header(out, "program", backends);
+        for w in sharing {
+            let cells: Vec<String> = backends
+                .iter()
+                .map(|&b| match find(records, w.name, b).and_then(|r| r.get("sharing_workers").zip(r.get("workers"))) {
+                    Some((k, n)) => format!("{k:.0} of {n:.0}"),
+                    None => "-".into(),
+                })
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", w.name, cells.join(" | "));
+        }
+    }
+    let _ = writeln!(out, "\nOne run:\n");
+    for w in &names {
+        let _ = writeln!(out, "- `{}`: {}", w.name, w.per_run);
+    }
+    let _ = writeln!(out);
 }
 
 /// Speed relative to the system allocator per workload (and the geometric

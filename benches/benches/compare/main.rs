@@ -2,7 +2,7 @@
 //! side by side in one run.
 //!
 //! ```text
-//! cargo bench -p scavalloc-bench --bench compare                 # full run, about 9 minutes
+//! cargo bench -p scavalloc-bench --bench compare                 # full run, about 20 minutes
 //! cargo bench -p scavalloc-bench --bench compare -- --smoke      # tiny sizes, as CI runs it
 //! cargo bench -p scavalloc-bench --bench compare -- --write-readme  # full run, tables into README.md
 //! cargo bench -p scavalloc-bench --bench compare -- --only json_tree,fragmentation --alloc system,scavalloc
@@ -20,15 +20,21 @@
 //! figures of a workload are taken minutes apart at most, on the same
 //! machine state as far as a shared machine allows.
 //!
+//! The many-thread workloads (`threads.rs`) also run as C programs
+//! (`cprogs.rs`, sources in `benches/c/`), under `LD_PRELOAD` of each
+//! allocator's C library, timed as whole runs.
+//!
 //! The driver writes `target/compare/report.md` (tables) and
 //! `target/compare/report.svg` (speed relative to the system allocator;
 //! RSS over time in the burst-idle workloads) and prints the Markdown.
 //! `SCAVALLOC_*` variables in the environment reach the scavalloc children
 //! unchanged.
 
+mod cprogs;
 mod dispatch;
 mod memory;
 mod report;
+mod threads;
 mod workloads;
 
 #[path = "../../../examples/support/chart.rs"]
@@ -90,13 +96,18 @@ fn usage(problem: &str) -> ! {
         "usage: compare [--smoke] [--write-readme] [--only w1,w2,...] \
          [--alloc system,scavalloc,scavalloc-nodeep,jemalloc,mimalloc]"
     );
-    let names: Vec<&str> = workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).collect();
-    eprintln!("workloads: {}", names.join(", "));
+    eprintln!("workloads: {}", all_workloads().join(", "));
     std::process::exit(2)
 }
 
+/// Every workload: the Rust throughput ones, the memory ones, the C
+/// programs.
+fn all_workloads() -> Vec<&'static str> {
+    workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).chain(cprogs::ALL.iter().map(|w| w.name)).collect()
+}
+
 fn parse_options(args: &[String]) -> Options {
-    let all: Vec<&'static str> = workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).collect();
+    let all = all_workloads();
     let mut o =
         Options { scale: Scale::Full, write_readme: false, workloads: all.clone(), backends: dispatch::ALL.to_vec() };
     let mut it = args.iter();
@@ -259,18 +270,38 @@ fn driver(o: Options) {
         if o.scale == Scale::Smoke { " (smoke sizes)" } else { "" }
     );
     let mut records = Vec::new();
-    for &w in &o.workloads {
+    let (c_workloads, rust_workloads): (Vec<&'static str>, Vec<&'static str>) =
+        o.workloads.iter().partition(|w| cprogs::ALL.iter().any(|c| c.name == **w));
+    for &w in &rust_workloads {
         for &b in &o.backends {
             let r = run_child(w, b, o.scale, &out);
             progress(&r);
             records.push(r);
         }
     }
+    let mut skipped = Vec::new();
+    if !c_workloads.is_empty() {
+        println!("C programs under LD_PRELOAD:");
+        let setup = cprogs::setup(&out, &o.backends);
+        for (name, peer) in &setup.peers {
+            if let Err(why) = peer {
+                skipped.push((*name, why.clone()));
+            }
+        }
+        for w in cprogs::ALL.iter().filter(|c| c_workloads.contains(&c.name)) {
+            for &b in &o.backends {
+                if let Some(r) = cprogs::run(&setup, w, b, o.scale) {
+                    progress(&r);
+                    records.push(r);
+                }
+            }
+        }
+    }
     if let Err(problem) = report::check(&records) {
         eprintln!("compare: {problem}");
         std::process::exit(1);
     }
-    let md = report::markdown(&records, &o.backends, o.scale);
+    let md = report::markdown(&records, &o.backends, o.scale, &skipped);
     let md_path = out.join("report.md");
     let svg_path = out.join("report.svg");
     std::fs::write(&md_path, &md).expect("write report.md");

@@ -14,6 +14,8 @@ use std::sync::mpsc;
 
 use criterion::{Bencher, SamplingMode};
 
+use crate::threads;
+
 /// Full size, or the smoke size CI runs to check that the harness works.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scale {
@@ -42,7 +44,7 @@ pub struct Workload {
     pub bench: fn(&mut Bencher, Scale),
 }
 
-pub const ALL: [Workload; 7] = [
+pub const ALL: &[Workload] = &[
     Workload {
         name: "churn_small",
         per_iter: "1,000 replacements in a working set of 10,000 objects of 16-256 B",
@@ -57,7 +59,7 @@ pub const ALL: [Workload; 7] = [
     },
     Workload {
         name: "producer_consumer",
-        per_iter: "200,000 objects of 64 B allocated on one core, freed on the other",
+        per_iter: "200,000 objects of 64 B allocated on one core, freed on the other (2 threads, pinned)",
         sampling: SamplingMode::Flat,
         bench: producer_consumer,
     },
@@ -85,6 +87,105 @@ pub const ALL: [Workload; 7] = [
         per_iter: "10,000 inserts/removes of String values in a BTreeMap of about 100,000 entries",
         sampling: SamplingMode::Linear,
         bench: btreemap_mix,
+    },
+    // The many-thread workloads (`threads.rs`), with the C programs'
+    // counterparts; full sizes in `threads::Sizes`.
+    Workload {
+        name: "false_sharing_passive_2t",
+        per_iter: "2 threads free an 8 B object handed to them by one allocating thread, then 1,000 rounds of malloc, 500 writes, free",
+        sampling: SamplingMode::Flat,
+        bench: threads::false_sharing_passive::<2>,
+    },
+    Workload {
+        name: "false_sharing_passive_8t",
+        per_iter: "as with 2 threads, 8 threads (250 rounds each)",
+        sampling: SamplingMode::Flat,
+        bench: threads::false_sharing_passive::<8>,
+    },
+    Workload {
+        name: "false_sharing_passive_32t",
+        per_iter: "as with 2 threads, 32 threads (62 rounds each)",
+        sampling: SamplingMode::Flat,
+        bench: threads::false_sharing_passive::<32>,
+    },
+    Workload {
+        name: "false_sharing_active_2t",
+        per_iter: "2 threads x 1,000 rounds of malloc of 8 B, 500 writes, free",
+        sampling: SamplingMode::Flat,
+        bench: threads::false_sharing_active::<2>,
+    },
+    Workload {
+        name: "false_sharing_active_8t",
+        per_iter: "as with 2 threads, 8 threads (250 rounds each)",
+        sampling: SamplingMode::Flat,
+        bench: threads::false_sharing_active::<8>,
+    },
+    Workload {
+        name: "false_sharing_active_32t",
+        per_iter: "as with 2 threads, 32 threads (62 rounds each)",
+        sampling: SamplingMode::Flat,
+        bench: threads::false_sharing_active::<32>,
+    },
+    Workload {
+        name: "larson_churn_2t",
+        per_iter: "2 lanes of 8 threads in turn, each thread 25,000 replacements of 8-1000 B objects (4,000 live per lane), \
+                   then handing them to its successor and exiting",
+        sampling: SamplingMode::Flat,
+        bench: threads::larson_churn::<2>,
+    },
+    Workload {
+        name: "larson_churn_8t",
+        per_iter: "as with 2 lanes, 8 lanes (6,250 replacements per thread, 1,000 live per lane)",
+        sampling: SamplingMode::Flat,
+        bench: threads::larson_churn::<8>,
+    },
+    Workload {
+        name: "larson_churn_32t",
+        per_iter: "as with 2 lanes, 32 lanes (1,562 replacements per thread, 250 live per lane)",
+        sampling: SamplingMode::Flat,
+        bench: threads::larson_churn::<32>,
+    },
+    Workload {
+        name: "producer_consumer_8t",
+        per_iter: "4 producer/consumer pairs, 200,000 objects of 64 B in all, threads unpinned",
+        sampling: SamplingMode::Flat,
+        bench: threads::producer_consumer_threads::<8>,
+    },
+    Workload {
+        name: "producer_consumer_32t",
+        per_iter: "16 producer/consumer pairs, 200,000 objects of 64 B in all, threads unpinned",
+        sampling: SamplingMode::Flat,
+        bench: threads::producer_consumer_threads::<32>,
+    },
+    Workload {
+        name: "malloc_simple",
+        per_iter: "one thread, 50 rounds of: for 6 sizes of 16-512 B, 1,000 blocks allocated and freed, in order, reversed, interleaved",
+        sampling: SamplingMode::Flat,
+        bench: threads::malloc_simple,
+    },
+    Workload {
+        name: "malloc_thread_1t",
+        per_iter: "1,000,000 replacements in a working set of 1,024 slots, sizes from a table of 8 B-32 KiB",
+        sampling: SamplingMode::Flat,
+        bench: threads::malloc_thread::<1>,
+    },
+    Workload {
+        name: "malloc_thread_2t",
+        per_iter: "as with 1 thread, split among 2 threads (each its own working set)",
+        sampling: SamplingMode::Flat,
+        bench: threads::malloc_thread::<2>,
+    },
+    Workload {
+        name: "malloc_thread_8t",
+        per_iter: "as with 1 thread, split among 8 threads",
+        sampling: SamplingMode::Flat,
+        bench: threads::malloc_thread::<8>,
+    },
+    Workload {
+        name: "malloc_thread_32t",
+        per_iter: "as with 1 thread, split among 32 threads",
+        sampling: SamplingMode::Flat,
+        bench: threads::malloc_thread::<32>,
     },
 ];
 
@@ -115,12 +216,12 @@ impl Rng {
 
 /// Objects are 8-aligned, like most Rust values; every allocator here
 /// serves that with its plain `malloc` path.
-fn layout(size: usize) -> Layout {
+pub fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
 
 /// Allocates `size` bytes and writes the first byte (a new object is used).
-fn alloc_touch(size: usize) -> *mut u8 {
+pub fn alloc_touch(size: usize) -> *mut u8 {
     let l = layout(size);
     // SAFETY: every size used here is at least 8.
     let p = unsafe { alloc(l) };
@@ -137,7 +238,7 @@ fn alloc_touch(size: usize) -> *mut u8 {
 /// # Safety
 ///
 /// `p` came from `alloc_touch(size)` and is freed once.
-unsafe fn free(p: *mut u8, size: usize) {
+pub unsafe fn free(p: *mut u8, size: usize) {
     // SAFETY: the caller's promise.
     unsafe { dealloc(p, layout(size)) }
 }
@@ -280,6 +381,77 @@ fn pin(cpu: usize) {
     }
 }
 
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            slots: (0..RING_CAP).map(|_| AtomicUsize::new(0)).collect(),
+            head: Padded(AtomicUsize::new(0)),
+            tail: Padded(AtomicUsize::new(0)),
+            done: Padded(AtomicBool::new(false)),
+        }
+    }
+
+    /// The consumer's side: reads every object put into the ring and frees
+    /// it, until the producer is done and the ring is empty.
+    fn consume(&self) {
+        let mut head = 0;
+        let mut sum = 0u64;
+        let mut backoff = Backoff(0);
+        loop {
+            let tail = self.tail.0.load(Ordering::Acquire);
+            if tail == head {
+                if self.done.0.load(Ordering::Acquire) && self.tail.0.load(Ordering::Acquire) == head {
+                    break;
+                }
+                backoff.wait();
+                continue;
+            }
+            backoff = Backoff(0);
+            for i in head..tail {
+                let p = self.slots[i % RING_CAP].load(Ordering::Relaxed) as *mut u8;
+                // SAFETY: the producer allocated `p` with
+                // `alloc_touch(PC_SIZE)`, wrote its first byte, and gave it
+                // up to us.
+                unsafe {
+                    sum += u64::from(ptr::read_volatile(p));
+                    free(p, PC_SIZE);
+                }
+            }
+            head = tail;
+            self.head.0.store(head, Ordering::Release);
+        }
+        black_box(sum);
+    }
+
+    /// The producer's side: allocates `objects` objects and puts them into
+    /// the ring, waiting while it is full.
+    fn produce(&self, objects: usize) {
+        let mut tail = 0;
+        let mut head = 0;
+        for _ in 0..objects {
+            if tail - head == RING_CAP {
+                self.tail.0.store(tail, Ordering::Release);
+                let mut backoff = Backoff(0);
+                loop {
+                    head = self.head.0.load(Ordering::Acquire);
+                    if tail - head < RING_CAP {
+                        break;
+                    }
+                    backoff.wait();
+                }
+            }
+            let p = alloc_touch(PC_SIZE);
+            self.slots[tail % RING_CAP].store(p as usize, Ordering::Relaxed);
+            tail += 1;
+            if tail % PUBLISH_EVERY == 0 {
+                self.tail.0.store(tail, Ordering::Release);
+            }
+        }
+        self.tail.0.store(tail, Ordering::Release);
+        self.done.0.store(true, Ordering::Release);
+    }
+}
+
 /// One thread allocates `objects` objects and passes them through the ring
 /// to another, which reads each and frees it. The two threads are pinned to
 /// two different CPUs when there are two: the case measured is the
@@ -287,74 +459,34 @@ fn pin(cpu: usize) {
 /// core, where a cross-thread free is far cheaper for every allocator, and
 /// the figure jumps between the two cases from run to run.)
 fn producer_consumer_run(objects: usize, cpus: Option<(usize, usize)>) {
-    let ring = Ring {
-        slots: (0..RING_CAP).map(|_| AtomicUsize::new(0)).collect(),
-        head: Padded(AtomicUsize::new(0)),
-        tail: Padded(AtomicUsize::new(0)),
-        done: Padded(AtomicBool::new(false)),
-    };
+    let ring = Ring::new();
     std::thread::scope(|scope| {
         scope.spawn(|| {
             if let Some((_, cpu)) = cpus {
                 pin(cpu);
             }
-            let mut head = 0;
-            let mut sum = 0u64;
-            let mut backoff = Backoff(0);
-            loop {
-                let tail = ring.tail.0.load(Ordering::Acquire);
-                if tail == head {
-                    if ring.done.0.load(Ordering::Acquire) && ring.tail.0.load(Ordering::Acquire) == head {
-                        break;
-                    }
-                    backoff.wait();
-                    continue;
-                }
-                backoff = Backoff(0);
-                for i in head..tail {
-                    let p = ring.slots[i % RING_CAP].load(Ordering::Relaxed) as *mut u8;
-                    // SAFETY: the producer allocated `p` with
-                    // `alloc_touch(PC_SIZE)`, wrote its first byte, and gave
-                    // it up to us.
-                    unsafe {
-                        sum += u64::from(ptr::read_volatile(p));
-                        free(p, PC_SIZE);
-                    }
-                }
-                head = tail;
-                ring.head.0.store(head, Ordering::Release);
-            }
-            black_box(sum);
+            ring.consume();
         });
-
         scope.spawn(|| {
             if let Some((cpu, _)) = cpus {
                 pin(cpu);
             }
-            let mut tail = 0;
-            let mut head = 0;
-            for _ in 0..objects {
-                if tail - head == RING_CAP {
-                    ring.tail.0.store(tail, Ordering::Release);
-                    let mut backoff = Backoff(0);
-                    loop {
-                        head = ring.head.0.load(Ordering::Acquire);
-                        if tail - head < RING_CAP {
-                            break;
-                        }
-                        backoff.wait();
-                    }
-                }
-                let p = alloc_touch(PC_SIZE);
-                ring.slots[tail % RING_CAP].store(p as usize, Ordering::Relaxed);
-                tail += 1;
-                if tail % PUBLISH_EVERY == 0 {
-                    ring.tail.0.store(tail, Ordering::Release);
-                }
-            }
-            ring.tail.0.store(tail, Ordering::Release);
-            ring.done.0.store(true, Ordering::Release);
+            ring.produce(objects);
         });
+    });
+}
+
+/// `pairs` producer/consumer pairs at once, each with its own ring and
+/// `objects` objects, left to the scheduler: with more threads than cores,
+/// an allocating thread and a freeing thread take turns on a core, as in a
+/// server whose request threads outnumber its cores.
+pub fn producer_consumer_pairs(pairs: usize, objects: usize) {
+    let rings: Vec<Ring> = (0..pairs).map(|_| Ring::new()).collect();
+    std::thread::scope(|scope| {
+        for ring in &rings {
+            scope.spawn(|| ring.consume());
+            scope.spawn(|| ring.produce(objects));
+        }
     });
 }
 
