@@ -7,19 +7,18 @@
 //!
 //! # Objects go home
 //!
-//! A thread *owns* one span per class (see [`central::refill_owned`]): its
-//! stack holds only objects of that span, and no other thread hands out
-//! objects of it. The free fast path keeps an object only if it lies in
-//! the thread's own span (one subtraction and compare against the span's
-//! range); any other object, freed here but from another span (allocated
-//! by another thread, or from a span this thread owned before), goes into
-//! the class's *home-bound* buffer, and the buffer goes back to the
-//! objects' spans in one batch, under one lock, when it fills. So an object
-//! is never handed out again by a thread that did not take it from its
-//! span, and objects that share a cache line are handed to one thread at a
-//! time: two threads that free each other's objects do not end up writing
-//! to one cache line (passive false sharing), and a thread that only frees
-//! (a consumer) does not hoard what another thread allocates.
+//! A thread *owns* one span per class (see [`central::refill_owned`]): no
+//! other thread hands out objects of it. The free fast path keeps an object
+//! at once if it lies in the thread's own span (one subtraction and compare
+//! against the span's range). Any other object takes the slow path, which
+//! looks its span up: if another thread owns that span, the object goes
+//! into the class's *home-bound* buffer, and the buffer goes back to the
+//! objects' spans in one batch, under one lock, when it fills; otherwise
+//! (a span nobody owns) the thread keeps it, as it always did. So an
+//! object whose span another thread is handing out is never handed out
+//! again by the thread that freed it: objects that share a cache line are
+//! not handed to two threads at once (passive false sharing), and a thread
+//! that frees what another allocates does not take that thread's objects.
 //!
 //! When a stack runs dry it is refilled from the thread's span, or from a
 //! new span it takes over; when it is full, its older half goes back to the
@@ -50,7 +49,8 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
-use super::span::Span;
+use super::pagemap;
+use super::span::{self, Span, SpanKind};
 use super::{central, large};
 use crate::persistent;
 use crate::sync::Mutex;
@@ -193,6 +193,14 @@ struct Bin {
     span_len: AtomicUsize,
 }
 
+/// A span's record and the range of its objects, remembered.
+#[repr(C)]
+struct SpanMemo {
+    base: AtomicUsize,
+    len: AtomicUsize,
+    span: AtomicPtr<Span>,
+}
+
 /// One class's buffer of objects on their way home: freed by this thread
 /// but from other spans than its own.
 #[repr(C)]
@@ -214,6 +222,13 @@ pub struct ThreadCache {
     /// Per class, the span this thread owns (null: none). Only the owning
     /// thread uses these.
     owned: [AtomicPtr<Span>; NUM_CLASSES],
+    /// Per class, the span [`keeps`] last looked up, so that a run of frees
+    /// into one span (a consumer freeing what a producer allocated in a
+    /// row) looks the page map up once. Only the owning thread uses these.
+    looked_up: [SpanMemo; NUM_CLASSES],
+    /// How many of `owned` are not null (0 in the shared empty caches):
+    /// when it equals [`central::OWNED_SPANS`], no other thread owns a span.
+    owned_count: AtomicUsize,
     /// Freed large objects of `LARGE_MIN_PAGES..=LARGE_MAX_PAGES` pages,
     /// [`LARGE_PER_SIZE`] per page count, kept for this thread's next large
     /// allocation of the same page count (null: empty). Atomics for the same
@@ -245,6 +260,10 @@ const fn empty_cache() -> StaticCache {
         }; NUM_CLASSES],
         home: [const { HomeBound { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
         owned: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_CLASSES],
+        looked_up: [const {
+            SpanMemo { base: AtomicUsize::new(0), len: AtomicUsize::new(0), span: AtomicPtr::new(ptr::null_mut()) }
+        }; NUM_CLASSES],
+        owned_count: AtomicUsize::new(0),
         large: [const { AtomicPtr::new(ptr::null_mut()) }; LARGE_SLOTS],
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
@@ -289,17 +308,22 @@ pub fn pop(class: usize) -> *mut u8 {
 }
 
 /// Pushes a freed object of `class` if it belongs to the thread's own
-/// span; false when it does not, or the stack is full (the caller then
-/// takes [`dealloc_slow`]).
+/// span, or no other thread owns a span at all; false when neither is
+/// known, or the stack is full (the caller then takes [`dealloc_slow`]).
 #[inline(always)]
 pub fn push(class: usize, object: *mut u8) -> bool {
+    let cache = current();
     // SAFETY: as in `pop`.
-    let bin = unsafe { &*(*current()).bins.as_ptr().add(class) };
+    let bin = unsafe { &*(*cache).bins.as_ptr().add(class) };
     let n = bin.count.load(Ordering::Relaxed);
+    if n >= bin.cap {
+        return false;
+    }
     // Below the span's base the subtraction wraps to a huge offset, which
-    // the bound rejects too; the empty caches' length is 0.
+    // the bound rejects too.
     let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
-    if n >= bin.cap || offset >= bin.span_len.load(Ordering::Relaxed) {
+    // SAFETY: as in `pop`.
+    if !owns_every_span(unsafe { &*cache }) && offset >= bin.span_len.load(Ordering::Relaxed) {
         return false;
     }
     // The cheapest double-free check there is: the same object freed twice
@@ -315,6 +339,15 @@ pub fn push(class: usize, object: *mut u8) -> bool {
     unsafe { *bin.slots.add(n as usize) = object };
     bin.count.store(n + 1, Ordering::Relaxed);
     true
+}
+
+/// Whether `cache`'s thread owns every span that thread caches own (so no
+/// object it frees can belong to another thread's span). A racy read: a
+/// thread taking over its first span just now is missed, which costs at
+/// most one object kept that should have gone home.
+#[inline(always)]
+fn owns_every_span(cache: &ThreadCache) -> bool {
+    central::OWNED_SPANS.load(Ordering::Relaxed) == cache.owned_count.load(Ordering::Relaxed)
 }
 
 #[cold]
@@ -339,9 +372,16 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
     if bin.count.load(Ordering::Relaxed) == 0 {
         // SAFETY: the stack's storage has `cap` slots owned by this thread.
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, bin.cap as usize) };
-        let mut span = owned.load(Ordering::Relaxed);
+        let before = owned.load(Ordering::Relaxed);
+        let mut span = before;
         let got = central::refill_owned(class, &mut span, slots);
         owned.store(span, Ordering::Relaxed);
+        if before.is_null() != span.is_null() {
+            // SAFETY: `cache` is this thread's own cache.
+            let count = unsafe { &(*cache).owned_count };
+            let n = count.load(Ordering::Relaxed);
+            count.store(if span.is_null() { n - 1 } else { n + 1 }, Ordering::Relaxed);
+        }
         let (base, len) = if span.is_null() {
             (0, 0)
         } else {
@@ -356,10 +396,11 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
     pop(class)
 }
 
-/// The free slow path. An object of the thread's own span makes room in
-/// the stack (its older half goes back to the span) and is pushed; any
-/// other object goes into the class's home-bound buffer, which is sent
-/// home when full.
+/// The free slow path, for an object outside the thread's own span or a
+/// full stack. An object whose span another thread owns goes into the
+/// class's home-bound buffer (sent home when full); any other object is
+/// kept, after the stack's older half goes back to its spans if the stack
+/// is full.
 #[cold]
 pub fn dealloc_slow(class: usize, object: *mut u8) {
     let Some(cache) = attached_cache() else {
@@ -369,9 +410,14 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     // SAFETY: `cache` is this thread's own cache.
     let bin = unsafe { &(*cache).bins[class] };
     let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
-    if offset >= bin.span_len.load(Ordering::Relaxed) {
+    // SAFETY: `cache` is this thread's own cache.
+    let cache = unsafe { &*cache };
+    if offset >= bin.span_len.load(Ordering::Relaxed)
+        && !owns_every_span(cache)
+        && !keeps(&cache.looked_up[class], class, object)
+    {
         // SAFETY: `cache` is this thread's own cache.
-        send_home(unsafe { &(*cache).home[class] }, class, object);
+        send_home(&cache.home[class], class, object);
         return;
     }
     let n = bin.count.load(Ordering::Relaxed) as usize;
@@ -383,9 +429,53 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
         stack.copy_within(half.., 0);
         bin.count.store((n - half) as u32, Ordering::Relaxed);
     }
-    if !push(class, object) {
+    let n = bin.count.load(Ordering::Relaxed);
+    if n >= bin.cap {
         central::give_back(class, &[object]);
+        return;
     }
+    // SAFETY: n > 0 only in a real cache owned by this thread, whose slot
+    // n - 1 is initialised.
+    if n > 0 && unsafe { *bin.slots.add(n as usize - 1) } == object {
+        double_free(object);
+    }
+    // SAFETY: n < cap in this thread's own cache; slot n is within its
+    // stack.
+    unsafe { *bin.slots.add(n as usize) = object };
+    bin.count.store(n + 1, Ordering::Relaxed);
+}
+
+/// Whether the calling thread may keep `object`, freed here but outside
+/// its own span: yes unless another thread owns the object's span (that
+/// thread is handing out its neighbours; the object goes home to it). A
+/// pointer that is no small object of `class` is not kept either: sent
+/// home, it is reported there.
+fn keeps(memo: &SpanMemo, class: usize, object: *mut u8) -> bool {
+    let addr = object as usize;
+    let mut span = memo.span.load(Ordering::Relaxed);
+    if addr.wrapping_sub(memo.base.load(Ordering::Relaxed)) >= memo.len.load(Ordering::Relaxed) {
+        span = pagemap::lookup(addr);
+        if span.is_null() {
+            return false;
+        }
+        // SAFETY: a non-null page-map entry is a span record (records live
+        // forever); the fields are read by value, and do not change while
+        // an object of the span is live, which the caller's free promises.
+        let (kind, span_class, base, nobjects) =
+            unsafe { ((*span).kind, (*span).class as usize, (*span).base, (*span).nobjects as usize) };
+        if kind != SpanKind::Small || span_class != class {
+            return false;
+        }
+        memo.base.store(base, Ordering::Relaxed);
+        memo.len.store(nobjects * sizeclass::class_size(class), Ordering::Relaxed);
+        memo.span.store(span, Ordering::Relaxed);
+    }
+    // A remembered span may have been freed and its record reused since;
+    // then this answer is about the record's new span, a policy slip for
+    // one object (kept or sent home), never a correctness one: where the
+    // object goes, its own span is found again.
+    // SAFETY: a span record (records live forever).
+    !unsafe { span::owned_by_a_thread(span) }
 }
 
 /// Adds `object` to a home-bound buffer of the calling thread, sending the
@@ -441,7 +531,9 @@ unsafe fn flush(cache: *const ThreadCache) {
         let stack = unsafe { core::slice::from_raw_parts(bin.slots, n) };
         let span = owned.swap(ptr::null_mut(), Ordering::Relaxed);
         if !span.is_null() {
-            // Every object on the stack is from the thread's own span.
+            // SAFETY: per the contract the cache is ours.
+            let count = unsafe { &(*cache).owned_count };
+            count.store(count.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
             central::give_up_owned(class, span, stack);
         } else if n > 0 {
             central::give_back(class, stack);

@@ -24,6 +24,7 @@
 //! the other way round.
 
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
@@ -134,6 +135,12 @@ pub fn counts(class: usize) -> CentralCounts {
 pub fn ready_threshold(class: usize) -> usize {
     (sizeclass::class_objects(class) / 32).max(1)
 }
+
+/// Spans owned by thread caches, over all classes and threads. A thread
+/// that owns all of them (the only thread that allocates, as in a
+/// single-threaded program) knows without looking that no object it frees
+/// belongs to another thread's span.
+pub static OWNED_SPANS: AtomicUsize = AtomicUsize::new(0);
 
 /// Where a thread's objects of one class come from: the span it owns.
 ///
@@ -277,8 +284,9 @@ impl Central {
         // SAFETY: the span is off every list; we hold its class lock.
         unsafe {
             (*span).in_partial = false;
-            (*span).owned = true;
+            (*span).owned.store(true, Ordering::Relaxed);
         }
+        OWNED_SPANS.fetch_add(1, Ordering::Relaxed);
         span
     }
 
@@ -293,8 +301,9 @@ impl Central {
     /// live reference to it.
     unsafe fn disown(&mut self, span: *mut Span) {
         // SAFETY: the contract.
+        OWNED_SPANS.fetch_sub(1, Ordering::Relaxed);
         let (class, nfree, empty) = unsafe {
-            (*span).owned = false;
+            (*span).owned.store(false, Ordering::Relaxed);
             ((*span).class as usize, (*span).nfree as usize, (*span).is_empty())
         };
         if empty {
@@ -394,7 +403,7 @@ impl Central {
                         fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
                     }
                 }
-                (s.owned, s.is_empty(), s.in_partial, s.nfree as usize)
+                (s.owned.load(Ordering::Relaxed), s.is_empty(), s.in_partial, s.nfree as usize)
             };
             self.handed_out -= 1;
             if owned {
