@@ -57,6 +57,13 @@ const ALIGN16_FROM: usize = 32;
 const SMALL_SIZE_MAX: usize = 1024;
 /// Step of the fine lookup table.
 const SMALL_SIZE_DIV: usize = 8;
+/// The largest alignment the fast paths meet by rounding the size up to it
+/// before the table lookup (C's `malloc` asks for 16): it works because
+/// every class that a multiple of 16 bytes maps to is itself a multiple of
+/// 16 (`check_rounded_lookup`).
+const ROUNDED_ALIGN_MAX: usize = 16;
+/// The size a request of 0 bytes is served as (see `served_size`).
+const ZERO_SIZE_AS: usize = 16;
 /// Step of the coarse lookup table (sizes above `SMALL_SIZE_MAX`). Every
 /// class above `SMALL_SIZE_MAX` must be a multiple of it.
 const LARGE_SIZE_DIV: usize = 128;
@@ -180,9 +187,24 @@ fn smallest_class_for(classes: &[Class], size: usize) -> Option<usize> {
     classes.iter().position(|c| c.size >= size)
 }
 
+/// The bytes a request of `size` bytes is served as in the tables: a
+/// request of 0 bytes gets the class of `ZERO_SIZE_AS` bytes, so that
+/// rounding a size up to an alignment of at most 16 before the lookup (the
+/// fast paths do, see `check_rounded_lookup`) lands in a 16-aligned class
+/// for 0 as for every other size.
+fn served_size(size: usize) -> usize {
+    if size == 0 {
+        ZERO_SIZE_AS
+    } else {
+        size
+    }
+}
+
 fn size_to_class8(classes: &[Class]) -> Vec<usize> {
     (0..=SMALL_SIZE_MAX / SMALL_SIZE_DIV)
-        .map(|i| smallest_class_for(classes, i * SMALL_SIZE_DIV).expect("a class of at least SMALL_SIZE_MAX"))
+        .map(|i| {
+            smallest_class_for(classes, served_size(i * SMALL_SIZE_DIV)).expect("a class of at least SMALL_SIZE_MAX")
+        })
         .collect()
 }
 
@@ -247,8 +269,25 @@ fn check(classes: &[Class]) {
     let (t8, t128) = (size_to_class8(classes), size_to_class128(classes));
     assert!(classes.len() <= u8::MAX as usize);
     for size in 0..=MAX_SMALL_SIZE {
-        let want = smallest_class_for(classes, size.max(1));
+        let want = smallest_class_for(classes, served_size(size));
         assert_eq!(Some(table_lookup(&t8, &t128, size)), want, "lookup of size {size}");
+    }
+    check_rounded_lookup(classes, &t8, &t128);
+}
+
+/// The fast paths look a request of `size` bytes aligned to `align` (a
+/// power of two up to `ROUNDED_ALIGN_MAX`) up as `size` rounded up to
+/// `align`: that must be the smallest class that holds the size with that
+/// alignment, for every size.
+fn check_rounded_lookup(classes: &[Class], t8: &[usize], t128: &[usize]) {
+    let mut align = 1;
+    while align <= ROUNDED_ALIGN_MAX {
+        for size in 0..=MAX_SMALL_SIZE {
+            let rounded = size.next_multiple_of(align);
+            let want = classes.iter().position(|c| c.size >= served_size(size) && c.align() >= align);
+            assert_eq!(Some(table_lookup(t8, t128, rounded)), want, "size {size} rounded to {align}");
+        }
+        align *= 2;
     }
 }
 
@@ -319,6 +358,8 @@ fn render(classes: &[Class]) -> String {
     writeln!(o, "const SMALL_SIZE_MAX: usize = {SMALL_SIZE_MAX};").unwrap();
     writeln!(o, "/// Step of `SIZE_TO_CLASS8`.").unwrap();
     writeln!(o, "const SMALL_SIZE_DIV: usize = {SMALL_SIZE_DIV};").unwrap();
+    writeln!(o, "/// Alignments up to this are met by rounding the size up to them.").unwrap();
+    writeln!(o, "pub const ROUNDED_ALIGN_MAX: usize = {ROUNDED_ALIGN_MAX};").unwrap();
     writeln!(o, "/// Step of `SIZE_TO_CLASS128`.").unwrap();
     writeln!(o, "const LARGE_SIZE_DIV: usize = {LARGE_SIZE_DIV};").unwrap();
     writeln!(o, "/// The most objects any span holds.").unwrap();

@@ -1,8 +1,10 @@
 //! The allocator users install: [`Scavalloc`], the `GlobalAlloc`.
 //!
 //! The fast paths are here, inlined into the caller: a small request with
-//! an ordinary alignment pops from (or pushes to) the thread's cache. Every
-//! other request goes through [`crate::spans`]. The first slow-path call in
+//! an alignment of at most 16 pops from (or pushes to) the thread's cache,
+//! a zeroed one is then cleared, and a `realloc` that stays in its class
+//! returns the same pointer. Every other request goes through
+//! [`crate::spans`]. The first slow-path call in
 //! the process reads the configuration and installs the `fork()` and exit
 //! handlers.
 //!
@@ -27,17 +29,26 @@ use crate::{config, pages, persistent, scavenge, stats};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Scavalloc;
 
-/// Requests up to this size with alignment at most 8 take the inlined fast
-/// path: every class is at least 8-aligned, so the size alone picks it.
-const FAST_MAX: usize = 1024;
+/// Requests up to this size with alignment at most 16 take the inlined fast
+/// paths: their class is one load from the fine size table
+/// ([`sizeclass::rounded_size_to_class`]).
+pub(crate) const FAST_MAX: usize = 1024;
 
+/// The class of a request the fast paths serve, `None` for the others.
+/// Where it is `Some`, it is [`spans::class_for`] itself (which the slow
+/// paths use), so either path finds the class the other chose.
 #[inline(always)]
-fn fast_class(layout: &Layout) -> Option<usize> {
-    if layout.size() <= FAST_MAX && layout.align() <= 8 {
-        sizeclass::size_to_class(layout.size())
+pub(crate) fn fast_class_of(size: usize, align: usize) -> Option<usize> {
+    if size <= FAST_MAX && align <= sizeclass::ROUNDED_ALIGN_MAX {
+        spans::class_for(size, align)
     } else {
         None
     }
+}
+
+#[inline(always)]
+fn fast_class(layout: &Layout) -> Option<usize> {
+    fast_class_of(layout.size(), layout.align())
 }
 
 /// Whether the hardened mode is on; set once, from the configuration, by
@@ -83,29 +94,65 @@ unsafe impl GlobalAlloc for Scavalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ensure_init();
-        let p = spans::alloc_zeroed(layout.size(), layout.align());
-        if checking() {
-            spans::hand_to_user(p);
+        if !checking() {
+            let p = fast_pop(&layout);
+            if !p.is_null() {
+                // SAFETY: a fresh object of at least `layout.size()` bytes.
+                unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
+                return p;
+            }
         }
-        scavenge::background::run_deferred();
-        p
+        alloc_zeroed_slow(layout)
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ensure_init();
-        let new = if checking() {
-            // SAFETY: forwarded from the caller.
-            unsafe { realloc_checked(ptr, layout, new_size) }
-        } else {
-            // SAFETY: forwarded from the caller (`ptr` was allocated by us
-            // with `layout`).
-            unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
-        };
-        scavenge::background::run_deferred();
-        new
+        // Same class: the object already holds `new_size` bytes with the
+        // layout's alignment. (The hardened mode checks the object first.)
+        if !checking() {
+            if let Some(class) = fast_class(&layout) {
+                if fast_class_of(new_size, layout.align()) == Some(class) {
+                    return ptr;
+                }
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { realloc_slow(ptr, layout, new_size) }
     }
+}
+
+/// `alloc_zeroed` past the fast path: large objects on pages known to be
+/// zero are not written.
+#[cold]
+#[inline(never)]
+fn alloc_zeroed_slow(layout: Layout) -> *mut u8 {
+    ensure_init();
+    let p = spans::alloc_zeroed(layout.size(), layout.align());
+    if checking() {
+        spans::hand_to_user(p);
+    }
+    scavenge::background::run_deferred();
+    p
+}
+
+/// `realloc` past the fast path.
+///
+/// # Safety
+///
+/// `GlobalAlloc::realloc`'s contract.
+#[inline(never)]
+unsafe fn realloc_slow(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    ensure_init();
+    let new = if checking() {
+        // SAFETY: forwarded from the caller.
+        unsafe { realloc_checked(ptr, layout, new_size) }
+    } else {
+        // SAFETY: forwarded from the caller (`ptr` was allocated by us
+        // with `layout`).
+        unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
+    };
+    scavenge::background::run_deferred();
+    new
 }
 
 /// The allocation path without the hardened mode's mark: the fast path,
@@ -291,4 +338,38 @@ pub fn release_all() -> usize {
 
 extern "C" fn print_stats_at_exit() {
     stats::print(&stats::stats());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inlined fast paths and the slow paths must route every layout to
+    /// the same class, or a pointer allocated by one would be freed (or
+    /// resized) by the other into the wrong class. Every size up to one
+    /// past the fast limit, every alignment the fast paths take and a few
+    /// they do not.
+    #[test]
+    fn fast_class_is_class_for_wherever_it_applies() {
+        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+            for size in 0..=FAST_MAX + 1 {
+                let fast = fast_class_of(size, align);
+                if size <= FAST_MAX && align <= 16 {
+                    assert!(fast.is_some(), "size {size} align {align} misses the fast path");
+                    assert_eq!(fast, spans::class_for(size, align), "size {size} align {align}");
+                    let class = fast.unwrap();
+                    assert!(sizeclass::class_size(class) >= size.max(1));
+                    assert_eq!(sizeclass::class_size(class) % align, 0);
+                } else {
+                    assert_eq!(fast, None, "size {size} align {align}");
+                }
+                if let Ok(layout) = Layout::from_size_align(size, align) {
+                    assert_eq!(fast_class(&layout), fast);
+                }
+            }
+        }
+        // C's `malloc` and `u128`: 16-aligned classes.
+        assert_eq!(fast_class_of(24, 16).map(sizeclass::class_size), Some(32));
+        assert_eq!(fast_class_of(24, 8).map(sizeclass::class_size), Some(24));
+    }
 }

@@ -349,6 +349,15 @@ pub fn reserve(size: usize, align: usize) -> Result<NonNull<u8>, OsError> {
     Ok(unsafe { NonNull::new_unchecked(aligned as *mut u8) })
 }
 
+/// Reserves `size` bytes of address space that reads as zero and cannot be
+/// written, with no commit charge (the charge comes with [`map_ready`] on
+/// the parts that are made writable): for a sparse table whose entries
+/// nobody wrote must read as empty. Reading an untouched page maps the
+/// kernel's shared zero page, no memory of the process's own.
+pub fn reserve_zero_readable(size: usize) -> Result<NonNull<u8>, OsError> {
+    mmap(0, size, libc::PROT_READ, RESERVE_FLAGS)
+}
+
 /// Reserves exactly `[addr, addr + size)` if that address space is free,
 /// and fails otherwise (it never replaces an existing mapping). Used to grow
 /// the heap contiguously.

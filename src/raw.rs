@@ -22,14 +22,32 @@
 
 use core::alloc::Layout;
 
-use crate::api::{alloc_unmarked, ensure_init};
+use crate::api::{alloc_unmarked, ensure_init, fast_class_of};
 use crate::scavenge::background;
-use crate::spans;
+use crate::spans::{self, cache};
 
 /// At least `size` bytes (one if `size` is 0) aligned to `align` (a power
 /// of two), or null when out of memory or the request is impossible.
-#[inline]
+///
+/// A small request of alignment up to 16 (every C `malloc`) is the Rust
+/// fast path plus the user mark: a table load, a pop from the thread cache,
+/// and the span's user bit set (one page-map load, one record load, one
+/// atomic).
+#[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    if let Some(class) = fast_class_of(size, align) {
+        let p = cache::pop(class);
+        if !p.is_null() {
+            spans::hand_small_to_user(p, class);
+            return p;
+        }
+    }
+    alloc_slow(size, align)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(size: usize, align: usize) -> *mut u8 {
     match Layout::from_size_align(size.max(1), align) {
         Ok(layout) => {
             let p = alloc_unmarked(layout);
@@ -40,8 +58,26 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// As [`alloc`], with the memory zeroed.
+/// As [`alloc`], with the memory zeroed. A small object is cleared here
+/// (as many bytes as asked for); a large one only if its pages may hold
+/// old contents.
+#[inline(always)]
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    if let Some(class) = fast_class_of(size, align) {
+        let p = cache::pop(class);
+        if !p.is_null() {
+            spans::hand_small_to_user(p, class);
+            // SAFETY: a fresh object of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+            return p;
+        }
+    }
+    alloc_zeroed_slow(size, align)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_zeroed_slow(size: usize, align: usize) -> *mut u8 {
     match Layout::from_size_align(size.max(1), align) {
         Ok(layout) => {
             ensure_init();
@@ -61,7 +97,7 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// # Safety
 ///
 /// `ptr` is null or came from this module and is not used again.
-#[inline]
+#[inline(always)]
 pub unsafe fn free(ptr: *mut u8) {
     if !ptr.is_null() {
         // SAFETY: the caller's promise.
@@ -73,6 +109,7 @@ pub unsafe fn free(ptr: *mut u8) {
 }
 
 /// Bytes usable at `ptr` (0 for null).
+#[inline(always)]
 pub fn usable_size(ptr: *mut u8) -> usize {
     if ptr.is_null() {
         0
@@ -85,23 +122,45 @@ pub fn usable_size(ptr: *mut u8) -> usize {
 /// keeping the first bytes, with `align` for a move; null when out of
 /// memory, the old object then intact.
 ///
+/// A small object whose class also serves `new_size` with `align` is
+/// returned as it is: it already holds `new_size` bytes, and it keeps its
+/// own alignment, at least `align` (it was allocated with it, or with a
+/// larger one).
+///
 /// # Safety
 ///
 /// `ptr` is null or came from this module and is live; on success only the
 /// returned pointer is used from then on.
+#[inline(always)]
 pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if ptr.is_null() {
         return alloc(new_size, align);
     }
+    // The page map says what the object is (and checks it is live).
+    let owner = spans::owner(ptr, "realloc");
+    if let Some(class) = owner.class() {
+        if fast_class_of(new_size, align) == Some(class) {
+            return ptr;
+        }
+    }
+    // SAFETY: forwarded.
+    unsafe { realloc_slow(ptr, owner, new_size, align) }
+}
+
+/// [`realloc`] when the object moves or is large.
+///
+/// # Safety
+///
+/// As for [`realloc`]; `owner` is what the page map says of `ptr`.
+#[inline(never)]
+unsafe fn realloc_slow(ptr: *mut u8, owner: spans::Owner, new_size: usize, align: usize) -> *mut u8 {
     ensure_init();
     let new_size = new_size.max(1);
     if Layout::from_size_align(new_size, align).is_err() {
         return core::ptr::null_mut();
     }
-    // The page map says what the object is; `resize` takes that as it is.
-    // C's caller may have written all of `malloc_usable_size`, so all of it
-    // is kept.
-    let owner = spans::owner(ptr, "realloc");
+    // `resize` takes the object as the page map found it. C's caller may
+    // have written all of `malloc_usable_size`, so all of it is kept.
     // SAFETY: a live object of the kind the page map records, with its
     // usable bytes readable; the caller uses the result from now on.
     let new = unsafe { spans::resize(ptr, owner.class(), owner.usable(), align, new_size) };

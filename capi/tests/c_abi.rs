@@ -17,6 +17,10 @@
 //!   lock is held and no thread cache is half updated (the wrapper's
 //!   allocations would otherwise deadlock on the class lock, or take
 //!   objects the cache no longer owns).
+//! * `in_place.c`: for every request size 0..=40000, `malloc_usable_size`
+//!   at least the request, `realloc` to the usable size and back keeping
+//!   the pointer (for every small size) and the contents, and `calloc`
+//!   zeroing a block that was just freed dirty.
 //! * `late_key.c`: makes 64 pthread keys before its first allocation, so
 //!   the allocator's own key is one whose `pthread_setspecific` allocates
 //!   (through the allocator, attaching its first cache).
@@ -112,6 +116,14 @@ fn scavenger_started_outside_locks() -> Result<(), Failed> {
     Ok(())
 }
 
+fn in_place(preload: bool) -> Result<(), Failed> {
+    let out = run_c("in_place", &[], preload, Duration::from_secs(300))?;
+    if !text(&out.stdout).contains("ok in-place") {
+        return Err(format!("no success line: {}", describe(&out)).into());
+    }
+    Ok(())
+}
+
 fn late_pthread_key() -> Result<(), Failed> {
     for preload in [false, true] {
         let out = run_c("late_key", &[], preload, Duration::from_secs(60))?;
@@ -133,6 +145,8 @@ fn main() {
         trial("aligned_realloc_on_glibc", || aligned_realloc(false)),
         trial("aligned_realloc_on_scavalloc", || aligned_realloc(true)),
         trial("random_ops_same_summary_on_glibc_and_scavalloc", random_ops_match),
+        trial("in_place_realloc_usable_size_calloc_on_glibc", || in_place(false)),
+        trial("in_place_realloc_usable_size_calloc_on_scavalloc", || in_place(true)),
         trial("scavenger_started_outside_locks", scavenger_started_outside_locks),
         trial("cache_attach_with_a_late_pthread_key", late_pthread_key),
     ];

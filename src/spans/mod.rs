@@ -32,18 +32,16 @@ pub mod pagemap;
 pub mod sizeclass;
 pub mod span;
 
-use sizeclass::MAX_SMALL_SIZE;
-
 /// The size class that serves `size` bytes aligned to `align`, or `None`
-/// for a large object.
+/// for a large object. The API's inlined fast paths compute the same
+/// function (for alignments up to 16 it is one table load), so a pointer
+/// is routed the same way whichever path allocated or frees it.
 #[inline(always)]
 pub fn class_for(size: usize, align: usize) -> Option<usize> {
-    if size > MAX_SMALL_SIZE {
-        return None;
-    }
-    match sizeclass::size_to_class(size) {
-        Some(class) if align <= sizeclass::class_align(class) => Some(class),
-        _ => sizeclass::size_align_to_class(size, align),
+    if align <= sizeclass::ROUNDED_ALIGN_MAX {
+        sizeclass::rounded_size_to_class(size, align)
+    } else {
+        sizeclass::size_align_to_class(size, align)
     }
 }
 
@@ -156,6 +154,10 @@ enum Located {
 /// record: they do not change while an object in the span is live, which
 /// the caller promises (and if the promise is broken, a span remade in the
 /// meantime has every user bit clear, which the caller reports).
+///
+/// Inlined into C's `free`, `realloc` and `malloc_usable_size`: one load
+/// of the page map and one of the span record give the class, the rest is
+/// arithmetic (the object index by the class's division magic).
 #[inline]
 fn locate(ptr: *mut u8, what: &str) -> Located {
     let addr = ptr as usize;
@@ -227,7 +229,23 @@ fn double_free(what: &str, addr: usize, class: usize) -> ! {
 /// Finds what `ptr` is; stops the process with one line if it is not a
 /// live object scavalloc handed to a user (a foreign pointer, an interior
 /// pointer, or a freed object).
+///
+/// The common case, a live small object, is inlined: a page-map load, a
+/// record load and the user bit; anything else is [`owner_slow`].
+#[inline(always)]
 pub fn owner(ptr: *mut u8, what: &str) -> Owner {
+    if let Some((span, class, index)) = small_object_at(ptr) {
+        // SAFETY: `span` is a record and `index` one of its objects.
+        if unsafe { span::is_user(span, index) } {
+            return Owner::Small(class);
+        }
+    }
+    owner_slow(ptr, what)
+}
+
+#[cold]
+#[inline(never)]
+fn owner_slow(ptr: *mut u8, what: &str) -> Owner {
     match locate(ptr, what) {
         Located::Small { span, class, index } => {
             // SAFETY: `span` is a record and `index` one of its objects.
@@ -238,6 +256,28 @@ pub fn owner(ptr: *mut u8, what: &str) -> Owner {
         }
         Located::Large { bytes } => Owner::Large(bytes),
     }
+}
+
+/// The record, class and index of the small object that starts at `ptr`,
+/// or `None` for anything else (null, a foreign or interior pointer, a
+/// large object), which the callers then hand to [`locate`] to be told
+/// apart and reported. Two dependent loads: the page-map entry and the
+/// record (the class's division magic is a third, from a table that stays
+/// in cache).
+#[inline(always)]
+fn small_object_at(ptr: *mut u8) -> Option<(*mut span::Span, usize, usize)> {
+    let addr = ptr as usize;
+    let span = pagemap::lookup(addr);
+    if span.is_null() {
+        return None;
+    }
+    // SAFETY: as in `locate`: a non-null entry is a record, read by value.
+    let (kind, base, class, nobjects) =
+        unsafe { ((*span).kind, (*span).base, (*span).class as usize, (*span).nobjects as usize) };
+    if kind != span::SpanKind::Small {
+        return None;
+    }
+    span::object_start(base, class, nobjects, addr).map(|index| (span, class, index))
 }
 
 /// Records that the object at `ptr`, just allocated from this layer (null
@@ -252,6 +292,26 @@ pub fn hand_to_user(ptr: *mut u8) {
         if unsafe { span::mark_user(span, index) } {
             handed_out_twice(ptr as usize);
         }
+    }
+}
+
+/// [`hand_to_user`] for an object just taken from a thread cache of
+/// `class`: the class is known, so only the span's base is read (one page
+/// map load, one record load, one atomic).
+#[inline(always)]
+pub fn hand_small_to_user(ptr: *mut u8, class: usize) {
+    let addr = ptr as usize;
+    let span = pagemap::lookup(addr);
+    if span.is_null() {
+        handed_out_twice(addr);
+    }
+    // SAFETY: a non-null entry is a record; its base does not change while
+    // an object of the span is live (this one, just handed out).
+    let base = unsafe { (*span).base };
+    // SAFETY: `ptr` is an object of this span (a cached object of the span
+    // the page map names), so its index is one of the span's objects.
+    if unsafe { span::mark_user(span, sizeclass::object_index(class, addr - base)) } {
+        handed_out_twice(addr);
     }
 }
 
@@ -293,11 +353,39 @@ fn handed_out_twice(addr: usize) -> ! {
 /// first free went to a thread cache or ran on another thread) or an
 /// interior pointer stops the process here, with one line.
 ///
+/// Inlined into C's `free`: a small object costs the page-map load, the
+/// record load, one atomic on the user bitmap and the push to the thread
+/// cache; everything else goes to [`dealloc_unsized_slow`].
+///
 /// # Safety
 ///
 /// `ptr` came from this layer and was handed out through
 /// [`hand_to_user`].
+#[inline(always)]
 pub unsafe fn dealloc_unsized(ptr: *mut u8) {
+    if let Some((span, class, index)) = small_object_at(ptr) {
+        // SAFETY: `span` is a record and `index` one of its objects.
+        if unsafe { span::unmark_user(span, index) } {
+            if !cache::push(class, ptr) {
+                cache::dealloc_slow(class, ptr);
+            }
+            return;
+        }
+    }
+    // SAFETY: forwarded.
+    unsafe { dealloc_unsized_slow(ptr) }
+}
+
+/// [`dealloc_unsized`] for a large object, and the reports. (A small
+/// object whose bit the fast path found clear is found clear again here:
+/// the failed clear changed nothing.)
+///
+/// # Safety
+///
+/// As for [`dealloc_unsized`].
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_unsized_slow(ptr: *mut u8) {
     match locate(ptr, "free") {
         Located::Small { span, class, index } => {
             // SAFETY: `span` is a record and `index` one of its objects.
@@ -373,6 +461,7 @@ pub fn check_live(ptr: *mut u8, size: usize, align: usize) {
 }
 
 /// Bytes usable at `ptr`: the object's class size, or its pages.
+#[inline(always)]
 pub fn usable_size(ptr: *mut u8) -> usize {
     match owner(ptr, "malloc_usable_size") {
         Owner::Small(class) => sizeclass::class_size(class),

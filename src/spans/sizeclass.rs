@@ -52,7 +52,8 @@
 //! 32 KiB classes (one object per span) need their spans aligned to 2 and 4
 //! pages ([`class_span_align_pages`]), which the page heap can provide.
 //! [`size_align_to_class`] picks the smallest class that meets both a size
-//! and an alignment.
+//! and an alignment; for alignments up to 16 (C's `malloc`, `u128`, SIMD
+//! types) [`rounded_size_to_class`] does the same with one table load.
 //!
 //! # Division without dividing
 //!
@@ -88,8 +89,9 @@ static_assertions::const_assert_eq!(GEN_PAGE_SIZE, PAGE_SIZE);
 static_assertions::const_assert_eq!(core::mem::size_of::<SizeClass>(), 16);
 
 /// The size class for a request of `size` bytes: the smallest class whose
-/// objects hold `size` bytes. A request of 0 bytes gets the smallest class;
-/// `None` means the request is a large object (over [`MAX_SMALL_SIZE`]).
+/// objects hold `size` bytes. A request of 0 bytes is served as 16 bytes
+/// (see [`rounded_size_to_class`]); `None` means the request is a large
+/// object (over [`MAX_SMALL_SIZE`]).
 #[inline]
 pub const fn size_to_class(size: usize) -> Option<usize> {
     if size <= SMALL_SIZE_MAX {
@@ -98,6 +100,42 @@ pub const fn size_to_class(size: usize) -> Option<usize> {
         Some(SIZE_TO_CLASS128[(size - SMALL_SIZE_MAX).div_ceil(LARGE_SIZE_DIV)] as usize)
     } else {
         None
+    }
+}
+
+/// The smallest class whose objects hold `size` bytes aligned to `align`,
+/// for a power of two `align` up to [`ROUNDED_ALIGN_MAX`] (16): the class of
+/// `size` rounded up to `align`. `None` for a large object.
+///
+/// Rounding is enough because every class that a multiple of 16 maps to is
+/// a multiple of 16 (the 16-byte class, then every class from 32 bytes up),
+/// so its objects are 16-aligned on a page-aligned span; alignments up to 8
+/// are met by every class. The 0-byte request is served as 16 bytes so that
+/// it is no exception. `build.rs` and the tests check every size.
+///
+/// This is the whole lookup of the inlined fast paths (Rust layouts of
+/// alignment up to 16, C's `malloc`): a shift, a multiply by a constant and
+/// one byte load when `align` is known at compile time.
+#[inline(always)]
+pub const fn rounded_size_to_class(size: usize, align: usize) -> Option<usize> {
+    // The fine table's step is 8 and every class meets an alignment of 8,
+    // so alignments up to 8 need no rounding beyond the table's own.
+    let step = if align > SMALL_SIZE_DIV { align } else { SMALL_SIZE_DIV };
+    if size <= SMALL_SIZE_MAX {
+        // At most `SMALL_SIZE_MAX / SMALL_SIZE_DIV`, the table's last entry
+        // (`SMALL_SIZE_MAX` is a multiple of every step); a failed bound
+        // check (impossible) would make the request a large object on every
+        // path alike rather than panic.
+        let index = size.div_ceil(step) * (step / SMALL_SIZE_DIV);
+        if index < SIZE_TO_CLASS8.len() {
+            Some(SIZE_TO_CLASS8[index] as usize)
+        } else {
+            None
+        }
+    } else {
+        // Classes above `SMALL_SIZE_MAX` are multiples of 128: rounding
+        // to 16 changes no lookup.
+        size_to_class(size)
     }
 }
 
@@ -110,6 +148,8 @@ pub const fn size_to_class(size: usize) -> Option<usize> {
 /// `align` is at least `align` bytes, so the search starts there).
 #[inline]
 pub const fn size_align_to_class(size: usize, align: usize) -> Option<usize> {
+    // A request of 0 bytes is served as 16, as in `size_to_class`.
+    let size = if size == 0 { 16 } else { size };
     let start = if size > align { size } else { align };
     let mut class = match size_to_class(start) {
         Some(class) => class,
@@ -152,7 +192,7 @@ pub const fn class_objects(class: usize) -> usize {
 /// of two, at least 8), provided its span's base is aligned to
 /// [`class_span_align_pages`] pages. An allocation with alignment `align`
 /// may use the class when `align <= class_align(class)`.
-#[inline]
+#[cfg(test)]
 pub const fn class_align(class: usize) -> usize {
     CLASSES[class].align as usize
 }
@@ -189,9 +229,11 @@ mod tests {
         (0..NUM_CLASSES).map(class_size)
     }
 
-    /// The reference lookup: a linear search for the first class that fits.
+    /// The reference lookup: a linear search for the first class that fits
+    /// (a request of 0 bytes is served as 16).
     fn naive_class(size: usize, align: usize) -> Option<usize> {
-        (0..NUM_CLASSES).find(|&c| class_size(c) >= size.max(1) && class_align(c) >= align)
+        let size = if size == 0 { 16 } else { size };
+        (0..NUM_CLASSES).find(|&c| class_size(c) >= size && class_align(c) >= align)
     }
 
     #[test]
@@ -321,7 +363,8 @@ mod tests {
         for size in 0..=MAX_SMALL_SIZE {
             assert_eq!(size_to_class(size), naive_class(size, 1), "size {size}");
         }
-        assert_eq!(size_to_class(0), Some(0));
+        assert_eq!(size_to_class(0), size_to_class(16));
+        assert_eq!(class_size(size_to_class(0).unwrap()), 16);
         assert_eq!(size_to_class(MAX_SMALL_SIZE + 1), None);
         assert_eq!(size_to_class(usize::MAX), None);
     }
@@ -338,6 +381,27 @@ mod tests {
         assert_eq!(size_align_to_class(20000, 16384), size_to_class(32768));
         assert_eq!(size_align_to_class(8, 65536), None);
         assert_eq!(size_align_to_class(usize::MAX, 8), None);
+    }
+
+    /// The fast paths' lookup: for every size and every alignment up to
+    /// 16, the size rounded up to the alignment finds the smallest class
+    /// that holds the size with that alignment; and every class so reached
+    /// from alignment 16 is a multiple of 16.
+    #[test]
+    fn rounded_lookup_is_the_smallest_aligned_class() {
+        assert_eq!(ROUNDED_ALIGN_MAX, 16);
+        for align in [1, 2, 4, 8, 16] {
+            for size in 0..=MAX_SMALL_SIZE + 1 {
+                let class = rounded_size_to_class(size, align);
+                assert_eq!(class, naive_class(size, align), "size {size} align {align}");
+                if let Some(class) = class {
+                    assert_eq!(class_size(class) % align, 0, "size {size} align {align}");
+                }
+            }
+            assert_eq!(rounded_size_to_class(usize::MAX, align), None);
+        }
+        assert_eq!(rounded_size_to_class(17, 16).map(class_size), Some(32));
+        assert_eq!(rounded_size_to_class(17, 8).map(class_size), Some(24));
     }
 
     #[test]
