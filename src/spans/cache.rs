@@ -50,7 +50,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::pagemap;
-use super::span::{self, Span, SpanKind};
+use super::span::Span;
 use super::{central, large};
 use crate::persistent;
 use crate::sync::Mutex;
@@ -193,14 +193,6 @@ struct Bin {
     span_len: AtomicUsize,
 }
 
-/// A span's record and the range of its objects, remembered.
-#[repr(C)]
-struct SpanMemo {
-    base: AtomicUsize,
-    len: AtomicUsize,
-    span: AtomicPtr<Span>,
-}
-
 /// One class's buffer of objects on their way home: freed by this thread
 /// but from other spans than its own.
 #[repr(C)]
@@ -222,10 +214,6 @@ pub struct ThreadCache {
     /// Per class, the span this thread owns (null: none). Only the owning
     /// thread uses these.
     owned: [AtomicPtr<Span>; NUM_CLASSES],
-    /// Per class, the span [`keeps`] last looked up, so that a run of frees
-    /// into one span (a consumer freeing what a producer allocated in a
-    /// row) looks the page map up once. Only the owning thread uses these.
-    looked_up: [SpanMemo; NUM_CLASSES],
     /// How many of `owned` are not null (0 in the shared empty caches):
     /// when it equals [`central::OWNED_SPANS`], no other thread owns a span.
     owned_count: AtomicUsize,
@@ -260,9 +248,6 @@ const fn empty_cache() -> StaticCache {
         }; NUM_CLASSES],
         home: [const { HomeBound { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
         owned: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_CLASSES],
-        looked_up: [const {
-            SpanMemo { base: AtomicUsize::new(0), len: AtomicUsize::new(0), span: AtomicPtr::new(ptr::null_mut()) }
-        }; NUM_CLASSES],
         owned_count: AtomicUsize::new(0),
         large: [const { AtomicPtr::new(ptr::null_mut()) }; LARGE_SLOTS],
         next: ptr::null_mut(),
@@ -414,7 +399,7 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     let cache = unsafe { &*cache };
     if offset >= bin.span_len.load(Ordering::Relaxed)
         && !owns_every_span(cache)
-        && !keeps(&cache.looked_up[class], class, object)
+        && !keeps(object)
     {
         // SAFETY: `cache` is this thread's own cache.
         send_home(&cache.home[class], class, object);
@@ -447,35 +432,13 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
 
 /// Whether the calling thread may keep `object`, freed here but outside
 /// its own span: yes unless another thread owns the object's span (that
-/// thread is handing out its neighbours; the object goes home to it). A
-/// pointer that is no small object of `class` is not kept either: sent
-/// home, it is reported there.
-fn keeps(memo: &SpanMemo, class: usize, object: *mut u8) -> bool {
-    let addr = object as usize;
-    let mut span = memo.span.load(Ordering::Relaxed);
-    if addr.wrapping_sub(memo.base.load(Ordering::Relaxed)) >= memo.len.load(Ordering::Relaxed) {
-        span = pagemap::lookup(addr);
-        if span.is_null() {
-            return false;
-        }
-        // SAFETY: a non-null page-map entry is a span record (records live
-        // forever); the fields are read by value, and do not change while
-        // an object of the span is live, which the caller's free promises.
-        let (kind, span_class, base, nobjects) =
-            unsafe { ((*span).kind, (*span).class as usize, (*span).base, (*span).nobjects as usize) };
-        if kind != SpanKind::Small || span_class != class {
-            return false;
-        }
-        memo.base.store(base, Ordering::Relaxed);
-        memo.len.store(nobjects * sizeclass::class_size(class), Ordering::Relaxed);
-        memo.span.store(span, Ordering::Relaxed);
-    }
-    // A remembered span may have been freed and its record reused since;
-    // then this answer is about the record's new span, a policy slip for
-    // one object (kept or sent home), never a correctness one: where the
-    // object goes, its own span is found again.
-    // SAFETY: a span record (records live forever).
-    !unsafe { span::owned_by_a_thread(span) }
+/// thread is handing out its neighbours; the object goes home to it). One
+/// load: the page map's entry says whether its span is owned. A pointer
+/// the page map does not know goes home too, where it is reported.
+#[inline(always)]
+fn keeps(object: *mut u8) -> bool {
+    let (span, owned) = pagemap::lookup_with_owner(object as usize);
+    !span.is_null() && !owned
 }
 
 /// Adds `object` to a home-bound buffer of the calling thread, sending the

@@ -284,7 +284,8 @@ impl Central {
         // SAFETY: the span is off every list; we hold its class lock.
         unsafe {
             (*span).in_partial = false;
-            (*span).owned.store(true, Ordering::Relaxed);
+            (*span).owned = true;
+            pagemap::set_owned((*span).base, (*span).npages, span, true);
         }
         OWNED_SPANS.fetch_add(1, Ordering::Relaxed);
         span
@@ -303,7 +304,8 @@ impl Central {
         // SAFETY: the contract.
         OWNED_SPANS.fetch_sub(1, Ordering::Relaxed);
         let (class, nfree, empty) = unsafe {
-            (*span).owned.store(false, Ordering::Relaxed);
+            (*span).owned = false;
+            pagemap::set_owned((*span).base, (*span).npages, span, false);
             ((*span).class as usize, (*span).nfree as usize, (*span).is_empty())
         };
         if empty {
@@ -403,7 +405,7 @@ impl Central {
                         fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
                     }
                 }
-                (s.owned.load(Ordering::Relaxed), s.is_empty(), s.in_partial, s.nfree as usize)
+                (s.owned, s.is_empty(), s.in_partial, s.nfree as usize)
             };
             self.handed_out -= 1;
             if owned {

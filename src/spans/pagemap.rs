@@ -54,17 +54,38 @@ static WRITABLE: [AtomicU64; GRANULES / 64] = [const { AtomicU64::new(0) }; GRAN
 /// two-level one; decided by the first [`prepare`].
 static CHOICE: spin::Once<usize> = spin::Once::new();
 
+/// The low bit of an entry: the span is owned by a thread cache (see
+/// [`set_owned`]). Span records are aligned to more than two bytes, so the
+/// bit is free in every pointer.
+const OWNED_TAG: usize = 1;
+
 /// The span owning the page that contains `addr`, or null if no span does.
 #[inline(always)]
 pub fn lookup(addr: usize) -> *mut Span {
+    lookup_with_owner(addr).0
+}
+
+/// [`lookup`], and whether a thread cache owns the span: the same load, so
+/// a free can tell whether another thread hands out the object's
+/// neighbours without touching the span record. The ownership is a racy
+/// read (a hint: it may change right after).
+#[inline(always)]
+pub fn lookup_with_owner(addr: usize) -> (*mut Span, bool) {
     let flat = FLAT.load(Ordering::Relaxed);
-    if !flat.is_null() && addr >> HEAP_ADDR_BITS == 0 {
+    let entry = if !flat.is_null() && addr >> HEAP_ADDR_BITS == 0 {
         // SAFETY: the flat map has an entry for every address below
         // 2^HEAP_ADDR_BITS, all readable for the process's life.
         unsafe { (*flat.add(addr >> PAGE_SHIFT)).load(Ordering::Acquire) }
     } else {
         lookup_slow(addr)
-    }
+    };
+    (entry.map_addr(|a| a & !OWNED_TAG), entry.addr() & OWNED_TAG != 0)
+}
+
+/// Marks the pages of `span` (covering `[base, base + npages pages)`, as
+/// set by [`set`]) as those of a span a thread cache owns, or no longer.
+pub fn set_owned(base: usize, npages: usize, span: *mut Span, owned: bool) {
+    set(base, npages, if owned { span.map_addr(|a| a | OWNED_TAG) } else { span });
 }
 
 /// [`lookup`] outside the flat map: the two-level map, or an address no

@@ -23,7 +23,7 @@
 //! page-map entry can never point into unmapped memory.
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::sizeclass::{self, MAX_OBJECTS_PER_SPAN};
 use crate::persistent;
@@ -59,10 +59,10 @@ pub struct Span {
     /// Whether the span is on its class's list of spans with free objects.
     pub in_partial: bool,
     /// Whether a thread cache owns the span: only that thread hands out
-    /// its objects, and the span is on no list. Written under the class
-    /// lock (see [`super::central`]); read without it by frees on other
-    /// threads ([`owned_by_a_thread`]), hence atomic.
-    pub owned: AtomicBool,
+    /// its objects, and the span is on no list. Changed under the class
+    /// lock (see [`super::central`]), with the page map's entries, where
+    /// frees on other threads read it without the lock.
+    pub owned: bool,
     /// Small: objects in the span.
     pub nobjects: u16,
     /// Small: objects whose bit is clear.
@@ -107,7 +107,7 @@ impl Span {
         self.class = class as u8;
         self.kind = SpanKind::Small;
         self.in_partial = false;
-        self.owned.store(false, Ordering::Relaxed);
+        self.owned = false;
         self.nobjects = nobjects as u16;
         self.nfree = nobjects as u16;
         self.large_bytes = 0;
@@ -140,7 +140,7 @@ impl Span {
         self.class = 0;
         self.kind = SpanKind::Large;
         self.in_partial = false;
-        self.owned.store(false, Ordering::Relaxed);
+        self.owned = false;
         self.nobjects = 0;
         self.nfree = 0;
         self.large_bytes = bytes;
@@ -279,20 +279,6 @@ pub fn object_start(base: usize, class: usize, nobjects: usize, addr: usize) -> 
     }
     let index = sizeclass::object_index(class, offset);
     (index * size == offset).then_some(index)
-}
-
-/// Whether a thread cache owns `span` right now (a racy read: the answer
-/// may be out of date by the time the caller acts on it, which costs at
-/// most an object kept or sent home one time too many, never correctness).
-///
-/// # Safety
-///
-/// `span` points to a span record (records live forever).
-#[inline(always)]
-pub unsafe fn owned_by_a_thread(span: *const Span) -> bool {
-    // SAFETY: the record lives for the rest of the process; only the
-    // atomic field is borrowed, never the whole record.
-    unsafe { (*ptr::addr_of!((*span).owned)).load(Ordering::Relaxed) }
 }
 
 /// The word of `span`'s user bitmap that holds object `index`, and the
