@@ -83,9 +83,10 @@ unsafe impl GlobalAlloc for Scavalloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if !checking() {
             if let Some(class) = fast_class(&layout) {
-                if cache::push(class, ptr) {
-                    return;
+                if !cache::push(class, ptr) {
+                    dealloc_small_slow(class, ptr);
                 }
+                return;
             }
         }
         // SAFETY: forwarded from the caller.
@@ -119,6 +120,18 @@ unsafe impl GlobalAlloc for Scavalloc {
         // SAFETY: forwarded from the caller.
         unsafe { realloc_slow(ptr, layout, new_size) }
     }
+}
+
+/// A small object's free past the fast path (an object of another span
+/// than the thread's own, or a full stack): straight to the cache's slow
+/// path, the class already known.
+#[cold]
+#[inline(never)]
+fn dealloc_small_slow(class: usize, ptr: *mut u8) {
+    cache::dealloc_slow(class, ptr);
+    // The free is complete and no lock is held: the place to start or wake
+    // the scavenger if the free asked for it.
+    scavenge::background::run_deferred();
 }
 
 /// `alloc_zeroed` past the fast path: large objects on pages known to be

@@ -22,6 +22,7 @@ mod imp {
     pub use crate::spans::cache::{bin_capacity, home_capacity, MAX_CACHED_BYTES_PER_THREAD};
     pub use crate::spans::central::object_is_free;
     pub use crate::spans::class_for;
+    pub use crate::spans::pagemap::span_is_owned;
     pub use crate::spans::sizeclass::{class_objects, class_size, size_to_class, NUM_CLASSES};
 
     /// Whether free pages are given back with `MADV_FREE`

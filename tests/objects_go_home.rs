@@ -1,7 +1,7 @@
-//! Objects go home: an object freed by a thread other than the one that
-//! took it from its span is not handed out again by the freeing thread,
-//! and two threads are never handed objects that share a cache line while
-//! one of them still hands out objects of that span (passive false
+//! Objects go home: an object freed by a thread other than the one whose
+//! span it came from, while that thread still owns the span (hands out its
+//! objects), is not handed out again by the freeing thread, so two threads
+//! are never handed objects that share a cache line (passive false
 //! sharing).
 
 use std::alloc::{alloc, dealloc, Layout};
@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::mpsc;
 use std::thread;
 
-use scavalloc::testing::{home_capacity, object_is_free, size_to_class};
+use scavalloc::testing::{class_objects, home_capacity, object_is_free, size_to_class, span_is_owned};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
@@ -34,16 +34,36 @@ fn one_size(size: usize) {
     // Fewer than the worker's buffer of objects on their way home holds,
     // so that they are still on their way when it allocates; the producer
     // keeps as many again live, next to them.
+    // All of them in the one span the producer owns: at most half its
+    // objects each.
     let class = size_to_class(size).unwrap();
-    let handed_count = 4.min(home_capacity(class) - 1);
+    let handed_count = 4.min(home_capacity(class) - 1).min(class_objects(class) / 2);
+    if handed_count == 0 {
+        return;
+    }
     let (to_worker, worker_rx) = mpsc::channel::<Vec<usize>>();
     let (to_producer, producer_rx) = mpsc::channel::<()>();
     let producer = thread::spawn(move || {
-        // SAFETY: a valid, non-zero layout; the objects are freed by the
-        // worker with the same layout.
-        let mut objects: Vec<usize> = (0..2 * handed_count).map(|_| unsafe { alloc(layout(size)) } as usize).collect();
-        assert!(objects.iter().all(|&p| p != 0));
+        // Objects of the span the producer owns (it hands out their
+        // neighbours): allocate until enough of those it took are still in
+        // it (a span with few objects may run out and be given up on the
+        // way); the others are freed at the end.
+        let mut taken = Vec::new();
+        let mut objects = Vec::new();
+        for _ in 0..64 {
+            // SAFETY: a valid, non-zero layout; freed below or by the
+            // worker, with the same layout.
+            taken.push(unsafe { alloc(layout(size)) } as usize);
+            objects = taken.iter().copied().filter(|&p| span_is_owned(p)).collect();
+            if objects.len() >= 2 * handed_count {
+                break;
+            }
+        }
+        assert!(taken.iter().all(|&p| p != 0));
+        assert!(objects.len() >= 2 * handed_count, "{size} B: the producer owns no span of its objects");
+        objects.truncate(2 * handed_count);
         let kept = objects.split_off(handed_count);
+        let others: Vec<usize> = taken.into_iter().filter(|p| !objects.contains(p) && !kept.contains(p)).collect();
         to_worker.send([objects.clone(), kept.clone()].concat()).unwrap();
         // Wait until the worker has freed them and flushed its cache.
         producer_rx.recv().unwrap();
@@ -51,7 +71,7 @@ fn one_size(size: usize) {
         for &p in &objects {
             assert!(object_is_free(p), "{size} B: {p:#x}, freed by the worker, did not go back to its span");
         }
-        for p in kept {
+        for p in kept.into_iter().chain(others) {
             // SAFETY: allocated above with this layout, freed once.
             unsafe { dealloc(p as *mut u8, layout(size)) };
         }
@@ -92,5 +112,70 @@ fn one_size(size: usize) {
 fn a_freeing_thread_does_not_reuse_another_threads_objects() {
     for size in [8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096, 8192, 32768] {
         one_size(size);
+    }
+}
+
+/// The same once the producer has moved on: objects of a span it used up
+/// and gave up (no thread owns it now) still go home when another thread
+/// frees them, instead of being handed out again by that thread next to
+/// the producer's other objects.
+fn after_the_span_is_given_up(size: usize) {
+    let class = size_to_class(size).unwrap();
+    let handed_count = 4.min(home_capacity(class) - 1).min(class_objects(class));
+    let (to_worker, worker_rx) = mpsc::channel::<Vec<usize>>();
+    let (done, producer_rx) = mpsc::channel::<()>();
+    let producer = thread::spawn(move || {
+        // Allocate until some objects lie in a span the producer no longer
+        // owns (it ran out and the producer took another).
+        let mut taken = Vec::new();
+        let mut given_up = Vec::new();
+        for _ in 0..4 * class_objects(class) + 64 {
+            // SAFETY: a valid, non-zero layout; freed below or by the
+            // worker, with the same layout.
+            taken.push(unsafe { alloc(layout(size)) } as usize);
+            given_up = taken.iter().copied().filter(|&p| !span_is_owned(p)).collect();
+            if given_up.len() >= handed_count {
+                break;
+            }
+        }
+        assert!(taken.iter().all(|&p| p != 0));
+        assert!(given_up.len() >= handed_count, "{size} B: the producer never gave a span up");
+        given_up.truncate(handed_count);
+        to_worker.send(given_up.clone()).unwrap();
+        taken.retain(|p| !given_up.contains(p));
+        // Live until the worker is done, as a thread that hands objects out
+        // would be.
+        producer_rx.recv().unwrap();
+        taken
+    });
+    let handed = worker_rx.recv().unwrap();
+    let worker = thread::spawn(move || {
+        for &p in &handed {
+            // SAFETY: allocated by the producer with this layout, freed once.
+            unsafe { dealloc(p as *mut u8, layout(size)) };
+        }
+        // SAFETY: as above; freed below.
+        let fresh: Vec<usize> = (0..2 * handed_count).map(|_| unsafe { alloc(layout(size)) } as usize).collect();
+        for &p in &fresh {
+            assert_ne!(p, 0);
+            assert!(!handed.contains(&p), "{size} B: the worker was handed back {p:#x}, which it had just freed");
+        }
+        for p in fresh {
+            // SAFETY: allocated above with this layout.
+            unsafe { dealloc(p as *mut u8, layout(size)) };
+        }
+    });
+    worker.join().expect("worker");
+    done.send(()).unwrap();
+    for p in producer.join().expect("producer") {
+        // SAFETY: allocated by the producer with this layout, freed once.
+        unsafe { dealloc(p as *mut u8, layout(size)) };
+    }
+}
+
+#[test]
+fn objects_of_a_span_given_up_still_go_home() {
+    for size in [8, 16, 48, 64, 256, 1024, 4096, 16384] {
+        after_the_span_is_given_up(size);
     }
 }

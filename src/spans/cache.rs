@@ -10,15 +10,17 @@
 //! A thread *owns* one span per class (see [`central::refill_owned`]): no
 //! other thread hands out objects of it. The free fast path keeps an object
 //! at once if it lies in the thread's own span (one subtraction and compare
-//! against the span's range). Any other object takes the slow path, which
-//! looks its span up: if another thread owns that span, the object goes
+//! against the span's range), or if no other thread owns any span (a
+//! single-threaded program). Any other object takes the slow path, which
+//! reads its page-map entry: that names the thread cache that owns the
+//! object's span, or last did. The thread keeps the object only if that is
+//! itself (it took the object from the span); otherwise the object goes
 //! into the class's *home-bound* buffer, and the buffer goes back to the
-//! objects' spans in one batch, under one lock, when it fills; otherwise
-//! (a span nobody owns) the thread keeps it, as it always did. So an
-//! object whose span another thread is handing out is never handed out
-//! again by the thread that freed it: objects that share a cache line are
-//! not handed to two threads at once (passive false sharing), and a thread
-//! that frees what another allocates does not take that thread's objects.
+//! objects' spans in one batch, under one lock, when it fills. So an object
+//! is never handed out again by a thread that did not take it from its
+//! span: objects that share a cache line are not handed to two threads at
+//! once (passive false sharing), and a thread that frees what another
+//! allocates does not take that thread's objects.
 //!
 //! When a stack runs dry it is refilled from the thread's span, or from a
 //! new span it takes over; when it is full, its older half goes back to the
@@ -214,6 +216,10 @@ pub struct ThreadCache {
     /// Per class, the span this thread owns (null: none). Only the owning
     /// thread uses these.
     owned: [AtomicPtr<Span>; NUM_CLASSES],
+    /// The cache's id, recorded in the page map for the spans it owns (0 in
+    /// the shared empty caches; ids wrap after 65,535 caches, which only
+    /// blurs whose objects are whose).
+    id: u16,
     /// How many of `owned` are not null (0 in the shared empty caches):
     /// when it equals [`central::OWNED_SPANS`], no other thread owns a span.
     owned_count: AtomicUsize,
@@ -248,6 +254,7 @@ const fn empty_cache() -> StaticCache {
         }; NUM_CLASSES],
         home: [const { HomeBound { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
         owned: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_CLASSES],
+        id: 0,
         owned_count: AtomicUsize::new(0),
         large: [const { AtomicPtr::new(ptr::null_mut()) }; LARGE_SLOTS],
         next: ptr::null_mut(),
@@ -359,7 +366,8 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, bin.cap as usize) };
         let before = owned.load(Ordering::Relaxed);
         let mut span = before;
-        let got = central::refill_owned(class, &mut span, slots);
+        // SAFETY: `cache` is this thread's own cache.
+        let got = central::refill_owned(class, unsafe { (*cache).id }, &mut span, slots);
         owned.store(span, Ordering::Relaxed);
         if before.is_null() != span.is_null() {
             // SAFETY: `cache` is this thread's own cache.
@@ -399,7 +407,7 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     let cache = unsafe { &*cache };
     if offset >= bin.span_len.load(Ordering::Relaxed)
         && !owns_every_span(cache)
-        && !keeps(object)
+        && !keeps(cache.id, object)
     {
         // SAFETY: `cache` is this thread's own cache.
         send_home(&cache.home[class], class, object);
@@ -430,15 +438,16 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     bin.count.store(n + 1, Ordering::Relaxed);
 }
 
-/// Whether the calling thread may keep `object`, freed here but outside
-/// its own span: yes unless another thread owns the object's span (that
-/// thread is handing out its neighbours; the object goes home to it). One
-/// load: the page map's entry says whether its span is owned. A pointer
-/// the page map does not know goes home too, where it is reported.
+/// Whether the calling thread (whose cache has id `me`) may keep `object`,
+/// freed here but outside its own span: only if its span was last owned
+/// by this thread (the thread took the object from it). Any other object
+/// goes home: the thread that owns its span hands out its neighbours, or
+/// did last. One load: the page map's entry says who owns the span. A
+/// pointer the page map does not know goes home too, where it is reported.
 #[inline(always)]
-fn keeps(object: *mut u8) -> bool {
-    let (span, owned) = pagemap::lookup_with_owner(object as usize);
-    !span.is_null() && !owned
+fn keeps(me: u16, object: *mut u8) -> bool {
+    let page = pagemap::lookup_owner(object as usize);
+    !page.span.is_null() && page.owner == me
 }
 
 /// Adds `object` to a home-bound buffer of the calling thread, sending the
@@ -569,7 +578,8 @@ fn attach() -> Option<*const ThreadCache> {
         let mut reg = REGISTRY.lock();
         let mut cache = reg.pool;
         if cache.is_null() {
-            cache = new_cache()?;
+            // Ids 1..=65535, wrapping: 0 means no cache in the page map.
+            cache = new_cache((reg.made % 0xffff) as u16 + 1)?;
             reg.made += 1;
         } else {
             // SAFETY: pooled caches are live records linked through `next`.
@@ -609,9 +619,11 @@ fn attach() -> Option<*const ThreadCache> {
 }
 
 /// A new cache with its stacks, from persistent memory.
-fn new_cache() -> Option<*mut ThreadCache> {
+fn new_cache(id: u16) -> Option<*mut ThreadCache> {
     let cache = persistent::alloc_array::<ThreadCache>(1)?.as_ptr();
     let slots = persistent::alloc_array::<*mut u8>(TOTAL_SLOTS)?.as_ptr();
+    // SAFETY: the cache is fresh, zeroed and ours.
+    unsafe { (*cache).id = id };
     for (class, offset) in SLOT_OFFSETS[..NUM_CLASSES].iter().enumerate() {
         // SAFETY: the cache is zeroed (counts 0, null pointers: valid) and
         // ours; the slot ranges lie within the `TOTAL_SLOTS` array.

@@ -158,7 +158,7 @@ pub static OWNED_SPANS: AtomicUsize = AtomicUsize::new(0);
 /// from other threads go back into its bitmap (see [`give_back`]) and wait
 /// for the owner's next refill. So objects that share a cache line are
 /// handed to one thread at a time.
-pub fn refill_owned(class: usize, owned: &mut *mut Span, out: &mut [*mut u8]) -> usize {
+pub fn refill_owned(class: usize, owner: u16, owned: &mut *mut Span, out: &mut [*mut u8]) -> usize {
     let threshold = ready_threshold(class);
     let mut central = CENTRAL[class].0.lock();
     let mut span = *owned;
@@ -173,7 +173,7 @@ pub fn refill_owned(class: usize, owned: &mut *mut Span, out: &mut [*mut u8]) ->
         }
     }
     if span.is_null() {
-        span = central.adopt(class, threshold);
+        span = central.adopt(class, threshold, owner);
         if span.is_null() {
             *owned = ptr::null_mut();
             return 0;
@@ -218,7 +218,7 @@ pub fn refill_unowned(class: usize, out: &mut [*mut u8]) -> usize {
     let mut central = CENTRAL[class].0.lock();
     let mut got = 0;
     while got < out.len() {
-        let span = central.adopt(class, 1);
+        let span = central.adopt(class, 1, 0);
         if span.is_null() {
             break;
         }
@@ -250,12 +250,13 @@ pub fn give_up_owned(class: usize, span: *mut Span, objects: &[*mut u8]) {
 }
 
 impl Central {
-    /// Finds a span for a thread to own: the head of the partial list if
+    /// Finds a span for thread cache `owner` (0: a thread without one, for
+    /// one batch) to own: the head of the partial list if
     /// it has at least `threshold` free objects, else the spare, else a new
     /// span, else any span on the partial list; takes it off its list,
     /// marks it owned and returns it (null when there is none and the OS
     /// refuses memory).
-    fn adopt(&mut self, class: usize, threshold: usize) -> *mut Span {
+    fn adopt(&mut self, class: usize, threshold: usize, owner: u16) -> *mut Span {
         let head = self.partial.first();
         // SAFETY: spans on the partial list are live records of this class,
         // guarded by the lock the caller holds (as `&mut self`).
@@ -285,7 +286,8 @@ impl Central {
         unsafe {
             (*span).in_partial = false;
             (*span).owned = true;
-            pagemap::set_owned((*span).base, (*span).npages, span, true);
+            (*span).owner = owner;
+            pagemap::set_owner((*span).base, (*span).npages, span, owner, true);
         }
         OWNED_SPANS.fetch_add(1, Ordering::Relaxed);
         span
@@ -305,7 +307,7 @@ impl Central {
         OWNED_SPANS.fetch_sub(1, Ordering::Relaxed);
         let (class, nfree, empty) = unsafe {
             (*span).owned = false;
-            pagemap::set_owned((*span).base, (*span).npages, span, false);
+            pagemap::set_owner((*span).base, (*span).npages, span, (*span).owner, false);
             ((*span).class as usize, (*span).nfree as usize, (*span).is_empty())
         };
         if empty {

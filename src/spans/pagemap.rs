@@ -54,23 +54,41 @@ static WRITABLE: [AtomicU64; GRANULES / 64] = [const { AtomicU64::new(0) }; GRAN
 /// two-level one; decided by the first [`prepare`].
 static CHOICE: spin::Once<usize> = spin::Once::new();
 
-/// The low bit of an entry: the span is owned by a thread cache (see
-/// [`set_owned`]). Span records are aligned to more than two bytes, so the
-/// bit is free in every pointer.
+/// The low bit of an entry: a thread cache owns the span now (see
+/// [`set_owner`]). Span records are aligned to more than two bytes, so the
+/// bit is free in every record pointer.
 const OWNED_TAG: usize = 1;
+/// Where an entry keeps the id of the thread cache that owns (or last
+/// owned) its span: the bits above the 48 of a heap address.
+const OWNER_SHIFT: u32 = HEAP_ADDR_BITS;
+/// The bits of an entry that are the record's address.
+const RECORD_MASK: usize = ((1 << HEAP_ADDR_BITS) - 1) & !OWNED_TAG;
+
+/// What the page map says of a page: its span, and who hands out (or last
+/// handed out) its objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageOwner {
+    /// The span owning the page, or null.
+    pub span: *mut Span,
+    /// The id of the thread cache that owns the span or last did (0:
+    /// none).
+    pub owner: u16,
+    /// Whether that cache owns it now.
+    pub owned: bool,
+}
 
 /// The span owning the page that contains `addr`, or null if no span does.
 #[inline(always)]
 pub fn lookup(addr: usize) -> *mut Span {
-    lookup_with_owner(addr).0
+    lookup_owner(addr).span
 }
 
-/// [`lookup`], and whether a thread cache owns the span: the same load, so
-/// a free can tell whether another thread hands out the object's
-/// neighbours without touching the span record. The ownership is a racy
-/// read (a hint: it may change right after).
+/// [`lookup`], and which thread cache owns the span or last did: the same
+/// load, so that a free can tell whether the object is its own thread's
+/// without touching the span record. The owner is a racy read (a hint: it
+/// may change right after).
 #[inline(always)]
-pub fn lookup_with_owner(addr: usize) -> (*mut Span, bool) {
+pub fn lookup_owner(addr: usize) -> PageOwner {
     let flat = FLAT.load(Ordering::Relaxed);
     let entry = if !flat.is_null() && addr >> HEAP_ADDR_BITS == 0 {
         // SAFETY: the flat map has an entry for every address below
@@ -79,13 +97,26 @@ pub fn lookup_with_owner(addr: usize) -> (*mut Span, bool) {
     } else {
         lookup_slow(addr)
     };
-    (entry.map_addr(|a| a & !OWNED_TAG), entry.addr() & OWNED_TAG != 0)
+    let bits = entry.addr();
+    PageOwner {
+        span: entry.map_addr(|a| a & RECORD_MASK),
+        owner: (bits >> OWNER_SHIFT) as u16,
+        owned: bits & OWNED_TAG != 0,
+    }
 }
 
-/// Marks the pages of `span` (covering `[base, base + npages pages)`, as
-/// set by [`set`]) as those of a span a thread cache owns, or no longer.
-pub fn set_owned(base: usize, npages: usize, span: *mut Span, owned: bool) {
-    set(base, npages, if owned { span.map_addr(|a| a | OWNED_TAG) } else { span });
+/// Whether a thread cache owns the span holding `addr` (for tests).
+#[cfg(any(test, feature = "testing"))]
+pub fn span_is_owned(addr: usize) -> bool {
+    lookup_owner(addr).owned
+}
+
+/// Records in the entries of `span` (covering `[base, base + npages
+/// pages)`, as set by [`set`]) that thread cache `owner` owns it now
+/// (`owned`), or last did.
+pub fn set_owner(base: usize, npages: usize, span: *mut Span, owner: u16, owned: bool) {
+    let tag = ((owner as usize) << OWNER_SHIFT) | if owned { OWNED_TAG } else { 0 };
+    set(base, npages, span.map_addr(|a| a | tag));
 }
 
 /// [`lookup`] outside the flat map: the two-level map, or an address no

@@ -63,6 +63,9 @@ pub struct Span {
     /// lock (see [`super::central`]), with the page map's entries, where
     /// frees on other threads read it without the lock.
     pub owned: bool,
+    /// Small: the id of the thread cache that owns the span, or last did
+    /// (0: none); kept in the page map's entries too.
+    pub owner: u16,
     /// Small: objects in the span.
     pub nobjects: u16,
     /// Small: objects whose bit is clear.
@@ -108,6 +111,7 @@ impl Span {
         self.kind = SpanKind::Small;
         self.in_partial = false;
         self.owned = false;
+        self.owner = 0;
         self.nobjects = nobjects as u16;
         self.nfree = nobjects as u16;
         self.large_bytes = 0;
@@ -141,6 +145,7 @@ impl Span {
         self.kind = SpanKind::Large;
         self.in_partial = false;
         self.owned = false;
+        self.owner = 0;
         self.nobjects = 0;
         self.nfree = 0;
         self.large_bytes = bytes;
