@@ -126,7 +126,10 @@ pub const fn rounded_size_to_class(size: usize, align: usize) -> Option<usize> {
         // (`SMALL_SIZE_MAX` is a multiple of every step); a failed bound
         // check (impossible) would make the request a large object on every
         // path alike rather than panic.
-        let index = size.div_ceil(step) * (step / SMALL_SIZE_DIV);
+        // `step` is a power of two (the alignment, or 8), so rounding up to
+        // it is a mask, not a division, even when `align` is not known at
+        // compile time (a `Layout` passed through `__rust_dealloc`).
+        let index = ((size + step - 1) & !(step - 1)) / SMALL_SIZE_DIV;
         if index < SIZE_TO_CLASS8.len() {
             Some(SIZE_TO_CLASS8[index] as usize)
         } else {
