@@ -10,11 +10,12 @@
 //! to the block, with which of them were released to the OS. Spans of fewer
 //! than [`MAX_CACHED_RUN`] pages are then cut from the block's bitmap under
 //! the slot's own lock; a span freed on the CPU whose block holds its pages
-//! goes back to that bitmap. A block's free pages stay free pages: the
-//! statistics count them in `heap_free` or `heap_released` (and show them as
-//! `page_cache`), the scavenger's goals count them as free, resident unless
-//! released; to release them the scavenger first returns them to the heap
-//! ([`flush_all`], [`flush_idle`]).
+//! goes back to that bitmap, and other spans freed there wait in a batch
+//! ([`Pending`]) that reaches the heap under one lock. Pages held by a slot
+//! stay free pages: the statistics count them in `heap_free` or
+//! `heap_released` (and show them as `page_cache`), the scavenger's goals
+//! count them as free, resident unless released; to release them the
+//! scavenger first returns them to the heap ([`flush_all`], [`flush_idle`]).
 //!
 //! # Why per CPU
 //!
@@ -27,20 +28,26 @@
 //! make a span hold nothing, so no CPU count is needed (finding one would
 //! be a system call, and the first span may be made under a class lock).
 //!
-//! # Frees into a block
+//! # Frees
 //!
 //! Go's cache only hands pages out; a span freed goes to the heap under its
 //! lock. Here a span freed on the CPU whose block holds its pages goes back
-//! to the block. Every page of a lent block that the block does not hold is
+//! to the block, and any other span's run waits in the slot's [`Pending`]
+//! batch, which goes to the heap under one lock acquisition when it is
+//! full (or when the slot refills or is returned). Every page of a lent block that the block does not hold is
 //! in use as far as the page heap knows (lending marked the whole block), so
 //! a page in use can be freed either way: into the heap, which marks it
 //! free there, or into the block. With a class's span freed and made again
 //! on one CPU (classes of few objects per span, a thread's burst and its
 //! frees), both ends of the round trip then stay off the heap lock, and
-//! the pages are reused while still in that CPU's cache. The cost is that
-//! such pages wait in the block until it is used or returned (at most 64
-//! pages per slot, returned when the scavenger works or after a second
-//! idle) rather than being free in the heap at once.
+//! the pages are reused while still in that CPU's cache. A thread that
+//! frees many spans at once (a cache flushed, a burst freed) takes the heap
+//! lock once per [`PENDING_RUNS`] of them. The cost is that such pages wait
+//! in the slot until it is used or returned (at most 64 pages in the block
+//! and 16 runs of under 16 pages pending, per slot; returned when the
+//! scavenger works or after a second idle) rather than being free in the
+//! heap at once, and that a span freed twice is caught when the batch
+//! reaches the heap rather than at the free.
 //!
 //! # Locking
 //!
@@ -67,6 +74,8 @@ pub const BLOCK_BYTES: usize = BLOCK_PAGES * PAGE_SIZE;
 pub const MAX_CACHED_RUN: usize = BLOCK_PAGES / 4;
 /// Slots: CPUs beyond this share slots.
 pub const MAX_SLOTS: usize = 64;
+/// Span runs a slot batches before it frees them to the heap.
+pub const PENDING_RUNS: usize = 16;
 /// A slot not used for this long is returned to the heap by the scavenger.
 pub const IDLE_MS: u64 = 1000;
 
@@ -206,6 +215,47 @@ impl Block {
     }
 }
 
+/// Span runs freed but not yet given back to the heap, to be freed there
+/// together under one heap-lock acquisition. Their pages are free (resident
+/// and unreleased: they come from spans) though the heap counts them in
+/// use until then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// `(base, npages)` of each run.
+    runs: [(usize, usize); PENDING_RUNS],
+    len: usize,
+}
+
+impl Pending {
+    /// No runs.
+    pub const EMPTY: Pending = Pending { runs: [(0, 0); PENDING_RUNS], len: 0 };
+
+    /// Pages waiting.
+    pub fn pages(&self) -> usize {
+        self.runs[..self.len].iter().map(|&(_, n)| n).sum()
+    }
+
+    /// Adds a run; `false` if the batch is full.
+    #[inline]
+    pub fn push(&mut self, base: usize, npages: usize) -> bool {
+        if self.len == PENDING_RUNS {
+            return false;
+        }
+        self.runs[self.len] = (base, npages);
+        self.len += 1;
+        true
+    }
+
+    /// Frees every run in `pages` (a run not in use there stops the
+    /// process: a span freed twice), and holds none.
+    pub fn flush(&mut self, pages: &mut PageAlloc) {
+        for &(base, npages) in &self.runs[..self.len] {
+            pages.free(base, npages, false);
+        }
+        self.len = 0;
+    }
+}
+
 impl PageAlloc {
     /// Lends every free page of the 64-page block at `base` (a multiple of
     /// [`BLOCK_BYTES`] in owned address space) to a page cache: marks them in
@@ -262,8 +312,21 @@ impl PageAlloc {
 /// One CPU's slot.
 struct Slot {
     block: Block,
+    pending: Pending,
     /// When the slot was last used, in [`os::coarse_ms`].
     last_used_ms: u64,
+}
+
+impl Slot {
+    /// Free pages held: the block's, and the pending runs'.
+    fn free_pages(&self) -> usize {
+        self.block.free_pages() + self.pending.pages()
+    }
+
+    /// Whether the slot holds nothing for the heap.
+    fn is_empty(&self) -> bool {
+        self.block.base() == 0 && self.pending.len == 0
+    }
 }
 
 /// A slot with its lock, on lines of its own, and the figures of its
@@ -278,17 +341,17 @@ struct PaddedSlot {
 }
 
 impl PaddedSlot {
-    /// Publishes the block's figures (the caller holds the slot's lock).
+    /// Publishes the slot's figures (the caller holds its lock).
     #[inline]
-    fn publish(&self, block: &Block) {
-        self.free_pages.store(block.free_pages(), Ordering::Relaxed);
-        self.released_pages.store(block.released_pages(), Ordering::Relaxed);
+    fn publish(&self, slot: &Slot) {
+        self.free_pages.store(slot.free_pages(), Ordering::Relaxed);
+        self.released_pages.store(slot.block.released_pages(), Ordering::Relaxed);
     }
 }
 
 static SLOTS: [PaddedSlot; MAX_SLOTS] = [const {
     PaddedSlot {
-        slot: Mutex::new(Slot { block: Block::NONE, last_used_ms: 0 }),
+        slot: Mutex::new(Slot { block: Block::NONE, pending: Pending::EMPTY, last_used_ms: 0 }),
         free_pages: AtomicUsize::new(0),
         released_pages: AtomicUsize::new(0),
     }
@@ -365,12 +428,15 @@ pub fn alloc(npages: usize, align_pages: usize) -> Option<(PageRun, usize)> {
         let run = match slot.block.alloc(npages, align_pages) {
             Some(run) => Some(run),
             None => {
+                let slot = &mut *slot;
                 let mut heap = HEAP.lock();
                 count_heap_take();
+                // The pending runs first: the run may reuse their pages.
+                heap.flush_pending(&mut slot.pending);
                 heap.refill_block(&mut slot.block, npages, align_pages)
             }
         };
-        padded.publish(&slot.block);
+        padded.publish(&slot);
         run
     };
     match run {
@@ -385,8 +451,11 @@ pub fn alloc(npages: usize, align_pages: usize) -> Option<(PageRun, usize)> {
     }
 }
 
-/// Takes back a span's `npages` pages at `base` (in use, not released) if
-/// they lie in this CPU's block; returns whether they did.
+/// Takes back a span's `npages` pages at `base` (in use, not released;
+/// fewer than [`MAX_CACHED_RUN`]): into this CPU's block if they lie in it,
+/// else into its pending batch, which goes to the heap (under one heap-lock
+/// acquisition) when full. Returns `false`, having done nothing, when the
+/// cache is off.
 pub fn free(base: usize, npages: usize) -> bool {
     if !ENABLED.load(Ordering::Relaxed) {
         return false;
@@ -394,27 +463,33 @@ pub fn free(base: usize, npages: usize) -> bool {
     let now = os::coarse_ms();
     let padded = current_slot();
     let mut slot = padded.slot.lock();
-    if !slot.block.free(base, npages) {
-        return false;
-    }
+    let slot = &mut *slot;
     slot.last_used_ms = now;
-    padded.publish(&slot.block);
+    if !slot.block.free(base, npages) && !slot.pending.push(base, npages) {
+        let mut heap = HEAP.lock();
+        count_heap_take();
+        heap.flush_pending(&mut slot.pending);
+        heap.free(base, npages, RunUse::Span, false);
+    }
+    padded.publish(slot);
     true
 }
 
-/// Returns the block of `padded` to the heap, if it has one and
-/// `should(slot)` says so.
+/// Returns the block and the pending runs of `padded` to the heap, if it
+/// has any and `should(slot)` says so.
 fn flush_slot(padded: &PaddedSlot, should: impl FnOnce(&Slot) -> bool) {
     let mut slot = padded.slot.lock();
-    if slot.block.base() == 0 || !should(&slot) {
+    if slot.is_empty() || !should(&slot) {
         return;
     }
     {
+        let slot = &mut *slot;
         let mut heap = HEAP.lock();
         count_heap_take();
+        heap.flush_pending(&mut slot.pending);
         heap.flush_block(&mut slot.block);
     }
-    padded.publish(&slot.block);
+    padded.publish(&slot);
 }
 
 /// Returns every slot's block to the heap, so that the scavenger can
@@ -455,7 +530,7 @@ pub fn heap_stats() -> PageHeapStats {
         core::array::from_fn(|i| used.get(i).map(|p| p.slot.lock()));
     let (mut free, mut released) = (0, 0);
     for slot in guards.iter().flatten() {
-        free += slot.block.free_pages();
+        free += slot.free_pages();
         released += slot.block.released_pages();
     }
     let mut s = HEAP.lock().stats();

@@ -16,7 +16,7 @@ use crate::os;
 use crate::scavenge::index::ScavengeIndex;
 use crate::sync::Mutex;
 
-use super::cache::{self, Block};
+use super::cache::{self, Block, Pending};
 use super::ranges::AddrRange;
 use super::{PageAlloc, PageRun, CHUNK_BYTES, PAGE_SIZE};
 
@@ -155,6 +155,12 @@ impl PageHeap {
         let run = block.refill(&mut self.pages, npages, align_pages);
         self.publish();
         run
+    }
+
+    /// Frees a page cache slot's pending span runs (see [`Pending::flush`]).
+    pub fn flush_pending(&mut self, pending: &mut Pending) {
+        pending.flush(&mut self.pages);
+        self.publish();
     }
 
     /// Returns a page cache slot's block (see [`Block::flush`]).

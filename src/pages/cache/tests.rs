@@ -6,7 +6,8 @@
 //! miss), free runs to the heap directly, return blocks, allocate longer
 //! runs from the heap (across chunk boundaries) and release free runs as a
 //! scavenger does. The model knows, per page, whether it is in use, free
-//! in the heap (released or not) or free in block `k` (released or not);
+//! in the heap (released or not), free in block `k` (released or not) or
+//! in slot `k`'s pending batch;
 //! after every step the heap's bitmaps, its counters, its searches, and
 //! every block's bits are compared with it, and every answer (address,
 //! released bytes) with the model's own.
@@ -27,11 +28,13 @@ enum St {
     Used,
     Free { scav: bool },
     Cached { slot: usize, scav: bool },
+    Pending { slot: usize },
 }
 
 struct Harness {
     pa: PageAlloc,
     blocks: [Block; SLOTS],
+    pending: [Pending; SLOTS],
     pages: Vec<St>,
     /// Live runs: (first page, pages).
     live: Vec<(usize, usize)>,
@@ -54,6 +57,7 @@ impl Harness {
         Harness {
             pa,
             blocks: [Block::NONE; SLOTS],
+            pending: [Pending::EMPTY; SLOTS],
             pages: vec![St::Free { scav: true }; PAGES],
             live: Vec::new(),
             rng: Rng::new(seed),
@@ -104,7 +108,7 @@ impl Harness {
         for p in first..first + n {
             match self.pages[p] {
                 St::Free { scav: s } | St::Cached { scav: s, .. } => scav += s as usize,
-                St::Used => panic!("step {}: page {p} handed out twice", self.step),
+                St::Used | St::Pending { .. } => panic!("step {}: page {p} handed out twice", self.step),
             }
             self.pages[p] = St::Used;
         }
@@ -113,11 +117,20 @@ impl Harness {
     }
 
     fn model_flush(&mut self, k: usize) {
+        self.model_flush_pending(k);
         for st in self.pages.iter_mut() {
             if let St::Cached { slot, scav } = *st {
                 if slot == k {
                     *st = St::Free { scav };
                 }
+            }
+        }
+    }
+
+    fn model_flush_pending(&mut self, k: usize) {
+        for st in self.pages.iter_mut() {
+            if *st == (St::Pending { slot: k }) {
+                *st = St::Free { scav: false };
             }
         }
     }
@@ -136,6 +149,7 @@ impl Harness {
                 assert_eq!(expect_hit, None, "step {}: block {k} missed a fit of {n}/{align}", self.step);
                 self.model_flush(k);
                 let expect = self.aligned_place(n, align);
+                self.pending[k].flush(&mut self.pa);
                 let run = self.blocks[k].refill(&mut self.pa, n, align);
                 assert_eq!(run.map(|r| page_of(r.base)), expect, "step {}: refill {n}/{align}", self.step);
                 let Some(run) = run else {
@@ -193,20 +207,35 @@ impl Harness {
             Some(h) if self.rng.chance(70) => h,
             _ => self.rng.below(SLOTS),
         };
-        let expect = !released && n < MAX_CACHED_RUN && holds(&self.blocks[k]);
-        let into_block = !released && n < MAX_CACHED_RUN && self.blocks[k].free(addr(first), n);
+        let cacheable = !released && n < MAX_CACHED_RUN;
+        let expect = cacheable && holds(&self.blocks[k]);
+        let into_block = cacheable && self.blocks[k].free(addr(first), n);
         assert_eq!(into_block, expect, "step {}", self.step);
+        let pending = cacheable && !into_block && self.pending[k].push(addr(first), n);
+        if cacheable && !into_block && !pending {
+            // A full batch goes to the heap, with this run.
+            assert_eq!(self.pending[k].len, PENDING_RUNS);
+            self.pending[k].flush(&mut self.pa);
+            self.model_flush_pending(k);
+        }
         for p in first..first + n {
             assert_eq!(self.pages[p], St::Used);
-            self.pages[p] = if into_block { St::Cached { slot: k, scav: false } } else { St::Free { scav: released } };
+            self.pages[p] = if into_block {
+                St::Cached { slot: k, scav: false }
+            } else if pending {
+                St::Pending { slot: k }
+            } else {
+                St::Free { scav: released }
+            };
         }
-        if !into_block {
+        if !into_block && !pending {
             self.pa.free(addr(first), n, released);
         }
     }
 
     fn flush(&mut self) {
         let k = self.rng.below(SLOTS);
+        self.pending[k].flush(&mut self.pa);
         self.blocks[k].flush(&mut self.pa);
         self.model_flush(k);
     }
@@ -229,6 +258,7 @@ impl Harness {
         let (mut in_use, mut scavenged) = (0, 0);
         let mut block_free = [0u64; SLOTS];
         let mut block_scav = [0u64; SLOTS];
+        let mut pending = [0usize; SLOTS];
         for (p, &st) in self.pages.iter().enumerate() {
             let a = addr(p);
             let chunk = self.pa.chunk(chunk_index(a)).unwrap();
@@ -236,6 +266,10 @@ impl Harness {
             let (alloc, scav) = (chunk.alloc.get(i), chunk.scavenged.get(i));
             match st {
                 St::Used => assert!(alloc && !scav, "step {}: page {p} used: {alloc} {scav}", self.step),
+                St::Pending { slot } => {
+                    assert!(alloc && !scav, "step {}: page {p} pending: {alloc} {scav}", self.step);
+                    pending[slot] += 1;
+                }
                 St::Free { scav: s } => {
                     assert!(!alloc && scav == s, "step {}: page {p} free {s}: {alloc} {scav}", self.step)
                 }
@@ -247,12 +281,13 @@ impl Harness {
                     block_scav[slot] |= (s as u64) << bit;
                 }
             }
-            in_use += matches!(st, St::Used | St::Cached { .. }) as usize;
+            in_use += matches!(st, St::Used | St::Cached { .. } | St::Pending { .. }) as usize;
             scavenged += matches!(st, St::Free { scav: true }) as usize;
         }
         for k in 0..SLOTS {
             assert_eq!(self.blocks[k].free, block_free[k], "step {}: block {k} free bits", self.step);
             assert_eq!(self.blocks[k].scav, block_scav[k], "step {}: block {k} released bits", self.step);
+            assert_eq!(self.pending[k].pages(), pending[k], "step {}: slot {k} pending pages", self.step);
         }
         assert_eq!(self.pa.pages_in_use(), in_use, "step {}", self.step);
         assert_eq!(self.pa.pages_scavenged(), scavenged, "step {}", self.step);
@@ -280,6 +315,7 @@ impl Harness {
         }
         // Everything back: the heap is whole again.
         for k in 0..SLOTS {
+            self.pending[k].flush(&mut self.pa);
             self.blocks[k].flush(&mut self.pa);
         }
         for (first, n) in std::mem::take(&mut self.live) {
