@@ -40,6 +40,8 @@ struct Harness {
     live: Vec<(usize, usize)>,
     rng: Rng,
     step: usize,
+    /// Refills that lent a roomier block than the run's.
+    stat_roomy: usize,
 }
 
 fn addr(page: usize) -> usize {
@@ -62,6 +64,7 @@ impl Harness {
             live: Vec::new(),
             rng: Rng::new(seed),
             step: 0,
+            stat_roomy: 0,
         }
     }
 
@@ -157,13 +160,22 @@ impl Harness {
                     return;
                 };
                 let first = page_of(run.base);
-                let bfirst = first / BLOCK_PAGES * BLOCK_PAGES;
-                let lend = first + n <= bfirst + BLOCK_PAGES;
-                assert_eq!(self.blocks[k].base != 0, lend, "step {}: block lent iff the run fits in one", self.step);
                 let scav = self.take(first, n);
                 assert_eq!(run.scavenged_bytes, scav);
-                if lend {
-                    assert_eq!(self.blocks[k].base, addr(bfirst));
+                // The run's block if it fits in one and has a quarter free,
+                // else the one holding more of the lowest run of 32.
+                let home = first / BLOCK_PAGES * BLOCK_PAGES;
+                let home = (first + n <= home + BLOCK_PAGES).then_some(home);
+                let roomy = |h: &Harness| h.lowest_fit(2 * LEND_MIN).map(|p| (p + LEND_MIN) / BLOCK_PAGES * BLOCK_PAGES);
+                let lend = match home {
+                    Some(b) if (b..b + BLOCK_PAGES).filter(|&p| self.heap_free(p)).count() >= LEND_MIN => Some(b),
+                    _ => roomy(self).or(home),
+                };
+                assert_eq!(self.blocks[k].base, lend.map_or(0, addr), "step {}: the block lent", self.step);
+                if let Some(bfirst) = lend {
+                    if lend != home {
+                        self.stat_roomy += 1;
+                    }
                     for p in bfirst..bfirst + BLOCK_PAGES {
                         if let St::Free { scav } = self.pages[p] {
                             self.pages[p] = St::Cached { slot: k, scav };
@@ -323,6 +335,7 @@ impl Harness {
         }
         assert_eq!(self.pa.pages_in_use(), 0);
         assert_eq!(self.pa.find(PAGES).0, Some(BASE));
+        assert!(self.stat_roomy > 0, "no refill lent a roomier block");
     }
 }
 
