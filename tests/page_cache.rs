@@ -118,7 +118,7 @@ fn churn_phase(cache_on: bool) -> f64 {
 /// one per step, so spans are made and freed only at the margin.
 fn steady_thread(seed: usize, steps: usize) -> usize {
     let mut rng = support::Rng::new(seed as u64);
-    let mut layout = |rng: &mut support::Rng| {
+    let layout = |rng: &mut support::Rng| {
         Layout::from_size_align(CHURN_SIZES[rng.below(CHURN_SIZES.len())] >> rng.below(6), 8).unwrap()
     };
     let mut live: Vec<(*mut u8, Layout)> = Vec::with_capacity(4000);
