@@ -53,8 +53,10 @@
 //!
 //! A slot's lock is taken after a class lock and before the heap lock,
 //! never the other way round; the heap lock is taken under a slot lock only
-//! to lend or return a block, which makes no system call (growing the heap
-//! maps memory, so it happens after the slot lock is dropped). `fork()`
+//! to lend or return a block and to free a pending batch, none of which
+//! makes a system call (growing the heap maps memory, so it happens after
+//! the slot lock is dropped). `stats()` holds every slot lock while it
+//! reads the heap, so that a block returned meanwhile is not counted twice. `fork()`
 //! holds every slot lock, then the heap lock ([`super::heap::lock_for_fork`]).
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
