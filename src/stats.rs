@@ -6,6 +6,8 @@
 //! be off by the objects that moved between two reads):
 //!
 //! * `mapped == heap_in_use + heap_free + heap_released`
+//! * `page_cache <= heap_free + heap_released` (the page cache's pages are
+//!   free pages)
 //! * `heap_in_use == small_spans + large_pages + arena_pages`
 //! * `small_spans == small_allocated + small_cached + small_free + small_waste`
 //! * `span_released <= small_free + small_waste` (deep release only gives
@@ -19,7 +21,6 @@
 
 use core::fmt::Write;
 
-use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
 use crate::persistent;
 use crate::report::LineBuf;
@@ -62,6 +63,9 @@ pub struct Stats {
     pub heap_free: usize,
     /// Free pages of the page heap released to the OS (or never touched).
     pub heap_released: usize,
+    /// Free pages held by the per-CPU page cache (part of `heap_free` and
+    /// `heap_released`).
+    pub page_cache: usize,
     /// Pages held by small-object spans.
     pub small_spans: usize,
     /// Small objects handed to users (counted at their class size).
@@ -175,6 +179,7 @@ pub fn stats() -> Stats {
         heap_in_use: 0,
         heap_free: 0,
         heap_released: 0,
+        page_cache: 0,
         small_spans: 0,
         small_allocated: 0,
         small_cached: 0,
@@ -232,11 +237,12 @@ pub fn stats() -> Stats {
     s.large_cached = large_cached * PAGE_SIZE;
     s.large_allocated = large_bytes;
     s.large_objects = large_count;
-    let heap = HEAP.lock().stats();
+    let heap = crate::pages::cache::heap_stats();
     s.mapped = heap.mapped;
     s.heap_in_use = heap.in_use;
     s.heap_free = heap.free_unscavenged;
     s.heap_released = heap.released;
+    s.page_cache = heap.page_cache;
     s.large_pages = heap.large;
     s.arena_pages = heap.arena;
     s.metadata = heap.metadata + persistent::mapped_bytes() + pagemap::metadata_bytes(heap.mapped);
@@ -251,12 +257,13 @@ fn mib(bytes: usize) -> f64 {
 /// Prints a readable summary to stderr, one `write` per line, without
 /// allocating.
 pub fn print(s: &Stats) {
-    let lines: [(&str, usize); 23] = [
+    let lines: [(&str, usize); 24] = [
         ("mapped", s.mapped),
         ("retained (mapped - released)", s.retained()),
         ("heap in use", s.heap_in_use),
         ("heap free, resident", s.heap_free),
         ("heap free, released", s.heap_released),
+        ("  free in page cache", s.page_cache),
         ("small-object spans", s.small_spans),
         ("  allocated", s.small_allocated),
         ("  in thread caches", s.small_cached),

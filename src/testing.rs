@@ -43,6 +43,19 @@ mod imp {
         crate::pages::heap::HEAP.lock().pages().pages_releasing()
     }
 
+    /// Heap-lock acquisitions by the page-run paths (spans, large objects,
+    /// arenas, and the page cache's refills and returns) since start-up.
+    pub fn page_run_heap_locks() -> u64 {
+        crate::pages::cache::heap_takes()
+    }
+
+    /// Turns the per-CPU page cache on or off (off returns every block to
+    /// the heap first); on at start-up. Either way every invariant holds:
+    /// spans then come from the heap, as before the cache existed.
+    pub fn set_page_cache(on: bool) {
+        crate::pages::cache::set_enabled(on);
+    }
+
     /// The scavenger's CPU budget in percent of the machine
     /// (`SCAVALLOC_SCAVENGE_PERCENT`).
     pub fn scavenge_percent() -> f64 {

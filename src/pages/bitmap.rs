@@ -425,6 +425,43 @@ impl ChunkData {
         Some((first, end - first))
     }
 
+    /// Free pages in word `w`.
+    #[inline]
+    pub fn free_in_word(&self, w: usize) -> usize {
+        self.alloc.0[w].count_zeros() as usize
+    }
+
+    /// Marks every free page of word `w` (pages `64 * w ..`) in use for a
+    /// page cache block (see [`super::cache`]), and returns which pages
+    /// were free and which of those were scavenged. The pages leave the
+    /// scavenged map: while the cache holds them, it keeps that bit.
+    #[inline]
+    pub fn lend_word(&mut self, w: usize) -> (u64, u64) {
+        let free = !self.alloc.0[w];
+        let scav = self.scavenged.0[w] & free;
+        self.alloc.0[w] = u64::MAX;
+        self.scavenged.0[w] &= !free;
+        self.in_use += free.count_ones() as u16;
+        (free, scav)
+    }
+
+    /// Marks the pages `free` of word `w` free again, the `scav` ones among
+    /// them scavenged: the return of a page cache block. If any of them is
+    /// not in use, nothing changes and the first such page's index comes
+    /// back as the error.
+    #[inline]
+    pub fn return_word(&mut self, w: usize, free: u64, scav: u64) -> Result<(), usize> {
+        debug_assert_eq!(scav & !free, 0);
+        let not_in_use = free & !self.alloc.0[w];
+        if not_in_use != 0 {
+            return Err(w * 64 + not_in_use.trailing_zeros() as usize);
+        }
+        self.alloc.0[w] &= !free;
+        self.scavenged.0[w] |= scav;
+        self.in_use -= free.count_ones() as u16;
+        Ok(())
+    }
+
     /// A fresh chunk: every page free and scavenged (never touched, so it
     /// holds no physical memory).
     pub fn init_fresh(&mut self) {

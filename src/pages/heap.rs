@@ -16,6 +16,7 @@ use crate::os;
 use crate::scavenge::index::ScavengeIndex;
 use crate::sync::Mutex;
 
+use super::cache::{self, Block, Pending};
 use super::ranges::AddrRange;
 use super::{PageAlloc, PageRun, CHUNK_BYTES, PAGE_SIZE};
 
@@ -54,6 +55,8 @@ pub struct PageHeap {
 
 /// A snapshot of the page heap's counters, taken under the heap lock so
 /// that they add up: `mapped == in_use + free_unscavenged + released`.
+/// ([`PageHeap::stats`] counts pages lent to the page cache as in use;
+/// [`cache::heap_stats`] counts the free ones among them as free.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageHeapStats {
     /// Bytes of address space owned by the page heap.
@@ -70,6 +73,9 @@ pub struct PageHeapStats {
     pub large: usize,
     /// Bytes of pages held by user arenas (live or in quarantine).
     pub arena: usize,
+    /// Bytes of free pages held by the page cache's slots (part of
+    /// `free_unscavenged` and `released`).
+    pub page_cache: usize,
 }
 
 impl PageHeap {
@@ -143,6 +149,26 @@ impl PageHeap {
         true
     }
 
+    /// Serves a span's run from the heap for a page cache slot whose
+    /// `block` cannot, without growing the heap (see [`Block::refill`]).
+    pub fn refill_block(&mut self, block: &mut Block, npages: usize, align_pages: usize) -> Option<PageRun> {
+        let run = block.refill(&mut self.pages, npages, align_pages);
+        self.publish();
+        run
+    }
+
+    /// Frees a page cache slot's pending span runs (see [`Pending::flush`]).
+    pub fn flush_pending(&mut self, pending: &mut Pending) {
+        pending.flush(&mut self.pages);
+        self.publish();
+    }
+
+    /// Returns a page cache slot's block (see [`Block::flush`]).
+    pub fn flush_block(&mut self, block: &mut Block) {
+        block.flush(&mut self.pages);
+        self.publish();
+    }
+
     /// Takes free pages out for a scavenger (see
     /// [`PageAlloc::begin_release`]).
     pub fn begin_release(&mut self, base: usize, npages: usize) {
@@ -186,6 +212,7 @@ impl PageHeap {
             metadata: p.metadata_bytes(),
             large: self.large_pages * PAGE_SIZE,
             arena: self.arena_pages * PAGE_SIZE,
+            page_cache: 0,
         }
     }
 
@@ -283,7 +310,8 @@ pub static INDEX: ScavengeIndex = ScavengeIndex::empty();
 /// The process's page heap, behind the heap lock.
 pub static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap::new());
 
-/// Takes the heap lock and keeps it, before `fork()`.
+/// Takes the page cache's slot locks and then the heap lock, and keeps
+/// them, before `fork()`.
 ///
 /// A release in flight (runs taken out of the heap while their `madvise`
 /// runs with the lock dropped, see `scavenge::release`) would leave the
@@ -293,6 +321,9 @@ pub static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap::new());
 /// (the caller holds the span layer's locks, and no release waits on
 /// those), and a release takes a bounded batch, so the wait is short.
 pub(crate) fn lock_for_fork() {
+    // Slot locks come before the heap lock, as everywhere: a slot lends or
+    // returns its block with its lock held.
+    cache::lock_for_fork();
     FORKING.store(true, Ordering::Relaxed);
     loop {
         let mut heap = HEAP.lock();
@@ -321,4 +352,5 @@ pub(crate) fn unlock_after_fork() {
     FORKING.store(false, Ordering::Relaxed);
     // SAFETY: `lock_for_fork` held it on this thread.
     unsafe { HEAP.release_after_fork() };
+    cache::unlock_after_fork();
 }

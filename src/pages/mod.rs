@@ -33,9 +33,11 @@
 //!
 //! `PageAlloc` is a plain data structure: every method takes `&self` or
 //! `&mut self`, and the process-wide heap in [`heap`] wraps it in the heap
-//! lock.
+//! lock. Small-object spans are cut mostly from per-CPU blocks of 64 pages
+//! lent out of it ([`cache`]), which take the heap lock once per block.
 
 pub mod bitmap;
+pub mod cache;
 pub mod heap;
 pub mod ranges;
 pub mod summary;

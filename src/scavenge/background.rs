@@ -426,6 +426,8 @@ impl Scavenger {
     /// Closes a window slot: records the peak; every half second starts a
     /// density generation and prints a trace line if there is news.
     fn tick(&mut self, now: u64) {
+        // Blocks of CPUs that stopped making spans go back to the heap.
+        crate::pages::cache::flush_idle(os::coarse_ms());
         let peak = scavenge::resident(HEAP.lock().take_peak_in_use());
         self.window.push(now, peak);
         self.last_tick = now;
@@ -442,6 +444,8 @@ impl Scavenger {
     fn work(&mut self, goal: usize) -> (u64, usize) {
         let start = os::thread_cpu_ns();
         let mut released = 0;
+        // The page cache's free pages can only be released from the heap.
+        crate::pages::cache::flush_all();
         loop {
             let retained = scavenge::retained();
             if retained <= goal {

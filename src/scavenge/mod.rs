@@ -19,7 +19,11 @@
 //!   not need.
 //!
 //! The span layer takes and returns pages through [`alloc_pages`] and
-//! [`free_pages`], so that these policies see every change. This layer uses
+//! [`free_pages`], so that these policies see every change; a span's pages
+//! come from and go back to the per-CPU page cache
+//! ([`crate::pages::cache`]) when they can, whose free pages the goals count
+//! as free (resident unless released), and which the scavenger empties
+//! into the heap before it releases. This layer uses
 //! the page heap and the OS; it knows nothing of spans or objects (deep
 //! release reaches it only as the functions the span layer installs).
 
@@ -41,6 +45,7 @@ mod imp {
 
     use super::{background, goals};
     use crate::os;
+    use crate::pages::cache::{self, count_heap_take};
     use crate::pages::heap::{self, RunUse, HEAP};
     use crate::pages::{PageRun, ReleaseCandidate, CHUNK_PAGES, PAGE_SIZE};
 
@@ -84,9 +89,13 @@ mod imp {
 
     /// Memory the OS holds for the heap, as of the last change: mapped,
     /// minus what the page heap released, minus what was released of the
-    /// pages in use.
+    /// pages in use, minus the released pages the page cache holds (the
+    /// heap counts the cache's pages in use).
     pub fn retained() -> usize {
-        heap::RETAINED.load(Ordering::Relaxed).saturating_sub(RELEASED_IN_USE.load(Ordering::Relaxed))
+        heap::RETAINED
+            .load(Ordering::Relaxed)
+            .saturating_sub(RELEASED_IN_USE.load(Ordering::Relaxed))
+            .saturating_sub(cache::released_bytes())
     }
 
     /// Pages in use, minus what was released of them: the base of the
@@ -95,9 +104,13 @@ mod imp {
         resident(heap::IN_USE.load(Ordering::Relaxed))
     }
 
-    /// `in_use` bytes of pages in use, less what was released of them.
+    /// `in_use` bytes of pages the heap handed out, less what was released
+    /// of them and less the free pages the page cache holds now (they are
+    /// free, not in use). Applied to a past peak of the heap's figure, the
+    /// cache's part is today's, not the peak's: off by what the cache's
+    /// holdings moved since, at most 512 KiB per CPU.
     pub fn resident(in_use: usize) -> usize {
-        in_use.saturating_sub(RELEASED_IN_USE.load(Ordering::Relaxed))
+        in_use.saturating_sub(RELEASED_IN_USE.load(Ordering::Relaxed)).saturating_sub(cache::free_bytes())
     }
 
     /// Bytes released so far by `path`.
@@ -211,13 +224,25 @@ mod imp {
     /// over the memory limit, or grew the heap while over the retained goal,
     /// releases free pages to make up for it (Go's heap-growth and
     /// memory-limit scavenging). Never holds the heap lock while releasing.
+    ///
+    /// A span of fewer than [`cache::MAX_CACHED_RUN`] pages comes from the
+    /// page cache, which takes the heap lock only to refill.
     pub fn alloc_pages(npages: usize, align_pages: usize, usage: RunUse) -> Option<PageRun> {
-        let (run, grown) = HEAP.lock().alloc_growing(npages, align_pages, usage)?;
+        let (run, grown) = if usage == RunUse::Span && cache::serves(npages, align_pages) {
+            cache::alloc(npages, align_pages)?
+        } else {
+            count_heap_take();
+            HEAP.lock().alloc_growing(npages, align_pages, usage)?
+        };
+        let limit = goals::memory_limit().filter(|_| run.scavenged_bytes > 0);
+        if limit.is_none() && grown == 0 {
+            return Some(run);
+        }
         let retained_now = retained();
         let mut limit_todo = 0;
-        if let Some(limit) = goals::memory_limit() {
+        if let Some(limit) = limit {
             let target = goals::limit_target(limit);
-            if run.scavenged_bytes > 0 && retained_now > target {
+            if retained_now > target {
                 limit_todo = retained_now - target;
             }
         }
@@ -229,6 +254,8 @@ mod imp {
             }
         }
         if limit_todo > 0 {
+            // The page cache's free pages are released too.
+            cache::flush_all();
             release(limit_todo.max(eager_todo), Path::Limit);
             if let Some(limit) = goals::memory_limit() {
                 if retained() > limit {
@@ -241,16 +268,21 @@ mod imp {
         Some(run)
     }
 
-    /// Gives pages back to the page heap, and wakes the background
-    /// scavenger if that pushed retained memory over its goal.
+    /// Gives pages back to the page heap (a span's, to this CPU's page
+    /// cache block if they lie in it), and wakes the background scavenger
+    /// if that pushed retained memory over its goal.
     pub fn free_pages(base: usize, npages: usize, usage: RunUse) {
-        HEAP.lock().free(base, npages, usage, false);
+        if !(usage == RunUse::Span && cache::serves(npages, 1) && cache::free(base, npages)) {
+            count_heap_take();
+            HEAP.lock().free(base, npages, usage, false);
+        }
         background::wake_if_over_goal();
     }
 
     /// Gives pages whose memory was already released to the OS (by deep
     /// release, inside a span) back to the page heap, marked released.
     pub fn free_released_pages(base: usize, npages: usize, usage: RunUse) {
+        count_heap_take();
         HEAP.lock().free(base, npages, usage, true);
     }
 
@@ -307,6 +339,8 @@ mod imp {
     /// returns the bytes released. Like Go's `debug.FreeOSMemory`.
     pub fn release_all_free() -> usize {
         let deep = deep_release().map_or(0, |d| (d.release_all)());
+        // After deep release, which may free spans into the page cache.
+        cache::flush_all();
         release(usize::MAX, Path::Forced) + deep
     }
 }
