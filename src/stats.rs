@@ -21,6 +21,7 @@
 
 use core::fmt::Write;
 
+use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
 use crate::persistent;
 use crate::report::LineBuf;
