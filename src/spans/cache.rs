@@ -220,9 +220,6 @@ pub struct ThreadCache {
     /// the shared empty caches; ids wrap after 65,535 caches, which only
     /// blurs whose objects are whose).
     id: u16,
-    /// How many of `owned` are not null (0 in the shared empty caches):
-    /// when it equals [`central::OWNED_SPANS`], no other thread owns a span.
-    owned_count: AtomicUsize,
     /// Freed large objects of `LARGE_MIN_PAGES..=LARGE_MAX_PAGES` pages,
     /// [`LARGE_PER_SIZE`] per page count, kept for this thread's next large
     /// allocation of the same page count (null: empty). Atomics for the same
@@ -255,7 +252,6 @@ const fn empty_cache() -> StaticCache {
         home: [const { HomeBound { count: AtomicU32::new(0), cap: 0, slots: ptr::null_mut() } }; NUM_CLASSES],
         owned: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_CLASSES],
         id: 0,
-        owned_count: AtomicUsize::new(0),
         large: [const { AtomicPtr::new(ptr::null_mut()) }; LARGE_SLOTS],
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
@@ -314,8 +310,7 @@ pub fn push(class: usize, object: *mut u8) -> bool {
     // Below the span's base the subtraction wraps to a huge offset, which
     // the bound rejects too.
     let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
-    // SAFETY: as in `pop`.
-    if !owns_every_span(unsafe { &*cache }) && offset >= bin.span_len.load(Ordering::Relaxed) {
+    if offset >= bin.span_len.load(Ordering::Relaxed) && !alone() {
         return false;
     }
     // The cheapest double-free check there is: the same object freed twice
@@ -333,13 +328,19 @@ pub fn push(class: usize, object: *mut u8) -> bool {
     true
 }
 
-/// Whether `cache`'s thread owns every span that thread caches own (so no
-/// object it frees can belong to another thread's span). A racy read: a
-/// thread taking over its first span just now is missed, which costs at
-/// most one object kept that should have gone home.
+/// Caches attached to live threads. Written only when a thread attaches
+/// or gives up its cache, so the fast paths read it from a line that stays
+/// shared between cores.
+static LIVE_CACHES: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the calling thread, which has a cache, is the only one: then
+/// no object it frees can be another thread's (a single-threaded program
+/// never looks an object up). A racy read: a thread attaching just now is
+/// missed, which costs at most one object kept that should have gone
+/// home.
 #[inline(always)]
-fn owns_every_span(cache: &ThreadCache) -> bool {
-    central::OWNED_SPANS.load(Ordering::Relaxed) == cache.owned_count.load(Ordering::Relaxed)
+fn alone() -> bool {
+    LIVE_CACHES.load(Ordering::Relaxed) == 1
 }
 
 #[cold]
@@ -364,17 +365,10 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
     if bin.count.load(Ordering::Relaxed) == 0 {
         // SAFETY: the stack's storage has `cap` slots owned by this thread.
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, bin.cap as usize) };
-        let before = owned.load(Ordering::Relaxed);
-        let mut span = before;
+        let mut span = owned.load(Ordering::Relaxed);
         // SAFETY: `cache` is this thread's own cache.
         let got = central::refill_owned(class, unsafe { (*cache).id }, &mut span, slots);
         owned.store(span, Ordering::Relaxed);
-        if before.is_null() != span.is_null() {
-            // SAFETY: `cache` is this thread's own cache.
-            let count = unsafe { &(*cache).owned_count };
-            let n = count.load(Ordering::Relaxed);
-            count.store(if span.is_null() { n - 1 } else { n + 1 }, Ordering::Relaxed);
-        }
         let (base, len) = if span.is_null() {
             (0, 0)
         } else {
@@ -406,7 +400,7 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
     // SAFETY: `cache` is this thread's own cache.
     let cache = unsafe { &*cache };
     if offset >= bin.span_len.load(Ordering::Relaxed)
-        && !owns_every_span(cache)
+        && !alone()
         && !keeps(cache.id, object)
     {
         // SAFETY: `cache` is this thread's own cache.
@@ -503,9 +497,6 @@ unsafe fn flush(cache: *const ThreadCache) {
         let stack = unsafe { core::slice::from_raw_parts(bin.slots, n) };
         let span = owned.swap(ptr::null_mut(), Ordering::Relaxed);
         if !span.is_null() {
-            // SAFETY: per the contract the cache is ours.
-            let count = unsafe { &(*cache).owned_count };
-            count.store(count.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
             central::give_up_owned(class, span, stack);
         } else if n > 0 {
             central::give_back(class, stack);
@@ -596,6 +587,7 @@ fn attach() -> Option<*const ThreadCache> {
         }
         reg.live = cache;
         reg.live_count += 1;
+        LIVE_CACHES.store(reg.live_count, Ordering::Relaxed);
         cache
     };
     // `pthread_setspecific` may allocate: glibc keeps keys past the first
@@ -663,6 +655,7 @@ unsafe fn detach(cache: *mut ThreadCache) {
     }
     reg.pool = cache;
     reg.live_count -= 1;
+    LIVE_CACHES.store(reg.live_count, Ordering::Relaxed);
 }
 
 /// The pthread key destructor: runs on the exiting thread.

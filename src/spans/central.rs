@@ -24,7 +24,6 @@
 //! the other way round.
 
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
@@ -136,12 +135,6 @@ pub fn ready_threshold(class: usize) -> usize {
     (sizeclass::class_objects(class) / 32).max(1)
 }
 
-/// Spans owned by thread caches, over all classes and threads. A thread
-/// that owns all of them (the only thread that allocates, as in a
-/// single-threaded program) knows without looking that no object it frees
-/// belongs to another thread's span.
-pub static OWNED_SPANS: AtomicUsize = AtomicUsize::new(0);
-
 /// Where a thread's objects of one class come from: the span it owns.
 ///
 /// Takes up to `out.len()` objects for the calling thread's cache, writing
@@ -162,27 +155,33 @@ pub fn refill_owned(class: usize, owner: u16, owned: &mut *mut Span, out: &mut [
     let threshold = ready_threshold(class);
     let mut central = CENTRAL[class].0.lock();
     let mut span = *owned;
-    if !span.is_null() {
-        // SAFETY: the thread's owned span is a live record of this class;
-        // its fields are guarded by the lock we hold.
-        let nfree = unsafe { (*span).nfree } as usize;
-        if nfree < threshold {
-            // SAFETY: as above; the span is owned, so on no list.
-            unsafe { central.disown(span) };
-            span = ptr::null_mut();
+    let mut got = 0;
+    // Half a stack is a batch worth the lock: a span that yields less is
+    // used up and given up, and the next one taken over, within this one
+    // lock hold. The spans given up keep this thread as their last owner,
+    // so it keeps their objects when it frees them.
+    while got < out.len().div_ceil(2) {
+        if !span.is_null() {
+            // SAFETY: the thread's owned span is a live record of this
+            // class; its fields are guarded by the lock we hold.
+            let nfree = unsafe { (*span).nfree } as usize;
+            if nfree < threshold || (got > 0 && nfree == 0) {
+                // SAFETY: as above; the span is owned, so on no list.
+                unsafe { central.disown(span) };
+                span = ptr::null_mut();
+            }
         }
-    }
-    if span.is_null() {
-        span = central.adopt(class, threshold, owner);
         if span.is_null() {
-            *owned = ptr::null_mut();
-            return 0;
+            span = central.adopt(class, threshold, owner);
+            if span.is_null() {
+                break;
+            }
         }
+        // SAFETY: the span is owned by the calling thread and guarded by
+        // the class lock we hold; this is the only reference to it.
+        got += unsafe { take_from(&mut central, span, &mut out[got..]) };
     }
     *owned = span;
-    // SAFETY: the span is owned by the calling thread and guarded by the
-    // class lock we hold; this is the only reference to it.
-    let got = unsafe { take_from(&mut central, span, out) };
     central.handed_out += got;
     got
 }
@@ -289,7 +288,6 @@ impl Central {
             (*span).owner = owner;
             pagemap::set_owner((*span).base, (*span).npages, span, owner, true);
         }
-        OWNED_SPANS.fetch_add(1, Ordering::Relaxed);
         span
     }
 
@@ -304,7 +302,6 @@ impl Central {
     /// live reference to it.
     unsafe fn disown(&mut self, span: *mut Span) {
         // SAFETY: the contract.
-        OWNED_SPANS.fetch_sub(1, Ordering::Relaxed);
         let (class, nfree, empty) = unsafe {
             (*span).owned = false;
             pagemap::set_owner((*span).base, (*span).npages, span, (*span).owner, false);
