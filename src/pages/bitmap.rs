@@ -425,12 +425,6 @@ impl ChunkData {
         Some((first, end - first))
     }
 
-    /// Free pages in word `w`.
-    #[inline]
-    pub fn free_in_word(&self, w: usize) -> usize {
-        self.alloc.0[w].count_zeros() as usize
-    }
-
     /// Marks every free page of word `w` (pages `64 * w ..`) in use for a
     /// page cache block (see [`super::cache`]), and returns which pages
     /// were free and which of those were scavenged. The pages leave the

@@ -40,8 +40,6 @@ struct Harness {
     live: Vec<(usize, usize)>,
     rng: Rng,
     step: usize,
-    /// Refills that lent a roomier block than the run's.
-    stat_roomy: usize,
 }
 
 fn addr(page: usize) -> usize {
@@ -64,7 +62,6 @@ impl Harness {
             live: Vec::new(),
             rng: Rng::new(seed),
             step: 0,
-            stat_roomy: 0,
         }
     }
 
@@ -162,20 +159,11 @@ impl Harness {
                 let first = page_of(run.base);
                 let scav = self.take(first, n);
                 assert_eq!(run.scavenged_bytes, scav);
-                // The run's block if it fits in one and has a quarter free,
-                // else the one holding more of the lowest run of 32.
+                // The run's own block, if the run fits in one.
                 let home = first / BLOCK_PAGES * BLOCK_PAGES;
                 let home = (first + n <= home + BLOCK_PAGES).then_some(home);
-                let roomy = |h: &Harness| h.lowest_fit(2 * LEND_MIN).map(|p| (p + LEND_MIN) / BLOCK_PAGES * BLOCK_PAGES);
-                let lend = match home {
-                    Some(b) if (b..b + BLOCK_PAGES).filter(|&p| self.heap_free(p)).count() >= LEND_MIN => Some(b),
-                    _ => roomy(self).or(home),
-                };
-                assert_eq!(self.blocks[k].base, lend.map_or(0, addr), "step {}: the block lent", self.step);
-                if let Some(bfirst) = lend {
-                    if lend != home {
-                        self.stat_roomy += 1;
-                    }
+                assert_eq!(self.blocks[k].base, home.map_or(0, addr), "step {}: the block lent", self.step);
+                if let Some(bfirst) = home {
                     for p in bfirst..bfirst + BLOCK_PAGES {
                         if let St::Free { scav } = self.pages[p] {
                             self.pages[p] = St::Cached { slot: k, scav };
@@ -335,7 +323,6 @@ impl Harness {
         }
         assert_eq!(self.pa.pages_in_use(), 0);
         assert_eq!(self.pa.find(PAGES).0, Some(BASE));
-        assert!(self.stat_roomy > 0, "no refill lent a roomier block");
     }
 }
 
