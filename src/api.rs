@@ -333,6 +333,7 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     fork_parent();
     crate::os::after_fork_child();
+    spans::cache::after_fork_child();
     scavenge::background::after_fork_child();
 }
 

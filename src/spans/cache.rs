@@ -295,9 +295,10 @@ pub fn pop(class: usize) -> *mut u8 {
     unsafe { *bin.slots.add(n as usize - 1) }
 }
 
-/// Pushes a freed object of `class` if it belongs to the thread's own
-/// span, or no other thread owns a span at all; false when neither is
-/// known, or the stack is full (the caller then takes [`dealloc_slow`]).
+/// Pushes a freed object of `class` if it lies in the thread's own span,
+/// or no other thread has a cache; false when neither holds (the object
+/// may be another thread's: [`dealloc_slow`] finds out), or the stack is
+/// full.
 #[inline(always)]
 pub fn push(class: usize, object: *mut u8) -> bool {
     let cache = current();
@@ -384,8 +385,9 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
 }
 
 /// The free slow path, for an object outside the thread's own span or a
-/// full stack. An object whose span another thread owns goes into the
-/// class's home-bound buffer (sent home when full); any other object is
+/// full stack. An object that another thread took from its span (the page
+/// map names another cache as the span's owner or last owner) goes into
+/// the class's home-bound buffer, sent home when full; any other object is
 /// kept, after the stack's older half goes back to its spans if the stack
 /// is full.
 #[cold]
@@ -403,7 +405,6 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
         && !alone()
         && !keeps(cache.id, object)
     {
-        // SAFETY: `cache` is this thread's own cache.
         send_home(&cache.home[class], class, object);
         return;
     }
@@ -698,6 +699,14 @@ pub fn cached_objects(class: usize) -> usize {
 pub fn cache_counts() -> (usize, usize) {
     let reg = REGISTRY.lock();
     (reg.live_count, reg.made)
+}
+
+/// In a child after `fork()`: only the forking thread lives on, so the
+/// caches of the parent's other threads no longer count as live for
+/// [`alone`] (they stay listed, with what they held, as before).
+pub(crate) fn after_fork_child() {
+    let live = if is_static(current()) { 0 } else { 1 };
+    LIVE_CACHES.store(live, Ordering::Relaxed);
 }
 
 /// Takes the registry lock and keeps it, before `fork()`.
