@@ -417,7 +417,7 @@ fn per_million(count: Option<f64>, allocations: Option<f64>) -> String {
 fn contended(r: &Record, lock: &str) -> String {
     match (r.get(&format!("{lock}_contended")), r.get(&format!("{lock}_acquisitions"))) {
         (Some(c), Some(a)) if a > 0.0 => format!("{:.2}%", c * 100.0 / a),
-        (Some(_), Some(_)) => "0 taken".into(),
+        (Some(_), Some(_)) => "none taken".into(),
         _ => "-".into(),
     }
 }
@@ -461,7 +461,11 @@ fn lock_table(
             contended(r, "heap_lock"),
             per_million(r.get("class_locks_acquisitions"), allocations),
             contended(r, "class_locks"),
-            waited.map_or("-".into(), duration)
+            match waited {
+                Some(ns) if ns > 0.0 => duration(ns),
+                Some(_) => "0".into(),
+                None => "-".into(),
+            }
         );
     }
     let _ = writeln!(out);
