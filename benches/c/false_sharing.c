@@ -45,6 +45,7 @@ static void *work(void *arg) {
         free((void *)p);
     }
     w->sum = sum;
+    count_thread_allocations();
     return NULL;
 }
 
@@ -92,6 +93,6 @@ int main(int argc, char **argv) {
     }
     free(w);
     free(t);
-    report_peak_rss();
+    report();
     return sum == 0 ? 1 : 0;
 }

@@ -34,6 +34,7 @@ static void *lane_thread(void *arg) {
         free(l->objects[i]);
         l->objects[i] = alloc_touch(rng_between(&l->rng, 8, 1000));
     }
+    count_thread_allocations();
     if (--l->generations_left > 0) {
         pthread_t t;
         pthread_attr_t attr;
@@ -78,6 +79,6 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&done_lock);
     }
     free(lanes);
-    report_peak_rss();
+    report();
     return 0;
 }

@@ -36,6 +36,7 @@ static void *thread_run(void *arg) {
     for (size_t i = 0; i < a->ws; i++)
         free(slots[i]);
     free(slots);
+    count_thread_allocations();
     return NULL;
 }
 
@@ -67,7 +68,7 @@ int main(int argc, char **argv) {
         for (size_t rep = 0; rep < repeat; rep++)
             simple_run(b, blocks, rounds);
         free(b);
-        report_peak_rss();
+        report();
         return 0;
     }
     if (argc != 6 || strcmp(argv[1], "thread") != 0)
@@ -90,6 +91,6 @@ int main(int argc, char **argv) {
     }
     free(a);
     free(t);
-    report_peak_rss();
+    report();
     return 0;
 }

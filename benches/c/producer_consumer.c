@@ -78,6 +78,7 @@ static void *produce(void *arg) {
             atomic_store_explicit(&r->tail, tail, memory_order_release);
     }
     atomic_store_explicit(&r->tail, tail, memory_order_release);
+    count_thread_allocations();
     atomic_store_explicit(&r->done, 1, memory_order_release);
     return NULL;
 }
@@ -106,6 +107,6 @@ int main(int argc, char **argv) {
     }
     free(rings);
     free(t);
-    report_peak_rss();
+    report();
     return sum == 0 ? 1 : 0;
 }

@@ -10,6 +10,10 @@
 //! wall time of a whole run and the median of the runs' peak RSS (the
 //! program's `VmHWM`, which it prints at exit). The sizes are the Rust workloads'
 //! (`threads::Sizes`), so the two sets of figures measure one thing.
+//!
+//! On scavalloc, one more run (not timed) has `SCAVALLOC_STATS=1`; the lock
+//! lines of its exit summary give the lock figures of the whole process,
+//! set beside the allocations the program counted (`alloc_touch` calls).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -232,12 +236,23 @@ pub fn setup(out: &Path, backends: &[Backend]) -> Setup {
     Setup { bin_dir, peers }
 }
 
-/// Runs the program once; returns the wall time in nanoseconds, the peak
-/// RSS in bytes (the program prints its own `VmHWM`) and, for the false
-/// sharing program, how many workers' objects shared a cache line. A failed run,
-/// or a library the loader refused to preload (it says so and runs on
-/// glibc), stops the harness.
-fn run_once(cmd: &mut Command, what: &str) -> (f64, f64, Option<f64>) {
+/// What one run of a program gave.
+struct RunOutput {
+    /// Wall time in nanoseconds.
+    wall: f64,
+    /// Peak RSS in bytes (the program prints its own `VmHWM`).
+    rss: f64,
+    /// For the false sharing program: how many workers' objects shared a
+    /// cache line.
+    sharing: Option<f64>,
+    /// The workload's allocations, as the program counted them.
+    allocations: Option<f64>,
+    stderr: String,
+}
+
+/// Runs the program once. A failed run, or a library the loader refused
+/// to preload (it says so and runs on glibc), stops the harness.
+fn run_once(cmd: &mut Command, what: &str) -> RunOutput {
     let start = Instant::now();
     let out = cmd.output().unwrap_or_else(|e| {
         eprintln!("compare: {what}: {e}");
@@ -245,16 +260,36 @@ fn run_once(cmd: &mut Command, what: &str) -> (f64, f64, Option<f64>) {
     });
     let wall = start.elapsed().as_nanos() as f64;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let value = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<f64>().ok());
-    let sharing = value("workers_sharing_a_line ");
     match value("peak_rss_kib ") {
-        Some(kib) if out.status.success() && !stderr.contains("cannot be preloaded") => (wall, kib * 1024.0, sharing),
+        Some(kib) if out.status.success() && !stderr.contains("cannot be preloaded") => RunOutput {
+            wall,
+            rss: kib * 1024.0,
+            sharing: value("workers_sharing_a_line "),
+            allocations: value("allocations "),
+            stderr,
+        },
         _ => {
             eprintln!("compare: {what} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
             std::process::exit(1)
         }
     }
+}
+
+/// The figures of one lock line of scavalloc's exit summary
+/// (`  heap lock: N acquisitions, M contended (P%), waited X ms in all, ...`):
+/// acquisitions, contended acquisitions, wait in nanoseconds.
+fn lock_line(summary: &str, name: &str) -> Option<(f64, f64, f64)> {
+    let rest = summary.lines().find_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(": "))?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let number = |after: &str| -> Option<f64> {
+        let i = words.iter().position(|w| w.trim_end_matches(',') == after)?;
+        words.get(i.checked_sub(1)?)?.parse().ok()
+    };
+    let waited = words.iter().position(|w| *w == "waited")?;
+    let wait_ms: f64 = words.get(waited + 1)?.parse().ok()?;
+    Some((number("acquisitions")?, number("contended")?, wait_ms * 1e6))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -268,8 +303,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Runs a C workload on one allocator (`runs` times) and reports like a
-/// Rust child does: `median_ns` (a whole run) and `peak_rss`. `None` when
-/// the allocator was skipped.
+/// Rust child does: `median_ns` (a whole run), `peak_rss`, `allocations`
+/// and, on scavalloc, the lock figures. `None` when the allocator was
+/// skipped.
 pub fn run(setup: &Setup, w: &'static CWorkload, backend: Backend, scale: Scale) -> Option<Record> {
     let peer = setup.peers.get(backend.name())?.as_ref().ok()?;
     let s = Sizes::of(scale);
@@ -279,18 +315,22 @@ pub fn run(setup: &Setup, w: &'static CWorkload, backend: Backend, scale: Scale)
     args.extend((w.args)(&s).iter().map(usize::to_string));
     args.push(repeat.to_string());
     let what = format!("{} on {}", w.name, backend.name());
-    let (mut walls, mut rsss, mut sharing) = (Vec::new(), Vec::new(), None::<f64>);
-    for _ in 0..runs {
+    let command = |extra: &[(&str, &str)]| {
         let mut cmd = Command::new(setup.bin_dir.join(w.program));
-        cmd.args(&args).env_remove("LD_PRELOAD").envs(peer.env.iter().copied());
+        cmd.args(&args).env_remove("LD_PRELOAD").envs(peer.env.iter().copied()).envs(extra.iter().copied());
         if let Some(lib) = &peer.preload {
             cmd.env("LD_PRELOAD", lib);
         }
-        let (wall, rss, shared) = run_once(&mut cmd, &what);
-        walls.push(wall);
-        rsss.push(rss);
+        cmd
+    };
+    let (mut walls, mut rsss, mut sharing, mut allocations) = (Vec::new(), Vec::new(), None::<f64>, None);
+    for _ in 0..runs {
+        let run = run_once(&mut command(&[]), &what);
+        walls.push(run.wall);
+        rsss.push(run.rss);
         // The worst run: one in which objects collided is enough.
-        sharing = shared.map(|v| sharing.map_or(v, |s| s.max(v)));
+        sharing = run.sharing.map(|v| sharing.map_or(v, |s| s.max(v)));
+        allocations = run.allocations;
     }
     let mut values = BTreeMap::new();
     values.insert("median_ns".to_string(), median(&mut walls));
@@ -298,6 +338,23 @@ pub fn run(setup: &Setup, w: &'static CWorkload, backend: Backend, scale: Scale)
     if let Some(v) = sharing {
         values.insert("sharing_workers".to_string(), v);
         values.insert("workers".to_string(), (w.args)(&s)[0] as f64);
+    }
+    if let Some(n) = allocations {
+        values.insert("allocations".to_string(), n);
+    }
+    if backend.is_scavalloc() {
+        // One more run, not timed, for the lock figures of scavalloc's exit
+        // summary (whole process: start, the workload, exit).
+        let run = run_once(&mut command(&[("SCAVALLOC_STATS", "1")]), &what);
+        for (line, key) in [("heap lock", "heap_lock"), ("class locks", "class_locks")] {
+            let Some((acquisitions, contended, wait_ns)) = lock_line(&run.stderr, line) else {
+                eprintln!("compare: {what}: no {line:?} line in the exit summary\n--- stderr\n{}", run.stderr);
+                std::process::exit(1)
+            };
+            values.insert(format!("{key}_acquisitions"), acquisitions);
+            values.insert(format!("{key}_contended"), contended);
+            values.insert(format!("{key}_wait_ns"), wait_ns);
+        }
     }
     values.insert("done".to_string(), 1.0);
     Some(Record { workload: w.name, backend, values, samples: Vec::new() })

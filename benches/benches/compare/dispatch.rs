@@ -12,9 +12,17 @@
 //! process per allocator. The variable is read with libc's `getenv`, which
 //! does not allocate. The cost of the dispatch (a relaxed load and a
 //! well-predicted branch per call) is the same for all four.
+//!
+//! Allocation calls (`alloc`, `alloc_zeroed`, `realloc`) are counted, so
+//! that the lock figures of a scavalloc child can be given per million
+//! allocations. A count costs a thread-local load and a plain store into a
+//! counter that one thread owns at a time (`Slot`), never an atomic
+//! read-modify-write, and the same for every allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Once;
 
 use mimalloc::MiMalloc;
 use scavalloc::Scavalloc;
@@ -141,6 +149,7 @@ macro_rules! forward {
 unsafe impl GlobalAlloc for Dispatch {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
         // SAFETY: the caller's contract, forwarded unchanged.
         unsafe { forward!(alloc(layout)) }
     }
@@ -153,13 +162,133 @@ unsafe impl GlobalAlloc for Dispatch {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
         // SAFETY: the caller's contract, forwarded unchanged.
         unsafe { forward!(alloc_zeroed(layout)) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
         // SAFETY: the caller's contract; `ptr` came from the same allocator.
         unsafe { forward!(realloc(ptr, layout, new_size)) }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Counting allocations.
+//
+// Each thread counts into a `Slot` of a fixed table, claimed at its first
+// allocation and given up when it exits (a pthread key's destructor; std's
+// thread-local destructors cannot be used here, as registering one
+// allocates). A slot's counter only ever grows: the next thread to claim
+// it counts on from where the last one stopped, so the sum over all slots
+// is every allocation made so far, with no figure to move at thread exit
+// and no moment at which a count is in neither place. Only a slot's owner
+// writes its counter, so a load and a store suffice; a reader that joined
+// the threads sees their last stores.
+
+/// One thread's counter, on a cache line of its own (the owner writes it at
+/// every allocation; neighbours must not share the line).
+#[repr(align(128))]
+struct Slot {
+    count: AtomicU64,
+    owned: AtomicBool,
+}
+
+/// More than the workloads ever run at once (32 threads, with a Larson
+/// lane's successor starting before its predecessor exits, plus the
+/// harness's own); threads beyond it count into `SHARED`.
+const SLOTS: usize = 256;
+
+static TABLE: [Slot; SLOTS] = [const { Slot { count: AtomicU64::new(0), owned: AtomicBool::new(false) } }; SLOTS];
+
+/// The counter of threads that found no free slot, or allocate after their
+/// slot was given up: the only one counted with a read-modify-write.
+static SHARED: AtomicU64 = AtomicU64::new(0);
+
+/// Where the last claim found a slot, so that claims do not all scan from
+/// the start.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The pthread key whose destructor gives a thread's slot up.
+static KEY: AtomicUsize = AtomicUsize::new(0);
+static KEY_ONCE: Once = Once::new();
+
+/// This thread's state: no slot yet, a slot, or counting into `SHARED`.
+#[derive(Clone, Copy)]
+enum Mine {
+    Unclaimed,
+    Slot(&'static Slot),
+    Shared,
+}
+
+thread_local! {
+    // Const-initialised and without a destructor: no allocation, and still
+    // readable from the pthread key destructor at thread exit.
+    static MINE: Cell<Mine> = const { Cell::new(Mine::Unclaimed) };
+}
+
+#[inline(always)]
+fn count_allocation() {
+    MINE.with(|m| match m.get() {
+        Mine::Slot(slot) => slot.count.store(slot.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
+        Mine::Shared => {
+            SHARED.fetch_add(1, Ordering::Relaxed);
+        }
+        Mine::Unclaimed => claim(m),
+    });
+}
+
+/// The first allocation of a thread: claims a free slot (and arms the
+/// destructor that gives it up), counting this allocation in it.
+#[cold]
+fn claim(mine: &Cell<Mine>) {
+    let start = NEXT.load(Ordering::Relaxed);
+    let free = (0..SLOTS)
+        .map(|k| (start + k) % SLOTS)
+        .find(|&i| TABLE[i].owned.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok());
+    let Some(index) = free else {
+        mine.set(Mine::Shared);
+        SHARED.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    NEXT.store((index + 1) % SLOTS, Ordering::Relaxed);
+    let slot = &TABLE[index];
+    KEY_ONCE.call_once(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is written by the call; `release_slot` has the
+        // destructor's signature.
+        if unsafe { libc::pthread_key_create(&mut key, Some(release_slot)) } == 0 {
+            KEY.store(key as usize + 1, Ordering::Relaxed);
+        }
+    });
+    // Stored plus one: 0 means that no key could be made. Without a key
+    // (or if setting it fails) the slot is never given up: the counts stay
+    // right, the slot is lost to later threads.
+    let key = KEY.load(Ordering::Relaxed);
+    if key != 0 {
+        // SAFETY: a key this process created; the value is a non-null
+        // pointer to a static, which the destructor reads.
+        unsafe { libc::pthread_setspecific((key - 1) as libc::pthread_key_t, (slot as *const Slot).cast()) };
+    }
+    slot.count.store(slot.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    mine.set(Mine::Slot(slot));
+}
+
+/// At thread exit: the thread's last count is in its slot; later
+/// allocations of the thread (other destructors) count into `SHARED`.
+extern "C" fn release_slot(slot: *mut libc::c_void) {
+    MINE.with(|m| m.set(Mine::Shared));
+    // SAFETY: the value set in `claim`, a pointer to a slot of `TABLE`.
+    let slot = unsafe { &*(slot as *const Slot) };
+    // Release: the next owner's first load sees this thread's last store.
+    slot.owned.store(false, Ordering::Release);
+}
+
+/// Allocation calls made so far by every thread of the process. Exact for
+/// threads that have been joined (or whose completion this thread waited
+/// for); running threads' latest counts may not be seen yet.
+pub fn allocations() -> u64 {
+    TABLE.iter().map(|s| s.count.load(Ordering::Relaxed)).sum::<u64>() + SHARED.load(Ordering::Relaxed)
 }

@@ -16,7 +16,8 @@
 //! child runs one workload: a throughput workload under criterion (its
 //! median read back from criterion's `estimates.json`), or a memory
 //! workload measured once; it reports `@@ key value` lines on stdout and
-//! its peak RSS. Workloads run one allocator after another, so the four
+//! its peak RSS, and a scavalloc child its lock figures per allocation
+//! (`locks.rs`). Workloads run one allocator after another, so the four
 //! figures of a workload are taken minutes apart at most, on the same
 //! machine state as far as a shared machine allows.
 //!
@@ -32,6 +33,7 @@
 
 mod cprogs;
 mod dispatch;
+mod locks;
 mod memory;
 mod report;
 mod threads;
@@ -183,22 +185,31 @@ fn criterion_median(group: &str, function: &str) -> f64 {
 
 fn child(name: &str, scale: Scale) {
     let backend = Backend::current();
+    // scavalloc's lock figures around each call of the workload's routine.
+    let mut tally = backend.is_scavalloc().then(locks::Tally::new);
+    let mut measured = |f: &mut dyn FnMut()| match &mut tally {
+        Some(t) => t.measure(f),
+        None => f(),
+    };
     if let Some(w) = workloads::ALL.iter().find(|w| w.name == name) {
         let mut c = criterion(scale);
         let mut group = c.benchmark_group(w.name);
         group.sampling_mode(w.sampling);
-        group.bench_function(backend.name(), |b| (w.bench)(b, scale));
+        group.bench_function(backend.name(), |b| measured(&mut || (w.bench)(b, scale)));
         group.finish();
         emit("median_ns", criterion_median(w.name, backend.name()));
         emit("peak_rss", memory::peak_rss());
     } else {
         match name {
-            "fragmentation" => memory::fragmentation(scale),
-            "burst_idle_whole" => memory::burst_idle(Pattern::Whole, scale),
-            "burst_idle_scattered" => memory::burst_idle(Pattern::Scattered, scale),
-            "burst_again" => memory::burst_again(scale),
+            "fragmentation" => measured(&mut || memory::fragmentation(scale)),
+            "burst_idle_whole" => measured(&mut || memory::burst_idle(Pattern::Whole, scale)),
+            "burst_idle_scattered" => measured(&mut || memory::burst_idle(Pattern::Scattered, scale)),
+            "burst_again" => measured(&mut || memory::burst_again(scale)),
             _ => usage(&format!("no workload {name:?}")),
         }
+    }
+    if let Some(t) = &tally {
+        t.emit();
     }
     if backend.is_scavalloc() {
         let s = scavalloc::stats();

@@ -45,6 +45,20 @@ pub fn check(records: &[Record]) -> Result<(), String> {
         } else {
             positive(r, "live")?;
         }
+        // A scavalloc child (or C run) reports its lock figures; a run
+        // allocates, so a zero count means the counting is broken.
+        if r.backend.is_scavalloc() {
+            positive(r, "allocations")?;
+            for key in ["heap_lock", "class_locks"]
+                .iter()
+                .flat_map(|l| ["acquisitions", "contended", "wait_ns"].map(move |f| format!("{l}_{f}")))
+            {
+                match r.get(&key) {
+                    Some(v) if v.is_finite() && v >= 0.0 => {}
+                    other => return Err(format!("{} on {}: {key} is {other:?}", r.workload, r.backend.name())),
+                }
+            }
+        }
         if r.workload == "burst_again" {
             positive(r, "first_ns")?;
             positive(r, "second_ns")?;
@@ -188,6 +202,21 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale, skipped:
             let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
         }
         let _ = writeln!(out);
+    }
+
+    if !all_workloads.is_empty() {
+        lock_table(
+            &mut out,
+            records,
+            backends,
+            ("workload", &all_workloads),
+            "## scavalloc's locks\n\nHow often the page heap's lock and the size classes' central-list locks were \
+             taken per million allocation calls (`alloc`, `alloc_zeroed`, `realloc`, counted by the harness), and \
+             how often a taker found one held: what more cores would make worse. Summed over the workload's \
+             routine calls (criterion's warm-up and samples, each with the routine's own set-up, not criterion's \
+             analysis; a memory workload's one run); the background scavenger's acquisitions in that time are \
+             included.\n",
+        );
     }
 
     c_programs(&mut out, records, backends, skipped);
@@ -362,6 +391,82 @@ fn c_programs(out: &mut String, records: &[Record], backends: &[Backend], skippe
     let _ = writeln!(out, "\nOne run:\n");
     for w in &names {
         let _ = writeln!(out, "- `{}`: {}", w.name, w.per_run);
+    }
+    let _ = writeln!(out);
+    let c_names: Vec<&str> = names.iter().map(|w| w.name).collect();
+    lock_table(
+        out,
+        records,
+        backends,
+        ("program", &c_names),
+        "scavalloc's locks in the C programs: one more run of each (not timed) with `SCAVALLOC_STATS=1`, its \
+         exit summary's lock figures (the whole process: start, the workload, exit) per million of the \
+         workload's allocations (the `malloc` calls the program counts; its few own arrays are not counted).\n",
+    );
+}
+
+/// A lock figure per million allocations.
+fn per_million(count: Option<f64>, allocations: Option<f64>) -> String {
+    match (count, allocations) {
+        (Some(c), Some(a)) if a > 0.0 => format!("{:.0}", c * 1e6 / a),
+        _ => "-".into(),
+    }
+}
+
+/// Contended acquisitions as a percentage of all.
+fn contended(r: &Record, lock: &str) -> String {
+    match (r.get(&format!("{lock}_contended")), r.get(&format!("{lock}_acquisitions"))) {
+        (Some(c), Some(a)) if a > 0.0 => format!("{:.2}%", c * 100.0 / a),
+        (Some(_), Some(_)) => "none taken".into(),
+        _ => "-".into(),
+    }
+}
+
+/// The lock figures of the scavalloc children (or runs) of `workloads`, one
+/// row per workload and scavalloc allocator: allocations, each lock
+/// group's acquisitions per million allocations and contended share, and
+/// the time both groups' contended acquisitions waited.
+fn lock_table(
+    out: &mut String,
+    records: &[Record],
+    backends: &[Backend],
+    (first, workloads): (&str, &[&str]),
+    intro: &str,
+) {
+    let rows: Vec<&Record> = workloads
+        .iter()
+        .flat_map(|w| backends.iter().filter(|b| b.is_scavalloc()).filter_map(move |&b| find(records, w, b)))
+        .filter(|r| r.get("heap_lock_acquisitions").is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{intro}");
+    let _ = writeln!(
+        out,
+        "| {first} | allocator | allocations | heap lock per M allocations | heap lock contended | \
+         class locks per M allocations | class locks contended | waited (both) |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in rows {
+        let allocations = r.get("allocations");
+        let waited = r.get("heap_lock_wait_ns").zip(r.get("class_locks_wait_ns")).map(|(h, c)| h + c);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workload,
+            r.backend.name(),
+            allocations.map_or("-".into(), |a| format!("{a:.0}")),
+            per_million(r.get("heap_lock_acquisitions"), allocations),
+            contended(r, "heap_lock"),
+            per_million(r.get("class_locks_acquisitions"), allocations),
+            contended(r, "class_locks"),
+            match waited {
+                Some(ns) if ns > 0.0 => duration(ns),
+                Some(_) => "0".into(),
+                None => "-".into(),
+            }
+        );
     }
     let _ = writeln!(out);
 }
