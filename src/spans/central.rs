@@ -103,6 +103,10 @@ pub(crate) fn lock_stats() -> crate::sync::LockStats {
     CENTRAL.iter().fold(crate::sync::LockStats::default(), |sum, c| sum.plus(c.0.lock_stats()))
 }
 
+/// How many ready spans at the head of a partial list a refill looks at
+/// for one its thread owned last.
+const OWN_SPAN_SEARCH: usize = 8;
+
 /// Wholly free spans a class keeps aside.
 const SPARES: usize = 1;
 
@@ -257,12 +261,11 @@ impl Central {
     /// refuses memory).
     fn adopt(&mut self, class: usize, threshold: usize, owner: u16) -> *mut Span {
         let head = self.partial.first();
-        // SAFETY: spans on the partial list are live records of this class,
-        // guarded by the lock the caller holds (as `&mut self`).
-        let span = if !head.is_null() && unsafe { (*head).nfree } as usize >= threshold {
-            // SAFETY: as above; the head is on the partial list.
-            unsafe { self.remove_partial(head) };
-            head
+        let ready = self.ready_span(threshold, owner);
+        let span = if !ready.is_null() {
+            // SAFETY: `ready_span` found it on the partial list.
+            unsafe { self.remove_partial(ready) };
+            ready
         } else if !self.spare.is_empty() {
             let spare = self.spare.first();
             // SAFETY: the spare is on this class's spare list.
@@ -289,6 +292,34 @@ impl Central {
             pagemap::set_owner((*span).base, (*span).npages, span, owner, true);
         }
         span
+    }
+
+    /// A span on the partial list ready for `owner` to take over: among
+    /// the first [`OWN_SPAN_SEARCH`] ready ones, one that `owner` owned
+    /// last if there is one (its objects the thread still holds stay its
+    /// own, and other threads' stay theirs), else the first; null if the
+    /// head is not ready.
+    fn ready_span(&self, threshold: usize, owner: u16) -> *mut Span {
+        let mut span = self.partial.first();
+        let mut first_ready: *mut Span = ptr::null_mut();
+        for _ in 0..OWN_SPAN_SEARCH {
+            // SAFETY: spans on the partial list are live records of this
+            // class, guarded by the lock the caller holds (as `&self`).
+            let ready = !span.is_null() && unsafe { (*span).nfree } as usize >= threshold;
+            if !ready {
+                break;
+            }
+            // SAFETY: as above.
+            if unsafe { (*span).owner } == owner {
+                return span;
+            }
+            if first_ready.is_null() {
+                first_ready = span;
+            }
+            // SAFETY: as above.
+            span = unsafe { (*span).next };
+        }
+        first_ready
     }
 
     /// Ends a thread's ownership of `span`: it joins the partial list if
