@@ -46,11 +46,13 @@ fn one_size(size: usize) {
     let producer = thread::spawn(move || {
         // Objects of the span the producer owns (it hands out their
         // neighbours): allocate until enough of those it took are still in
-        // it (a span with few objects may run out and be given up on the
-        // way); the others are freed at the end.
+        // it (a span taken over with few free objects runs out and is given
+        // up on the way; within 64 spans' worth the producer takes over one
+        // with room, at the latest a new one); the others are freed at the
+        // end.
         let mut taken = Vec::new();
         let mut objects = Vec::new();
-        for _ in 0..64 {
+        for _ in 0..64 * class_objects(class) + 64 {
             // SAFETY: a valid, non-zero layout; freed below or by the
             // worker, with the same layout.
             taken.push(unsafe { alloc(layout(size)) } as usize);
