@@ -10,7 +10,7 @@
 //! A thread *owns* one span per class (see [`central::refill_owned`]): no
 //! other thread hands out objects of it. The free fast path keeps an object
 //! at once if it lies in the thread's own span (one subtraction and compare
-//! against the span's range), or if no other thread owns any span (a
+//! against the span's range), or if no other thread has a cache (a
 //! single-threaded program). Any other object takes the slow path, which
 //! reads its page-map entry: that names the thread cache that owns the
 //! object's span, or last did. The thread keeps the object only if that is
@@ -22,9 +22,10 @@
 //! once (passive false sharing), and a thread that frees what another
 //! allocates does not take that thread's objects.
 //!
-//! When a stack runs dry it is refilled from the thread's span, or from a
-//! new span it takes over; when it is full, its older half goes back to the
-//! span in one batch.
+//! When a stack runs dry it is refilled, within one lock hold, to at least
+//! half its capacity from the thread's span and, if that runs out, from
+//! spans it takes over (one it owned last, when one is ready); when it is
+//! full, its older half goes back to its spans in one batch.
 //!
 //! # Bounds
 //!
