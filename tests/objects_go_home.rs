@@ -25,6 +25,26 @@ fn lines(addr: usize, size: usize) -> impl Iterator<Item = usize> {
     addr / LINE..=(addr + size - 1) / LINE
 }
 
+/// Allocates objects of `size` bytes, at most `bound` of them, until
+/// `wanted` of those taken lie in spans whose ownership is `owned` (a
+/// thread cache owns them now, or not); returns everything taken (all
+/// checked not null) and those. The caller frees them all.
+fn allocate_until(size: usize, bound: usize, wanted: usize, owned: bool) -> (Vec<usize>, Vec<usize>) {
+    let mut taken = Vec::new();
+    let mut chosen = Vec::new();
+    for _ in 0..bound {
+        // SAFETY: a valid, non-zero layout; the caller frees the object with
+        // the same layout.
+        taken.push(unsafe { alloc(layout(size)) } as usize);
+        chosen = taken.iter().copied().filter(|&p| span_is_owned(p) == owned).collect();
+        if chosen.len() >= wanted {
+            break;
+        }
+    }
+    assert!(taken.iter().all(|&p| p != 0));
+    (taken, chosen)
+}
+
 /// The passive false-sharing pattern, for one size: a producer thread
 /// allocates a few objects next to each other (from the span it owns) and
 /// hands them to a worker; the worker frees them, then allocates. The
@@ -50,18 +70,7 @@ fn one_size(size: usize) {
         // up on the way; within 64 spans' worth the producer takes over one
         // with room, at the latest a new one); the others are freed at the
         // end.
-        let mut taken = Vec::new();
-        let mut objects = Vec::new();
-        for _ in 0..64 * class_objects(class) + 64 {
-            // SAFETY: a valid, non-zero layout; freed below or by the
-            // worker, with the same layout.
-            taken.push(unsafe { alloc(layout(size)) } as usize);
-            objects = taken.iter().copied().filter(|&p| span_is_owned(p)).collect();
-            if objects.len() >= 2 * handed_count {
-                break;
-            }
-        }
-        assert!(taken.iter().all(|&p| p != 0));
+        let (taken, mut objects) = allocate_until(size, 64 * class_objects(class) + 64, 2 * handed_count, true);
         assert!(objects.len() >= 2 * handed_count, "{size} B: the producer owns no span of its objects");
         objects.truncate(2 * handed_count);
         let kept = objects.split_off(handed_count);
@@ -129,18 +138,7 @@ fn after_the_span_is_given_up(size: usize) {
     let producer = thread::spawn(move || {
         // Allocate until some objects lie in a span the producer no longer
         // owns (it ran out and the producer took another).
-        let mut taken = Vec::new();
-        let mut given_up = Vec::new();
-        for _ in 0..4 * class_objects(class) + 64 {
-            // SAFETY: a valid, non-zero layout; freed below or by the
-            // worker, with the same layout.
-            taken.push(unsafe { alloc(layout(size)) } as usize);
-            given_up = taken.iter().copied().filter(|&p| !span_is_owned(p)).collect();
-            if given_up.len() >= handed_count {
-                break;
-            }
-        }
-        assert!(taken.iter().all(|&p| p != 0));
+        let (mut taken, mut given_up) = allocate_until(size, 4 * class_objects(class) + 64, handed_count, false);
         assert!(given_up.len() >= handed_count, "{size} B: the producer never gave a span up");
         given_up.truncate(handed_count);
         to_worker.send(given_up.clone()).unwrap();

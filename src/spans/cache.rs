@@ -315,19 +315,31 @@ pub fn push(class: usize, object: *mut u8) -> bool {
     if offset >= bin.span_len.load(Ordering::Relaxed) && !alone() {
         return false;
     }
+    // SAFETY: `n` is the stack's count and below its capacity, so this is a
+    // real cache, and `current()` is this thread's own.
+    unsafe { stack_push(bin, n, object) };
+    true
+}
+
+/// Puts `object` on top of `bin`'s stack, which holds `n` objects.
+///
+/// # Safety
+///
+/// `bin` belongs to the calling thread's own real cache, and `n` is its
+/// count, below its capacity.
+#[inline(always)]
+unsafe fn stack_push(bin: &Bin, n: u32, object: *mut u8) {
     // The cheapest double-free check there is: the same object freed twice
     // in a row lands on top of the stack twice. (Others are caught when the
     // object goes back to its span.)
-    // SAFETY: n > 0 only in a real cache owned by this thread, whose slot
-    // n - 1 is initialised.
+    // SAFETY: per the contract, slots `0..n` are this thread's initialised
+    // entries.
     if n > 0 && unsafe { *bin.slots.add(n as usize - 1) } == object {
         double_free(object);
     }
-    // SAFETY: n < cap only in a real cache owned by this thread; slot n is
-    // within its stack.
+    // SAFETY: per the contract, `n < cap`: slot `n` is within the stack.
     unsafe { *bin.slots.add(n as usize) = object };
     bin.count.store(n + 1, Ordering::Relaxed);
-    true
 }
 
 /// Caches attached to live threads. Written only when a thread attaches
@@ -423,15 +435,9 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
         central::give_back(class, &[object]);
         return;
     }
-    // SAFETY: n > 0 only in a real cache owned by this thread, whose slot
-    // n - 1 is initialised.
-    if n > 0 && unsafe { *bin.slots.add(n as usize - 1) } == object {
-        double_free(object);
-    }
-    // SAFETY: n < cap in this thread's own cache; slot n is within its
-    // stack.
-    unsafe { *bin.slots.add(n as usize) = object };
-    bin.count.store(n + 1, Ordering::Relaxed);
+    // SAFETY: this thread's own real cache, with `n` its count below its
+    // capacity.
+    unsafe { stack_push(bin, n, object) };
 }
 
 /// Whether the calling thread (whose cache has id `me`) may keep `object`,
