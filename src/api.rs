@@ -296,6 +296,7 @@ fn init_slow() {
         CHECK.store(cfg.check, Ordering::Relaxed);
         scavenge::goals::configure(&cfg.scavenger);
         scavenge::set_deep_release(&spans::deep::HOOK);
+        scavenge::set_cache_trim(&spans::cache::trim::HOOK);
     });
     if HANDLERS.compare_exchange(HANDLERS_NONE, HANDLERS_REGISTERING, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return;
@@ -338,12 +339,14 @@ extern "C" fn fork_child() {
 }
 
 /// Releases every free page of the heap to the OS now, after giving the
-/// calling thread's cached objects back (so that wholly free spans return
-/// to the heap first); returns the bytes released. Like Go's
-/// `debug.FreeOSMemory` or glibc's `malloc_trim(0)`.
+/// cached objects of every thread back (so that wholly free spans return
+/// to the heap first; a thread busy in its cache at that moment keeps
+/// it); returns the bytes released. Like Go's `debug.FreeOSMemory` or
+/// glibc's `malloc_trim(0)`.
 pub fn release_all() -> usize {
     ensure_init();
     spans::cache::flush_current();
+    (spans::cache::trim::HOOK.trim)(crate::os::coarse_ms(), true);
     spans::central::release_spares();
     let released = scavenge::release_all_free();
     scavenge::background::run_deferred();

@@ -29,6 +29,10 @@ pub struct Config {
     /// `SCAVALLOC_CHECK=1`: the Rust API checks every free against the
     /// span's out-of-band state and the layout (as C's `free` always does).
     pub check: bool,
+    /// `SCAVALLOC_CACHE_BUDGET`: bytes of objects all thread caches
+    /// together may hold before the scavenger trims the largest (see
+    /// `spans::cache::trim`).
+    pub cache_budget: usize,
 }
 
 impl Config {
@@ -39,6 +43,7 @@ impl Config {
         scavenger: Settings::DEFAULT,
         arena_quarantine: 64 << 30,
         check: false,
+        cache_budget: crate::spans::cache::trim::DEFAULT_BUDGET,
     };
 }
 
@@ -72,6 +77,12 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
         c.arena_quarantine = match parse_bytes(v) {
             Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
             None => bad_value("SCAVALLOC_ARENA_QUARANTINE", v, "64GiB", 64 << 30),
+        };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_CACHE_BUDGET") {
+        c.cache_budget = match parse_bytes(v) {
+            Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            None => bad_value("SCAVALLOC_CACHE_BUDGET", v, "32MiB", crate::spans::cache::trim::DEFAULT_BUDGET),
         };
     }
     if let Some(v) = lookup(c"SCAVALLOC_CHECK") {
@@ -230,6 +241,7 @@ mod tests {
                 b"SCAVALLOC_DEEP_RELEASE" => Some(b"0"),
                 b"SCAVALLOC_ARENA_QUARANTINE" => Some(b"lots"),
                 b"SCAVALLOC_CHECK" => Some(b"always"),
+                b"SCAVALLOC_CACHE_BUDGET" => Some(b"a little"),
                 _ => None,
             }
         };
@@ -244,6 +256,7 @@ mod tests {
         assert!(!s.trace, "bad flag falls back to 0");
         assert!(!s.deep_release);
         assert_eq!(c.arena_quarantine, 64 << 30, "a bad quarantine size falls back to 64 GiB");
+        assert_eq!(c.cache_budget, 32 << 20, "a bad cache budget falls back to 32 MiB");
         assert!(!c.check, "a bad check flag falls back to off");
         let on = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
             (name.to_bytes() == b"SCAVALLOC_CHECK").then_some(&b"1"[..])

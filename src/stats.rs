@@ -33,6 +33,7 @@ use crate::spans::{cache, central, deep, large, pagemap};
 /// acquisitions and the time those waited. Defined with the lock in
 /// `sync`, which keeps the counters (and builds under loom, where this
 /// module does not).
+pub use crate::spans::cache::trim::CacheTrimStats;
 pub use crate::sync::LockStats;
 
 /// Figures for one size class.
@@ -90,6 +91,9 @@ pub struct Stats {
     pub metadata: usize,
     /// Threads with a cache attached (a count).
     pub thread_caches: usize,
+    /// What trimming thread caches (idle ones, and all of them beyond their
+    /// budget) has done.
+    pub cache_trim: CacheTrimStats,
     /// Released by the background scavenger, in all.
     pub released_background: usize,
     /// Released because the heap grew while over the retained goal.
@@ -192,6 +196,7 @@ pub fn stats() -> Stats {
         large_objects: 0,
         metadata: 0,
         thread_caches: 0,
+        cache_trim: cache::trim::stats(),
         released_background: scavenge::released_by(Path::Background),
         released_eager: scavenge::released_by(Path::Eager),
         released_limit: scavenge::released_by(Path::Limit),
@@ -306,6 +311,21 @@ pub fn print(s: &Stats) {
     line.emit_line();
     print_lock("heap lock", &s.heap_lock);
     print_lock("class locks", &s.class_locks);
+    let t = &s.cache_trim;
+    let mut line = LineBuf::<200>::new();
+    let _ = write!(
+        line,
+        "  thread caches: {:.2} MiB held (budget {:.2} MiB); trimmed {} idle, {} over budget, {:.2} MiB in all; \
+         {} refused (thread busy){}",
+        mib(t.held),
+        mib(t.budget),
+        t.trimmed_idle,
+        t.trimmed_budget,
+        mib(t.trimmed_bytes as usize),
+        t.refused,
+        if t.available { "" } else { "; trimming unavailable (no membarrier)" }
+    );
+    line.emit_line();
     let mut line = LineBuf::<128>::new();
     let _ = write!(line, "  {:>6} {:>8} {:>10} {:>10} {:>10}", "size", "spans", "allocated", "cached", "free");
     line.emit_line();

@@ -11,7 +11,7 @@
 #[cfg(loom)]
 pub use crate::scavenge::index::ScavengeIndex;
 #[cfg(loom)]
-pub use crate::sync::{Mutex, Parker};
+pub use crate::sync::{heavy_fence, Handshake, Mutex, Parker};
 
 #[cfg(not(loom))]
 pub use imp::*;

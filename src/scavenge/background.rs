@@ -156,6 +156,8 @@ static WANTED: AtomicU8 = AtomicU8::new(0);
 const WANT_WAKE: u8 = 1;
 /// Objects went back to spans that are now mostly free: see [`nudge`].
 const WANT_NUDGE: u8 = 2;
+/// Several threads cache objects: see [`start_for_caches`].
+const WANT_START: u8 = 4;
 
 #[inline(always)]
 fn want(bit: u8) {
@@ -197,6 +199,18 @@ pub fn nudge() {
     }
 }
 
+/// Called by the span layer when a second thread attaches a cache (often
+/// under a lock): the thread must run, whether or not the heap is over its
+/// goal, to trim the caches of threads that go idle (a pool of idle
+/// threads frees nothing, so nothing else would start it). Notes the
+/// request for [`run_deferred`].
+#[inline]
+pub fn start_for_caches() {
+    if goals::background_enabled() && STATE.load(Ordering::Relaxed) == NOT_STARTED {
+        want(WANT_START);
+    }
+}
+
 /// Acts on what [`wake_if_over_goal`] and [`nudge`] noted: starts the
 /// thread, or wakes it. Called at the end of the public entry points' slow
 /// paths (and of `free` in the C API, `release_all`, cache flushes, thread
@@ -229,6 +243,9 @@ fn run_deferred_slow() {
     }
     if wanted & WANT_NUDGE != 0 {
         nudge_now();
+    }
+    if wanted & WANT_START != 0 && STATE.load(Ordering::SeqCst) == NOT_STARTED {
+        start();
     }
 }
 
@@ -299,6 +316,9 @@ pub(crate) fn after_fork_child() {
     }
 }
 
+/// The longest park while thread caches hold memory.
+const TRIM_LOOK_NS: u64 = 1_000_000_000;
+
 /// Sleeps for `ns` nanoseconds (wakers do not cut it short: they only wake
 /// a thread parked without a deadline), on a futex word of its own that
 /// nobody wakes.
@@ -341,6 +361,10 @@ struct Scavenger {
     last_generation: u64,
     cpus: f64,
     trace: Trace,
+    /// Whether some thread cache held memory at the last trim round: the
+    /// thread then parks for at most a second, so that a cache whose thread
+    /// goes idle is trimmed about a second later.
+    caches_hold: bool,
 }
 
 /// What the trace line reports since the last line.
@@ -372,6 +396,7 @@ impl Scavenger {
             last_generation: now,
             cpus,
             trace: Trace { at: now, cpu_ns: 0, released: [0; 4], deep_cpu_ns: 0, deep_released: 0, deep_spans: 0 },
+            caches_hold: false,
         }
     }
 
@@ -426,6 +451,13 @@ impl Scavenger {
     /// Closes a window slot: records the peak; every half second starts a
     /// density generation and prints a trace line if there is news.
     fn tick(&mut self, now: u64) {
+        // Caches of threads that stopped allocating, or beyond the budget
+        // of all caches, go back to their spans.
+        if let Some(trim) = scavenge::cache_trim() {
+            let start = os::thread_cpu_ns();
+            self.caches_hold = (trim.trim)(os::coarse_ms(), false);
+            CPU_NS.fetch_add(os::thread_cpu_ns() - start, Ordering::Relaxed);
+        }
         // Blocks of CPUs that stopped making spans go back to the heap.
         crate::pages::cache::flush_idle(os::coarse_ms());
         let peak = scavenge::resident(HEAP.lock().take_peak_in_use());
@@ -552,8 +584,10 @@ impl Scavenger {
         }
         // A free or a nudge between our checks and the announcement saw us
         // awake and did not wake us: the parker looks once more, after the
-        // announcement, before sleeping.
-        PARKER.park_unless(|| {
+        // announcement, before sleeping. While thread caches hold memory, a
+        // second at most: one of them may go idle and be trimmed.
+        let within = self.caches_hold.then_some(TRIM_LOOK_NS);
+        PARKER.park_unless_within(within, || {
             let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
             scavenge::retained() > goal.saturating_add(os::page_size()) || nudged_lately()
         });

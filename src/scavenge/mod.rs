@@ -17,6 +17,9 @@
 //! * When deep release runs: the span layer installs it ([`DeepRelease`]),
 //!   and the background thread gives it the CPU budget the page heap does
 //!   not need.
+//! * When thread caches are trimmed: the span layer installs the trimming
+//!   ([`CacheTrim`]), and the background thread runs it every quarter
+//!   second.
 //!
 //! The span layer takes and returns pages through [`alloc_pages`] and
 //! [`free_pages`], so that these policies see every change; a span's pages
@@ -25,7 +28,8 @@
 //! as free (resident unless released), and which the scavenger empties
 //! into the heap before it releases. This layer uses
 //! the page heap and the OS; it knows nothing of spans or objects (deep
-//! release reaches it only as the functions the span layer installs).
+//! release and cache trimming reach it only as the functions the span
+//! layer installs).
 
 pub mod index;
 
@@ -332,6 +336,33 @@ mod imp {
         }
         // SAFETY: only ever set from a `&'static DeepRelease`.
         unsafe { DEEP_RELEASE.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Trimming of thread caches (`crate::spans::cache::trim`): the span
+    /// layer installs it ([`set_cache_trim`]); the background thread runs it
+    /// every quarter second, so that caches of threads that stopped
+    /// allocating, and caches over the budget for all of them, go back to
+    /// the spans, whose free pages this layer then releases.
+    pub struct CacheTrim {
+        /// One trim round at `now_ms` ([`os::coarse_ms`]): trims the caches
+        /// unused for about a second and the largest ones while all of
+        /// them together are over their budget (every cache, if
+        /// `everything`). Returns whether some cache still holds memory (a
+        /// later round may have work).
+        pub trim: fn(now_ms: u64, everything: bool) -> bool,
+    }
+
+    static CACHE_TRIM: AtomicPtr<CacheTrim> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Installs cache trimming (once, at start-up).
+    pub fn set_cache_trim(t: &'static CacheTrim) {
+        CACHE_TRIM.store(t as *const CacheTrim as *mut CacheTrim, Ordering::Release);
+    }
+
+    /// Cache trimming, if installed.
+    pub fn cache_trim() -> Option<&'static CacheTrim> {
+        // SAFETY: only ever set from a `&'static CacheTrim`.
+        unsafe { CACHE_TRIM.load(Ordering::Acquire).as_ref() }
     }
 
     /// Releases every free page of the heap to the OS now (after giving the

@@ -49,14 +49,16 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::pagemap;
 use super::span::Span;
 use super::{central, large};
 use crate::persistent;
-use crate::sync::Mutex;
+use crate::sync::{Handshake, Mutex};
+
+pub(crate) mod trim;
 
 /// Target bytes of objects cached per class.
 const BIN_BYTES: usize = 16 << 10;
@@ -142,19 +144,23 @@ fn large_slots(npages: usize) -> Option<core::ops::Range<usize>> {
 /// Takes a cached large object's span of `npages` pages from the calling
 /// thread's cache, or null.
 pub fn take_large(npages: usize) -> *mut Span {
-    let cache = current();
     let Some(slots) = large_slots(npages) else { return ptr::null_mut() };
-    for i in slots {
-        // SAFETY: `current()` is valid for the thread's life; slot `i` is in
-        // bounds. Static caches hold only nulls.
-        let slot = unsafe { &(*cache).large[i] };
+    // SAFETY: `current()` is valid for the thread's life.
+    let cache = unsafe { &*current() };
+    let seq = cache.gate.enter();
+    let mut taken = ptr::null_mut();
+    for slot in &cache.large[slots] {
+        // Static caches hold only nulls; a real one is ours, and we are
+        // inside its gate.
         let span = slot.load(Ordering::Relaxed);
         if !span.is_null() {
             slot.store(ptr::null_mut(), Ordering::Relaxed);
-            return span;
+            taken = span;
+            break;
         }
     }
-    ptr::null_mut()
+    cache.gate.exit(seq);
+    taken
 }
 
 /// Keeps a freed large object's span in the calling thread's cache;
@@ -165,15 +171,20 @@ pub fn keep_large(span: *mut Span, npages: usize) -> bool {
         return false;
     }
     let Some(slots) = large_slots(npages) else { return false };
-    for i in slots {
-        // SAFETY: a real cache owned by this thread; slot `i` is in bounds.
-        let slot = unsafe { &(*cache).large[i] };
+    // SAFETY: a real cache owned by this thread.
+    let cache = unsafe { &*cache };
+    let seq = cache.gate.enter();
+    let mut kept = false;
+    for slot in &cache.large[slots] {
+        // Inside the gate: the slots are ours.
         if slot.load(Ordering::Relaxed).is_null() {
             slot.store(span, Ordering::Relaxed);
-            return true;
+            kept = true;
+            break;
         }
     }
-    false
+    cache.gate.exit(seq);
+    kept
 }
 
 /// One class's stack of cached objects.
@@ -226,6 +237,15 @@ pub struct ThreadCache {
     /// allocation of the same page count (null: empty). Atomics for the same
     /// reason as `Bin::count`.
     large: [AtomicPtr<Span>; LARGE_SLOTS],
+    /// The owning thread enters and leaves the cache through this on every
+    /// use, so that the scavenger can take the cache over to trim it while
+    /// the thread is away (see [`trim`]).
+    gate: Handshake,
+    /// The trimmer's notes, read and written only under the registry lock:
+    /// the gate's count when it last looked, and when (coarse ms) it last
+    /// saw the count change.
+    seen_seq: AtomicU32,
+    seen_active_ms: AtomicU64,
     /// Links in the registry of live caches, or in the pool of free ones.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -235,8 +255,9 @@ pub struct ThreadCache {
 struct StaticCache(ThreadCache);
 
 // SAFETY: the static caches have zero capacity everywhere and no span, so
-// nothing ever writes to them: their counts stay 0, their slots are never
-// touched and their spans stay null.
+// their counts stay 0, their slots are never touched and their spans stay
+// null. The only writes are to the gate's count, an atomic (every thread
+// passing through enters and leaves it; no trimmer ever looks at these).
 unsafe impl Sync for StaticCache {}
 
 const fn empty_cache() -> StaticCache {
@@ -254,6 +275,9 @@ const fn empty_cache() -> StaticCache {
         owned: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_CLASSES],
         id: 0,
         large: [const { AtomicPtr::new(ptr::null_mut()) }; LARGE_SLOTS],
+        gate: Handshake::new(),
+        seen_seq: AtomicU32::new(0),
+        seen_active_ms: AtomicU64::new(0),
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
     })
@@ -279,46 +303,67 @@ fn current() -> *const ThreadCache {
 }
 
 /// Pops a cached object of `class`, or returns null when the stack is
-/// empty (the caller then takes [`alloc_slow`]).
+/// empty or the scavenger is trimming the cache (the caller then takes
+/// [`alloc_slow`]).
 #[inline(always)]
 pub fn pop(class: usize) -> *mut u8 {
     // SAFETY: `current()` is this thread's cache or a static empty one,
-    // valid for the thread's life; `class < NUM_CLASSES` is the caller's
+    // valid for the thread's life.
+    let cache = unsafe { &*current() };
+    // The scavenger is trimming the cache: the slow path waits for it.
+    let Some(seq) = cache.gate.try_enter() else { return ptr::null_mut() };
+    // SAFETY: inside the gate; `class < NUM_CLASSES` is the caller's
     // (size-class lookup's) guarantee.
-    let bin = unsafe { &*(*current()).bins.as_ptr().add(class) };
+    let object = unsafe { pop_inside(cache, class) };
+    cache.gate.exit(seq);
+    object
+}
+
+/// [`pop`], for a caller already inside `cache`'s gate.
+///
+/// # Safety
+///
+/// `cache` is the calling thread's current cache, entered through its gate,
+/// and `class < NUM_CLASSES`.
+#[inline(always)]
+unsafe fn pop_inside(cache: &ThreadCache, class: usize) -> *mut u8 {
+    // SAFETY: `class` is in bounds per the contract.
+    let bin = unsafe { &*cache.bins.as_ptr().add(class) };
     let n = bin.count.load(Ordering::Relaxed);
     if n == 0 {
         return ptr::null_mut();
     }
     bin.count.store(n - 1, Ordering::Relaxed);
-    // SAFETY: n > 0 only in a real cache owned by this thread, whose stack
-    // holds `n` valid entries in `slots[0..n]`.
+    // SAFETY: n > 0 only in a real cache owned by this thread (and not
+    // taken by the trimmer: we are inside the gate), whose stack holds `n`
+    // valid entries in `slots[0..n]`.
     unsafe { *bin.slots.add(n as usize - 1) }
 }
 
 /// Pushes a freed object of `class` if it lies in the thread's own span,
 /// or no other thread has a cache; false when neither holds (the object
-/// may be another thread's: [`dealloc_slow`] finds out), or the stack is
-/// full.
+/// may be another thread's: [`dealloc_slow`] finds out), the stack is
+/// full, or the scavenger is trimming the cache.
 #[inline(always)]
 pub fn push(class: usize, object: *mut u8) -> bool {
-    let cache = current();
     // SAFETY: as in `pop`.
-    let bin = unsafe { &*(*cache).bins.as_ptr().add(class) };
+    let cache = unsafe { &*current() };
+    let Some(seq) = cache.gate.try_enter() else { return false };
+    // SAFETY: as in `pop`.
+    let bin = unsafe { &*cache.bins.as_ptr().add(class) };
     let n = bin.count.load(Ordering::Relaxed);
-    if n >= bin.cap {
-        return false;
-    }
     // Below the span's base the subtraction wraps to a huge offset, which
     // the bound rejects too.
     let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
-    if offset >= bin.span_len.load(Ordering::Relaxed) && !alone() {
-        return false;
+    let kept = n < bin.cap && (offset < bin.span_len.load(Ordering::Relaxed) || alone());
+    if kept {
+        // SAFETY: `n` is the stack's count and below its capacity, so this
+        // is a real cache, `current()` is this thread's own, and we are
+        // inside its gate.
+        unsafe { stack_push(bin, n, object) };
     }
-    // SAFETY: `n` is the stack's count and below its capacity, so this is a
-    // real cache, and `current()` is this thread's own.
-    unsafe { stack_push(bin, n, object) };
-    true
+    cache.gate.exit(seq);
+    kept
 }
 
 /// Puts `object` on top of `bin`'s stack, which holds `n` objects.
@@ -375,13 +420,14 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
         return one[0];
     };
     // SAFETY: `cache` is this thread's own cache.
-    let (bin, owned) = unsafe { (&(*cache).bins[class], &(*cache).owned[class]) };
+    let cache = unsafe { &*cache };
+    let seq = cache.gate.enter();
+    let (bin, owned) = (&cache.bins[class], &cache.owned[class]);
     if bin.count.load(Ordering::Relaxed) == 0 {
         // SAFETY: the stack's storage has `cap` slots owned by this thread.
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.slots, bin.cap as usize) };
         let mut span = owned.load(Ordering::Relaxed);
-        // SAFETY: `cache` is this thread's own cache.
-        let got = central::refill_owned(class, unsafe { (*cache).id }, &mut span, slots);
+        let got = central::refill_owned(class, cache.id, &mut span, slots);
         owned.store(span, Ordering::Relaxed);
         let (base, len) = if span.is_null() {
             (0, 0)
@@ -394,7 +440,10 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
         bin.span_len.store(len, Ordering::Relaxed);
         bin.count.store(got as u32, Ordering::Relaxed);
     }
-    pop(class)
+    // SAFETY: this thread's own cache, and we are inside its gate.
+    let object = unsafe { pop_inside(cache, class) };
+    cache.gate.exit(seq);
+    object
 }
 
 /// The free slow path, for an object outside the thread's own span or a
@@ -410,10 +459,22 @@ pub fn dealloc_slow(class: usize, object: *mut u8) {
         return;
     };
     // SAFETY: `cache` is this thread's own cache.
-    let bin = unsafe { &(*cache).bins[class] };
-    let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
-    // SAFETY: `cache` is this thread's own cache.
     let cache = unsafe { &*cache };
+    let seq = cache.gate.enter();
+    // SAFETY: this thread's own cache, and we are inside its gate.
+    unsafe { free_inside(cache, class, object) };
+    cache.gate.exit(seq);
+}
+
+/// The body of [`dealloc_slow`].
+///
+/// # Safety
+///
+/// `cache` is the calling thread's own real cache, entered through its
+/// gate.
+unsafe fn free_inside(cache: &ThreadCache, class: usize, object: *mut u8) {
+    let bin = &cache.bins[class];
+    let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
     if offset >= bin.span_len.load(Ordering::Relaxed)
         && !alone()
         && !keeps(cache.id, object)
@@ -480,14 +541,21 @@ pub fn flush_current() {
         return;
     }
     // SAFETY: a non-static current cache is this thread's own.
+    let seq = unsafe { (*cache).gate.enter() };
+    // SAFETY: this thread's own cache, and we are inside its gate.
     unsafe { flush(cache) };
+    // SAFETY: as above.
+    unsafe { (*cache).gate.exit(seq) };
 }
 
-/// Returns all of `cache`'s objects to the central lists.
+/// Returns all of `cache`'s objects to the central lists, and gives up its
+/// spans.
 ///
 /// # Safety
 ///
-/// `cache` is a real cache owned by the calling thread.
+/// `cache` is a real cache, and the calling thread has it to itself: it
+/// owns it and is inside its gate, or it is the trimmer and holds it
+/// through the gate.
 unsafe fn flush(cache: *const ThreadCache) {
     // SAFETY: per the contract the cache is ours.
     for slot in unsafe { &(*cache).large } {
@@ -573,6 +641,7 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 #[cold]
 fn attach() -> Option<*const ThreadCache> {
     let key = exit_key()?;
+    let now_ms = crate::os::coarse_ms();
     let cache = {
         let mut reg = REGISTRY.lock();
         let mut cache = reg.pool;
@@ -594,8 +663,22 @@ fn attach() -> Option<*const ThreadCache> {
             }
         }
         reg.live = cache;
+        // A trim round may have asked for this cache after its last
+        // thread left it (the round then found it gone from the live
+        // list): the new thread must not wait for it.
+        // SAFETY: as above.
+        unsafe {
+            (*cache).gate.release();
+            (*cache).seen_seq.store((*cache).gate.seq(), Ordering::Relaxed);
+            (*cache).seen_active_ms.store(now_ms, Ordering::Relaxed);
+        }
         reg.live_count += 1;
         LIVE_CACHES.store(reg.live_count, Ordering::Relaxed);
+        if reg.live_count >= 2 {
+            // Some thread may go idle with a full cache: the scavenger must
+            // run to trim it (started at the caller's next safe point).
+            crate::scavenge::background::start_for_caches();
+        }
         cache
     };
     // `pthread_setspecific` may allocate: glibc keeps keys past the first
@@ -672,10 +755,12 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     // From now on this thread bypasses caching altogether.
     CURRENT.with(|c| c.set(&DEAD.0));
     // SAFETY: the key's value is the cache `attach` gave this thread; the
-    // thread no longer points at it, so the flush and detach are the last
-    // uses.
+    // thread no longer points at it, so the flush (inside the gate, which
+    // waits out a trim under way) and the detach are the last uses.
     unsafe {
+        let seq = (*cache).gate.enter();
         flush(cache);
+        (*cache).gate.exit(seq);
         detach(cache);
     }
     // The cache is gone and no lock is held: if the flush sent spans home,
@@ -714,6 +799,23 @@ pub fn cache_counts() -> (usize, usize) {
 pub(crate) fn after_fork_child() {
     let live = if is_static(current()) { 0 } else { 1 };
     LIVE_CACHES.store(live, Ordering::Relaxed);
+    // A trim round of the parent's scavenger may have been between its
+    // request and its take at the fork: no scavenger of the child will
+    // finish it.
+    let reg = REGISTRY.lock();
+    for list in [reg.live, reg.pool] {
+        let mut cache = list;
+        while !cache.is_null() {
+            // SAFETY: listed caches are valid records; the registry lock
+            // keeps the lists still.
+            unsafe {
+                (*cache).gate.release();
+                cache = (*cache).next;
+            }
+        }
+    }
+    drop(reg);
+    trim::after_fork_child();
 }
 
 /// Takes the registry lock and keeps it, before `fork()`.

@@ -1,17 +1,21 @@
 //! Synchronisation primitives, switched between `core` and `loom` in one
 //! place.
 //!
-//! Every lock-free protocol in scavalloc (the heap lock's state machine, and
-//! later the scavenge index and cross-thread frees) is written against the
+//! Every lock-free protocol in scavalloc (the heap lock's state machine, the
+//! scavenger's parking, the scavenge index, and the handshake by which the
+//! scavenger trims another thread's cache) is written against the
 //! names exported here. A normal build maps them to `core::sync::atomic` and
 //! the kernel's futex; a build with `--cfg loom` maps them to `loom`, so the
 //! model checks in `loom-tests/` run the real code rather than a copy of it.
 //!
 //! This module owns no allocator state. It may call into [`crate::os`] for
-//! the futex and nothing else.
+//! the futex and the process-wide memory barrier, and nothing else.
 
+mod handshake;
 mod mutex;
 mod parker;
+
+pub use handshake::{heavy_fence, Handshake};
 
 #[cfg(not(loom))]
 pub use mutex::LockStats;
@@ -59,6 +63,20 @@ pub(crate) mod park {
             if word.load(super::atomic::Ordering::SeqCst) == expected {
                 drop(FUTEX.1.wait(guard).unwrap());
             }
+        }
+    }
+
+    /// [`wait`], for at most `timeout_ns` (under loom, which has no clock,
+    /// a wait that a wake-up or a spurious return ends, as the caller must
+    /// allow for anyway).
+    #[inline]
+    pub(crate) fn wait_within(word: &AtomicU32, expected: u32, timeout_ns: u64) {
+        #[cfg(not(loom))]
+        crate::os::futex_wait_timeout(word, expected, timeout_ns);
+        #[cfg(loom)]
+        {
+            let _ = timeout_ns;
+            wait(word, expected);
         }
     }
 

@@ -42,13 +42,23 @@ impl Parker {
     /// Sleeps until [`wake`](Self::wake)d, unless `has_work` (asked after
     /// the sleeper is announced) finds work. May return early (a spurious
     /// wake-up): the caller looks for work again in any case.
+    #[cfg_attr(not(any(loom, feature = "testing")), allow(dead_code))]
     pub fn park_unless(&self, has_work: impl FnOnce() -> bool) {
+        self.park_unless_within(None, has_work);
+    }
+
+    /// [`park_unless`](Self::park_unless), sleeping at most `timeout_ns`
+    /// if given.
+    pub fn park_unless_within(&self, timeout_ns: Option<u64>, has_work: impl FnOnce() -> bool) {
         self.word.store(0, Ordering::SeqCst);
         self.parked.store(true, Ordering::SeqCst);
         // Pairs with the fence in `is_parked`.
         fence(Ordering::SeqCst);
         if !has_work() {
-            park::wait(&self.word, 0);
+            match timeout_ns {
+                None => park::wait(&self.word, 0),
+                Some(ns) => park::wait_within(&self.word, 0, ns),
+            }
         }
         self.parked.store(false, Ordering::SeqCst);
     }
