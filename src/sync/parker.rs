@@ -42,7 +42,7 @@ impl Parker {
     /// Sleeps until [`wake`](Self::wake)d, unless `has_work` (asked after
     /// the sleeper is announced) finds work. May return early (a spurious
     /// wake-up): the caller looks for work again in any case.
-    #[cfg_attr(not(any(loom, feature = "testing")), allow(dead_code))]
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub fn park_unless(&self, has_work: impl FnOnce() -> bool) {
         self.park_unless_within(None, has_work);
     }
