@@ -56,7 +56,9 @@ impl Handshake {
         let seq = self.seq.load(Ordering::Relaxed).wrapping_add(1);
         self.seq.store(seq, Ordering::Relaxed);
         light_fence();
-        if self.request.load(Ordering::Relaxed) != 0 {
+        // Acquire: a request already withdrawn or handed back reads 0, and
+        // the taker's writes to the data before that must be visible.
+        if self.request.load(Ordering::Acquire) != 0 {
             self.wait_for_taker();
         }
         seq
@@ -72,7 +74,8 @@ impl Handshake {
         let seq = self.seq.load(Ordering::Relaxed).wrapping_add(1);
         self.seq.store(seq, Ordering::Relaxed);
         light_fence();
-        if self.request.load(Ordering::Relaxed) != 0 {
+        // Acquire, as in `enter`.
+        if self.request.load(Ordering::Acquire) != 0 {
             // Nothing was touched: leaving is enough.
             self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
             return None;
