@@ -107,9 +107,7 @@ fn idle_caches_are_trimmed() -> Result<(), String> {
             trimmed,
             "after a minute: {} idle caches trimmed (want {WORKERS} more than {idle_before}), {} bytes still \
              held; {} refused",
-            after.cache_trim.trimmed_idle,
-            after.cache_trim.held,
-            after.cache_trim.refused
+            after.cache_trim.trimmed_idle, after.cache_trim.held, after.cache_trim.refused
         );
         assert!(
             after.cache_trim.trimmed_bytes >= before.cache_trim.held as u64,
@@ -156,7 +154,7 @@ fn busy_caches_over_the_budget_are_trimmed() -> Result<(), String> {
                         assert_eq!(std::hint::black_box(&b)[1], n);
                         drop(b);
                         n += 1;
-                        if n % 256 == 0 {
+                        if n.is_multiple_of(256) {
                             thread::yield_now();
                         }
                     }
@@ -187,8 +185,12 @@ fn busy_caches_over_the_budget_are_trimmed() -> Result<(), String> {
         );
     });
     let budget = format!("{}KiB", BUDGET >> 10);
-    let out =
-        support::run_child_env(test, "budget", &[("SCAVALLOC_CACHE_BUDGET", budget.as_str())], Duration::from_secs(120));
+    let out = support::run_child_env(
+        test,
+        "budget",
+        &[("SCAVALLOC_CACHE_BUDGET", budget.as_str())],
+        Duration::from_secs(120),
+    );
     if out.completed() {
         Ok(())
     } else {

@@ -62,7 +62,8 @@ use workloads::Scale;
 static GLOBAL: Dispatch = Dispatch;
 
 /// The memory workloads, after the throughput ones in `workloads::ALL`.
-pub const MEMORY_WORKLOADS: [&str; 4] = ["fragmentation", "burst_idle_whole", "burst_idle_scattered", "burst_again"];
+pub const MEMORY_WORKLOADS: [&str; 5] =
+    ["fragmentation", "burst_idle_whole", "burst_idle_scattered", "burst_again", "idle_pool"];
 
 /// One result line of a child, for the driver.
 pub fn emit(key: &str, value: impl Display) {
@@ -205,6 +206,7 @@ fn child(name: &str, scale: Scale) {
             "burst_idle_whole" => measured(&mut || memory::burst_idle(Pattern::Whole, scale)),
             "burst_idle_scattered" => measured(&mut || memory::burst_idle(Pattern::Scattered, scale)),
             "burst_again" => measured(&mut || memory::burst_again(scale)),
+            "idle_pool" => measured(&mut || memory::idle_pool(scale)),
             _ => usage(&format!("no workload {name:?}")),
         }
     }

@@ -197,3 +197,57 @@ pub fn burst_again(scale: Scale) {
     emit("rss_end", rss());
     emit("peak_rss", peak_rss());
 }
+
+/// A pool of threads that each allocate a little (200 objects of 16-1016 B,
+/// written and freed, and four small ones kept) and then idle, blocked, for
+/// 5 s, with RSS sampled every 250 ms (`sample` lines): what idle threads'
+/// caches pin. The threads get small stacks (64 KiB), so that their stacks
+/// do not drown the allocator's share of RSS.
+pub fn idle_pool(scale: Scale) {
+    let (threads, idle, every) = match scale {
+        Scale::Full => (1000, Duration::from_secs(5), Duration::from_millis(250)),
+        Scale::Smoke => (50, Duration::from_millis(500), Duration::from_millis(50)),
+    };
+    let base = rss();
+    let work_done = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let stop = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (work_done, stop) = (work_done.clone(), stop.clone());
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let mut rng = Rng(t as u64 * 2 + 1);
+                    let objects: Vec<Box<[u8]>> = (0..200).map(|i| object(16 + rng.below(1001), i as u8)).collect();
+                    assert!(objects.iter().enumerate().all(|(i, o)| o.iter().all(|&b| b == i as u8)));
+                    drop(objects);
+                    let kept: Vec<Box<[u8]>> = (0..4).map(|i| object(100, i)).collect();
+                    work_done.wait();
+                    stop.wait();
+                    assert!(kept.iter().enumerate().all(|(i, o)| o.iter().all(|&b| b == i as u8)));
+                })
+                .expect("start a pool thread")
+        })
+        .collect();
+    work_done.wait();
+    emit("base_rss", base);
+    emit("live", threads * 4 * 100);
+    let start = Instant::now();
+    let mut next = Duration::ZERO;
+    let mut at_end = 0;
+    while next <= idle {
+        let now = start.elapsed();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+        at_end = rss();
+        emit("sample", format!("{:.3} {at_end}", start.elapsed().as_secs_f64()));
+        next += every;
+    }
+    emit("rss_end", at_end);
+    emit("peak_rss", peak_rss());
+    stop.wait();
+    for h in handles {
+        h.join().expect("a pool thread failed");
+    }
+}
