@@ -728,6 +728,38 @@ pub fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
 }
 
+/// `membarrier(2)` commands (`linux/membarrier.h`; not all are in `libc`).
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: `membarrier` takes two integers and touches no user memory;
+    // an unknown command fails with EINVAL.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint) }
+}
+
+/// Registers this process for [`process_memory_barrier`]: true if the
+/// kernel offers it (Linux 4.14 and later, unless a seccomp filter refuses
+/// it). Registration belongs to the address space, so a child after
+/// `fork()` registers again (registering twice is harmless).
+pub fn register_process_memory_barrier() -> bool {
+    let supported = membarrier(MEMBARRIER_CMD_QUERY);
+    if supported < 0 || supported & libc::c_long::from(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0 {
+        return false;
+    }
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+}
+
+/// Makes every thread of this process that is running now execute a full
+/// memory barrier before this returns (threads not running pass one when
+/// they are next scheduled): the heavy side of an asymmetric fence, whose
+/// light side is only a compiler fence. False if it failed (the caller
+/// must then assume no barrier happened).
+pub fn process_memory_barrier() -> bool {
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,36 +843,4 @@ mod tests {
         // SAFETY: the range was reserved above and is owned by this test.
         unsafe { unmap(base, size) };
     }
-}
-
-/// `membarrier(2)` commands (`linux/membarrier.h`; not all are in `libc`).
-const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
-const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
-const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
-
-fn membarrier(cmd: libc::c_int) -> libc::c_long {
-    // SAFETY: `membarrier` takes two integers and touches no user memory;
-    // an unknown command fails with EINVAL.
-    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint) }
-}
-
-/// Registers this process for [`process_memory_barrier`]: true if the
-/// kernel offers it (Linux 4.14 and later, unless a seccomp filter refuses
-/// it). Registration belongs to the address space, so a child after
-/// `fork()` registers again (registering twice is harmless).
-pub fn register_process_memory_barrier() -> bool {
-    let supported = membarrier(MEMBARRIER_CMD_QUERY);
-    if supported < 0 || supported & libc::c_long::from(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0 {
-        return false;
-    }
-    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
-}
-
-/// Makes every thread of this process that is running now execute a full
-/// memory barrier before this returns (threads not running pass one when
-/// they are next scheduled): the heavy side of an asymmetric fence, whose
-/// light side is only a compiler fence. False if it failed (the caller
-/// must then assume no barrier happened).
-pub fn process_memory_barrier() -> bool {
-    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
 }
