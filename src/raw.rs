@@ -22,20 +22,21 @@
 
 use core::alloc::Layout;
 
-use crate::api::{alloc_unmarked, ensure_init, fast_class_of};
+use crate::api::{alloc_unmarked, c_fast_class_of, ensure_init};
 use crate::scavenge::background;
 use crate::spans::{self, cache};
 
 /// At least `size` bytes (one if `size` is 0) aligned to `align` (a power
 /// of two), or null when out of memory or the request is impossible.
 ///
-/// A small request of alignment up to 16 (every C `malloc`) is the Rust
-/// fast path plus the user mark: a table load, a pop from the thread cache,
-/// and the span's user bit set (one page-map load, one record load, one
-/// atomic).
+/// A small request (up to the largest class) of alignment up to 16 (every
+/// C `malloc`) is the Rust fast path plus the user mark: a table load, a
+/// pop from the thread cache, and the span's user bit set (one page-map
+/// load, one record load, one atomic, on the record's first line for most
+/// classes).
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    if let Some(class) = fast_class_of(size, align) {
+    if let Some(class) = c_fast_class_of(size, align) {
         let p = cache::pop(class);
         if !p.is_null() {
             spans::hand_small_to_user(p, class);
@@ -63,7 +64,7 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
 /// old contents.
 #[inline(always)]
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    if let Some(class) = fast_class_of(size, align) {
+    if let Some(class) = c_fast_class_of(size, align) {
         let p = cache::pop(class);
         if !p.is_null() {
             spans::hand_small_to_user(p, class);
@@ -139,7 +140,7 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // The page map says what the object is (and checks it is live).
     let owner = spans::owner(ptr, "realloc");
     if let Some(class) = owner.class() {
-        if fast_class_of(new_size, align) == Some(class) {
+        if c_fast_class_of(new_size, align) == Some(class) {
             return ptr;
         }
     }
