@@ -346,6 +346,22 @@ unsafe fn pop_inside(cache: &ThreadCache, class: usize) -> *mut u8 {
 /// full, or the scavenger is trimming the cache.
 #[inline(always)]
 pub fn push(class: usize, object: *mut u8) -> bool {
+    push_if(class, object, |_| false)
+}
+
+/// [`push`] for a caller that has read the object's page-map entry, which
+/// names the cache `owner` that owns the object's span or last did: the
+/// object is also kept if that is this thread's cache (the slow path would
+/// look the owner up again to find that out).
+#[inline(always)]
+pub fn push_from(class: usize, object: *mut u8, owner: u16) -> bool {
+    push_if(class, object, |cache| cache.id == owner)
+}
+
+/// [`push`], keeping the object also if `also_keep` says so (asked only
+/// for an object outside the thread's own span, with room on the stack).
+#[inline(always)]
+fn push_if(class: usize, object: *mut u8, also_keep: impl FnOnce(&ThreadCache) -> bool) -> bool {
     // SAFETY: as in `pop`.
     let cache = unsafe { &*current() };
     let Some(seq) = cache.gate.try_enter() else { return false };
@@ -355,7 +371,10 @@ pub fn push(class: usize, object: *mut u8) -> bool {
     // Below the span's base the subtraction wraps to a huge offset, which
     // the bound rejects too.
     let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
-    let kept = n < bin.cap && (offset < bin.span_len.load(Ordering::Relaxed) || alone());
+    // With room on the stack only a real cache (ids from 1): the shared
+    // empty ones (id 0) never match an owner.
+    let kept =
+        n < bin.cap && (offset < bin.span_len.load(Ordering::Relaxed) || alone() || also_keep(cache));
     if kept {
         // SAFETY: `n` is the stack's count and below its capacity, so this
         // is a real cache, `current()` is this thread's own, and we are

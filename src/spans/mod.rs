@@ -266,8 +266,16 @@ fn owner_slow(ptr: *mut u8, what: &str) -> Owner {
 /// in cache).
 #[inline(always)]
 fn small_object_at(ptr: *mut u8) -> Option<(*mut span::Span, usize, usize)> {
+    small_object_and_owner_at(ptr).map(|(span, class, index, _)| (span, class, index))
+}
+
+/// [`small_object_at`], and the id of the thread cache that owns the
+/// object's span or last did (from the same page-map load).
+#[inline(always)]
+fn small_object_and_owner_at(ptr: *mut u8) -> Option<(*mut span::Span, usize, usize, u16)> {
     let addr = ptr as usize;
-    let span = pagemap::lookup(addr);
+    let page = pagemap::lookup_owner(addr);
+    let span = page.span;
     if span.is_null() {
         return None;
     }
@@ -277,7 +285,7 @@ fn small_object_at(ptr: *mut u8) -> Option<(*mut span::Span, usize, usize)> {
     if kind != span::SpanKind::Small {
         return None;
     }
-    span::object_start(base, class, nobjects, addr).map(|index| (span, class, index))
+    span::object_start(base, class, nobjects, addr).map(|index| (span, class, index, page.owner))
 }
 
 /// Records that the object at `ptr`, just allocated from this layer (null
@@ -363,10 +371,13 @@ fn handed_out_twice(addr: usize) -> ! {
 /// [`hand_to_user`].
 #[inline(always)]
 pub unsafe fn dealloc_unsized(ptr: *mut u8) {
-    if let Some((span, class, index)) = small_object_at(ptr) {
+    if let Some((span, class, index, owner)) = small_object_and_owner_at(ptr) {
         // SAFETY: `span` is a record and `index` one of its objects.
         if unsafe { span::unmark_user(span, index) } {
-            if !cache::push(class, ptr) {
+            // The page map named the span's owner: an object this thread
+            // took from a span it no longer owns is kept here too, without
+            // the slow path's second lookup.
+            if !cache::push_from(class, ptr, owner) {
                 cache::dealloc_slow(class, ptr);
             }
             return;
