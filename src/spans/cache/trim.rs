@@ -246,7 +246,7 @@ fn pass(now_ms: u64, everything: bool) -> (bool, bool) {
             cache = c.next;
         }
         holding = holders > 0;
-        if !holding || !barrier_ready() {
+        if !holding || BARRIER.load(Ordering::Relaxed) == BARRIER_UNAVAILABLE {
             return (holding, false);
         }
         // Over the budget, the caches above an equal share of it are
@@ -266,8 +266,10 @@ fn pass(now_ms: u64, everything: bool) -> (bool, bool) {
     if asked == 0 {
         return (holding, false);
     }
-    // No lock held: the barrier is a system call.
-    let fenced = heavy_fence();
+    // No lock held: registering (the first time) and the barrier are
+    // system calls. Registered only once a cache is asked for: a program
+    // whose caches never need trimming never registers.
+    let fenced = barrier_ready() && heavy_fence();
     let reg = REGISTRY.lock();
     let mut cache = reg.live;
     while !cache.is_null() {
