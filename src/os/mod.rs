@@ -25,6 +25,9 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
+pub mod cgroup;
+pub mod pressure;
+
 /// A failed system call, with the `errno` it left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OsError {
@@ -236,20 +239,36 @@ pub fn huge_page_size() -> usize {
 
 /// Reads a small decimal number from a file without allocating.
 fn read_sysfs_usize(path: &core::ffi::CStr) -> Option<usize> {
+    let mut buf = [0u8; 32];
+    let n = read_file_into(path, &mut buf)?;
+    parse_decimal(&buf[..n])
+}
+
+/// Reads the start of a file (a sysfs, procfs or cgroup file: small, and
+/// current on every read) into `buf` without allocating; returns the bytes
+/// read (at most `buf.len()`; a longer file is cut short), or `None` if it
+/// cannot be opened or read, or is empty.
+pub(crate) fn read_file_into(path: &core::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
     // SAFETY: `path` is NUL-terminated; the flags ask for read-only access.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return None;
     }
-    let mut buf = [0u8; 32];
-    // SAFETY: `buf` is a writable buffer of the length we pass.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: `buf[filled..]` is a writable buffer of the length passed.
+        let n = unsafe { libc::read(fd, buf[filled..].as_mut_ptr().cast(), buf.len() - filled) };
+        if n > 0 {
+            filled += n as usize;
+        } else if n < 0 && OsError::last().errno == libc::EINTR {
+            continue;
+        } else {
+            break;
+        }
+    }
     // SAFETY: `fd` is the descriptor we opened above, closed exactly once.
     unsafe { libc::close(fd) };
-    if n <= 0 {
-        return None;
-    }
-    parse_decimal(&buf[..n as usize])
+    (filled > 0).then_some(filled)
 }
 
 /// Parses leading ASCII digits (surrounding white space allowed).
