@@ -211,11 +211,16 @@ fn release_all_trims_every_cache() -> Result<(), String> {
         });
         ready_rx.recv().unwrap();
         assert!(cached() > 0, "the worker's cache holds nothing");
-        scavalloc::release_all();
-        // Right away, not after a second: every thread here is outside its
-        // cache (blocked, or this one, which flushed its own).
+        // No scavenger runs here (`SCAVALLOC_BACKGROUND=0`): only
+        // `release_all` can empty the worker's cache. It trims every cache
+        // whose thread is outside it; the worker may still be finishing its
+        // `send` when we get here, so it is given a few tries.
+        let emptied = support::wait_until(Duration::from_secs(10), || {
+            scavalloc::release_all();
+            scavalloc::stats().cache_trim.held == 0
+        });
         let s = scavalloc::stats();
-        assert_eq!(s.cache_trim.held, 0, "bytes left in thread caches after release_all");
+        assert!(emptied, "bytes left in thread caches after release_all: {:?}", s.cache_trim);
         assert_eq!(cached(), 0);
         go_tx.send(()).unwrap();
         worker.join().expect("the worker failed after release_all trimmed its cache");
