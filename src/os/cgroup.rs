@@ -675,3 +675,544 @@ pub fn cpu_limit(location: &Location) -> Option<f64> {
     }
     min
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+    use std::string::String;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fake file tree in a fresh temporary directory, removed on drop.
+    struct Tree {
+        root: PathBuf,
+    }
+
+    impl Tree {
+        fn new(name: &str) -> Tree {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let root = std::env::temp_dir().join(std::format!("scavalloc-cgroup-{}-{n}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            Tree { root }
+        }
+
+        /// Writes `text` to `rel` (a path without its leading `/`).
+        fn write(&self, rel: &str, text: &str) {
+            let path = self.root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+
+        fn remove(&self, rel: &str) {
+            std::fs::remove_file(self.root.join(rel)).unwrap();
+        }
+
+        fn detect(&self) -> Location {
+            detect_under(self.root.as_os_str().as_bytes())
+        }
+
+        /// The path of `rel` in the tree, as `Dir::path` shows it.
+        fn path(&self, rel: &str) -> String {
+            std::format!("{}/{rel}", self.root.display())
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    /// A mountinfo line, with optional fields as systemd hosts write them.
+    fn mount(id: u32, root: &str, point: &str, fstype: &str, options: &str) -> String {
+        std::format!("{id} 23 0:{id} {root} {point} rw,nosuid,nodev,noexec,relatime shared:{id} - {fstype} {fstype} {options}\n")
+    }
+
+    fn text(path: &[u8]) -> String {
+        String::from_utf8(path.to_vec()).unwrap()
+    }
+
+    const GIB: usize = 1 << 30;
+    const MIB: usize = 1 << 20;
+    const V1_UNLIMITED: &str = "9223372036854771712\n";
+
+    #[test]
+    fn cgroup_lines() {
+        let v1 = parse_cgroup_line(b"4:memory:/a/b").unwrap();
+        assert_eq!(v1, CgroupLine { hierarchy: 4, controllers: b"memory", path: b"/a/b" });
+        assert!(v1.has_controller(b"memory") && !v1.is_unified());
+        let both = parse_cgroup_line(b"1:cpu,cpuacct:/x").unwrap();
+        assert!(both.has_controller(b"cpu") && both.has_controller(b"cpuacct") && !both.has_controller(b"cpus"));
+        let cpuset = parse_cgroup_line(b"3:cpuset:/").unwrap();
+        assert!(!cpuset.has_controller(b"cpu"));
+        let v2 = parse_cgroup_line(b"0::/user.slice/a:b.scope").unwrap();
+        assert!(v2.is_unified());
+        assert_eq!(v2.path, b"/user.slice/a:b.scope", "colons after the second belong to the path");
+        assert!(!parse_cgroup_line(b"9:name=systemd:/").unwrap().is_unified());
+        assert_eq!(parse_cgroup_line(b"x:memory:/"), None);
+        assert_eq!(parse_cgroup_line(b"4:memory"), None);
+        assert_eq!(parse_cgroup_line(b""), None);
+    }
+
+    #[test]
+    fn mountinfo_lines() {
+        let line = b"35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:15 master:2 - cgroup cgroup rw,memory";
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(
+            m,
+            MountLine { root: b"/", mount_point: b"/sys/fs/cgroup/memory", fstype: b"cgroup", super_options: b"rw,memory" }
+        );
+        assert!(m.has_option(b"memory") && !m.has_option(b"mem"));
+        let none = parse_mountinfo_line(b"41 31 0:38 /docker/ab /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate").unwrap();
+        assert_eq!((none.root, none.fstype), (&b"/docker/ab"[..], &b"cgroup2"[..]));
+        assert!(none.has_option(b"nsdelegate"));
+        assert_eq!(parse_mountinfo_line(b"41 31 0:38 / /x rw shared:1"), None, "no separator");
+        assert_eq!(parse_mountinfo_line(b"41 31 0:38 /"), None);
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(parse_memory_value(b"1073741824\n"), Some(GIB));
+        assert_eq!(parse_memory_value(b"max\n"), None);
+        assert_eq!(parse_memory_value(V1_UNLIMITED.as_bytes()), None);
+        assert_eq!(parse_memory_value(b"4611686018427387903"), Some((1 << 62) - 1));
+        assert_eq!(parse_memory_value(b"4611686018427387904"), None);
+        assert_eq!(parse_memory_value(b"-1"), None);
+        assert_eq!(parse_cpu_max(b"max 100000\n"), None);
+        assert_eq!(parse_cpu_max(b"50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max(b"250000 100000"), Some(2.5));
+        assert_eq!(parse_cpu_max(b"50000 0"), None);
+        assert_eq!(parse_cpu_max(b"50000"), None);
+        assert_eq!(parse_cfs_quota(b"-1\n", b"100000\n"), None);
+        assert_eq!(parse_cfs_quota(b"150000\n", b"100000\n"), Some(1.5));
+        assert_eq!(parse_cfs_quota(b"0", b"100000"), None);
+    }
+
+    #[test]
+    fn escaped_fields_decode() {
+        let mut p = StackPath::new();
+        p.push_unescaped(br"/mnt/a\040b\134c\011").unwrap();
+        assert_eq!(p.as_bytes(), b"/mnt/a b\\c\t");
+        let mut p = StackPath::new();
+        p.push_unescaped(br"/x\04").unwrap();
+        assert_eq!(p.as_bytes(), br"/x\04", "a cut-off escape stays as written");
+    }
+
+    #[test]
+    fn source_display() {
+        let shown = |s: Source| std::format!("{s}");
+        assert_eq!(shown(Source::None), "none");
+        assert_eq!(shown(Source::V2 { levels_up: 0 }), "cgroup v2 memory.max");
+        assert_eq!(shown(Source::V1 { levels_up: 1 }), "cgroup v1 memory.limit_in_bytes, 1 level up");
+        assert_eq!(shown(Source::V2 { levels_up: 3 }), "cgroup v2 memory.max, 3 levels up");
+        assert_eq!(shown(Source::V1Hierarchical), "cgroup v1 hierarchical_memory_limit");
+    }
+
+    /// A v1 tree: memory at /sys/fs/cgroup/memory, cpu and cpuacct
+    /// together, cpuset listed first (its name starts with `cpu`).
+    fn v1_tree(name: &str) -> Tree {
+        let t = Tree::new(name);
+        t.write("proc/self/cgroup", "5:cpuset:/\n4:memory:/a/b\n2:cpu,cpuacct:/a/b\n1:name=systemd:/\n");
+        let mut mi = mount(30, "/", "/sys/fs/cgroup", "tmpfs", "rw,mode=755");
+        mi += &mount(31, "/", "/sys/fs/cgroup/cpuset", "cgroup", "rw,cpuset");
+        mi += &mount(32, "/", "/sys/fs/cgroup/memory", "cgroup", "rw,memory");
+        mi += &mount(33, "/", "/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct");
+        t.write("proc/self/mountinfo", &mi);
+        t
+    }
+
+    #[test]
+    fn v1_parent_limit_wins_then_hierarchical() {
+        let t = v1_tree("v1");
+        let loc = t.detect();
+        let mem = loc.memory_dir().unwrap();
+        assert_eq!((mem.version(), text(mem.path())), (Version::V1, t.path("sys/fs/cgroup/memory/a/b")));
+        assert_eq!(text(loc.cpu_dir().unwrap().path()), t.path("sys/fs/cgroup/cpu,cpuacct/a/b"));
+        assert!(loc.unified_dir().is_none());
+
+        t.write("sys/fs/cgroup/memory/memory.limit_in_bytes", V1_UNLIMITED);
+        t.write("sys/fs/cgroup/memory/a/memory.limit_in_bytes", "1073741824\n");
+        t.write("sys/fs/cgroup/memory/a/b/memory.limit_in_bytes", "2147483648\n");
+        t.write("sys/fs/cgroup/memory/a/b/memory.usage_in_bytes", "12345\n");
+        t.write("sys/fs/cgroup/memory/a/b/memory.stat", "cache 0\nrss 4096\n");
+        let got = read_memory(&loc);
+        assert_eq!(got, MemoryLimits { max: Some(GIB), high: None, usage: Some(12345), source: Source::V1 { levels_up: 1 } });
+
+        // The kernel's hierarchical minimum covers ancestors the mount
+        // does not show, so a smaller one wins.
+        t.write(
+            "sys/fs/cgroup/memory/a/b/memory.stat",
+            "cache 0\nrss 4096\nhierarchical_memory_limit 536870912\nhierarchical_memsw_limit 9223372036854771712\n",
+        );
+        let got = read_memory(&loc);
+        assert_eq!((got.max, got.source), (Some(512 * MIB), Source::V1Hierarchical));
+
+        // A larger hierarchical value leaves the walked minimum in charge.
+        t.write("sys/fs/cgroup/memory/a/b/memory.stat", "hierarchical_memory_limit 2147483648\n");
+        assert_eq!(read_memory(&loc).source, Source::V1 { levels_up: 1 });
+        t.write("sys/fs/cgroup/memory/a/b/memory.limit_in_bytes", "104857600\n");
+        let got = read_memory(&loc);
+        assert_eq!((got.max, got.source), (Some(100 * MIB), Source::V1 { levels_up: 0 }));
+    }
+
+    #[test]
+    fn v1_cfs_quota() {
+        let t = v1_tree("cfs");
+        let loc = t.detect();
+        assert_eq!(cpu_limit(&loc), None, "no files: no quota");
+        t.write("sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+        t.write("sys/fs/cgroup/cpu,cpuacct/a/b/cpu.cfs_quota_us", "-1\n");
+        t.write("sys/fs/cgroup/cpu,cpuacct/a/b/cpu.cfs_period_us", "100000\n");
+        assert_eq!(cpu_limit(&loc), None);
+        t.write("sys/fs/cgroup/cpu,cpuacct/a/cpu.cfs_quota_us", "300000\n");
+        t.write("sys/fs/cgroup/cpu,cpuacct/a/cpu.cfs_period_us", "100000\n");
+        assert_eq!(cpu_limit(&loc), Some(3.0));
+        t.write("sys/fs/cgroup/cpu,cpuacct/a/b/cpu.cfs_quota_us", "25000\n");
+        t.write("sys/fs/cgroup/cpu,cpuacct/a/b/cpu.cfs_period_us", "50000\n");
+        assert_eq!(cpu_limit(&loc), Some(0.5));
+    }
+
+    fn v2_tree(name: &str) -> Tree {
+        let t = Tree::new(name);
+        t.write("proc/self/cgroup", "0::/user.slice/app.service\n");
+        let mut mi = mount(22, "/", "/", "ext4", "rw");
+        mi += &mount(30, "/", "/sys/fs/cgroup", "cgroup2", "rw,nsdelegate,memory_recursiveprot");
+        t.write("proc/self/mountinfo", &mi);
+        t
+    }
+
+    #[test]
+    fn v2_nested_max_and_high() {
+        let t = v2_tree("v2");
+        let loc = t.detect();
+        let mem = loc.memory_dir().unwrap();
+        assert_eq!((mem.version(), text(mem.path())), (Version::V2, t.path("sys/fs/cgroup/user.slice/app.service")));
+        assert_eq!(loc.unified_dir().unwrap().path(), mem.path());
+        assert_eq!(loc.cpu_dir().unwrap().path(), mem.path());
+
+        assert_eq!(read_memory(&loc), MemoryLimits::NONE, "no files yet");
+        t.write("sys/fs/cgroup/user.slice/memory.max", "2147483648\n");
+        t.write("sys/fs/cgroup/user.slice/memory.high", "max\n");
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.max", "max\n");
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.high", "1073741824\n");
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.current", "4096\n");
+        let got = read_memory(&loc);
+        assert_eq!(
+            got,
+            MemoryLimits { max: Some(2 * GIB), high: Some(GIB), usage: Some(4096), source: Source::V2 { levels_up: 1 } }
+        );
+        // A file above the mount point is never read.
+        t.write("sys/fs/memory.max", "4096\n");
+        t.write("sys/memory.max", "4096\n");
+        assert_eq!(read_memory(&loc).max, Some(2 * GIB));
+    }
+
+    #[test]
+    fn v2_cpu_max_smallest_up_the_tree() {
+        let t = v2_tree("cpumax");
+        let loc = t.detect();
+        t.write("sys/fs/cgroup/user.slice/cpu.max", "max 100000\n");
+        t.write("sys/fs/cgroup/user.slice/app.service/cpu.max", "150000 100000\n");
+        assert_eq!(cpu_limit(&loc), Some(1.5));
+        t.write("sys/fs/cgroup/user.slice/cpu.max", "50000 100000\n");
+        assert_eq!(cpu_limit(&loc), Some(0.5));
+        t.write("sys/fs/cgroup/user.slice/cpu.max", "max 100000\n");
+        t.write("sys/fs/cgroup/user.slice/app.service/cpu.max", "max 100000\n");
+        assert_eq!(cpu_limit(&loc), None);
+    }
+
+    #[test]
+    fn unlimited_everywhere() {
+        let t = v1_tree("unlimited1");
+        for dir in ["", "a/", "a/b/"] {
+            t.write(&std::format!("sys/fs/cgroup/memory/{dir}memory.limit_in_bytes"), V1_UNLIMITED);
+        }
+        t.write("sys/fs/cgroup/memory/a/b/memory.stat", "hierarchical_memory_limit 9223372036854771712\n");
+        let got = read_memory(&t.detect());
+        assert_eq!((got.max, got.high, got.source), (None, None, Source::None));
+
+        let t = v2_tree("unlimited2");
+        for dir in ["", "user.slice/", "user.slice/app.service/"] {
+            t.write(&std::format!("sys/fs/cgroup/{dir}memory.max"), "max\n");
+            t.write(&std::format!("sys/fs/cgroup/{dir}memory.high"), "max\n");
+        }
+        let got = read_memory(&t.detect());
+        assert_eq!((got.max, got.high, got.source), (None, None, Source::None));
+    }
+
+    #[test]
+    fn limit_changes_between_reads() {
+        let t = v2_tree("change");
+        let loc = t.detect();
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.max", "1073741824\n");
+        assert_eq!(read_memory(&loc).max, Some(GIB));
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.max", "268435456\n");
+        assert_eq!(read_memory(&loc).max, Some(256 * MIB));
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.max", "max\n");
+        assert_eq!(read_memory(&loc).max, None);
+        t.remove("sys/fs/cgroup/user.slice/app.service/memory.max");
+        assert_eq!(read_memory(&loc).max, None);
+    }
+
+    /// This machine's layout: v2 mounted without controllers at
+    /// /sys/fs/cgroup/unified, the v1 memory and cpu controllers beside it.
+    #[test]
+    fn hybrid_takes_v1_memory_and_keeps_v2_dir() {
+        let t = Tree::new("hybrid");
+        t.write("proc/self/cgroup", "9:name=systemd:/\n4:memory:/process_api/c97c\n3:cpuset:/\n1:cpu:/\n0::/\n");
+        let mut mi = mount(31, "/", "/sys/fs/cgroup", "tmpfs", "rw,mode=755");
+        mi += &mount(32, "/", "/sys/fs/cgroup/cpu", "cgroup", "rw,cpu");
+        mi += &mount(34, "/", "/sys/fs/cgroup/cpuset", "cgroup", "rw,cpuset");
+        mi += &mount(35, "/", "/sys/fs/cgroup/memory", "cgroup", "rw,memory");
+        mi += &mount(40, "/", "/sys/fs/cgroup/systemd", "cgroup", "rw,name=systemd");
+        mi += &mount(41, "/", "/sys/fs/cgroup/unified", "cgroup2", "rw");
+        t.write("proc/self/mountinfo", &mi);
+        t.write("sys/fs/cgroup/unified/memory.pressure", "some avg10=0.00\n");
+        t.write("sys/fs/cgroup/memory/memory.limit_in_bytes", V1_UNLIMITED);
+        t.write("sys/fs/cgroup/memory/process_api/memory.limit_in_bytes", "943718400\n");
+        t.write("sys/fs/cgroup/memory/process_api/c97c/memory.limit_in_bytes", V1_UNLIMITED);
+        t.write("sys/fs/cgroup/memory/process_api/c97c/memory.usage_in_bytes", "3149824\n");
+        t.write("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n");
+        t.write("sys/fs/cgroup/cpu/cpu.cfs_period_us", "100000\n");
+
+        let loc = t.detect();
+        let mem = loc.memory_dir().unwrap();
+        assert_eq!((mem.version(), text(mem.path())), (Version::V1, t.path("sys/fs/cgroup/memory/process_api/c97c")));
+        let cpu = loc.cpu_dir().unwrap();
+        assert_eq!((cpu.version(), text(cpu.path())), (Version::V1, t.path("sys/fs/cgroup/cpu")));
+        let unified = loc.unified_dir().unwrap();
+        assert_eq!((unified.version(), text(unified.path())), (Version::V2, t.path("sys/fs/cgroup/unified")));
+        assert_eq!(
+            read_memory(&loc),
+            MemoryLimits { max: Some(900 * MIB), high: None, usage: Some(3149824), source: Source::V1 { levels_up: 1 } }
+        );
+        assert_eq!(cpu_limit(&loc), None);
+        let pressure = unified.with_file(b"memory.pressure", |p| std::fs::read(p.to_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(pressure, b"some avg10=0.00\n");
+    }
+
+    /// Inside a container the mount shows only the container's subtree:
+    /// its root field is the container's cgroup, while /proc/self/cgroup
+    /// (without a cgroup namespace) names the full path.
+    #[test]
+    fn container_mount_root_is_stripped() {
+        let t = Tree::new("container");
+        t.write("proc/self/cgroup", "0::/kubepods/pod1/ctr/worker\n4:memory:/docker/abc\n");
+        let mut mi = mount(40, "/kubepods/pod1/ctr", "/sys/fs/cgroup", "cgroup2", "rw");
+        mi += &mount(41, "/docker/abc", "/sys/fs/cgroup/memory", "cgroup", "ro,memory");
+        t.write("proc/self/mountinfo", &mi);
+        t.write("sys/fs/cgroup/memory.max", "536870912\n");
+        t.write("sys/fs/cgroup/worker/memory.max", "max\n");
+        t.write("sys/fs/cgroup/memory/memory.limit_in_bytes", "268435456\n");
+        let loc = t.detect();
+        assert_eq!(text(loc.unified_dir().unwrap().path()), t.path("sys/fs/cgroup/worker"));
+        assert_eq!(text(loc.memory_dir().unwrap().path()), t.path("sys/fs/cgroup/memory"));
+        assert_eq!(read_memory(&loc).max, Some(256 * MIB));
+
+        // Without a v1 memory controller, the v2 walk stops at the mount.
+        t.write("proc/self/cgroup", "0::/kubepods/pod1/ctr/worker\n");
+        let loc = t.detect();
+        assert_eq!(loc.memory_dir().unwrap().path(), loc.unified_dir().unwrap().path());
+        let got = read_memory(&loc);
+        assert_eq!((got.max, got.source), (Some(512 * MIB), Source::V2 { levels_up: 1 }));
+
+        // A root that is a prefix of a component name is not the path's
+        // ancestor, and a path outside the mount's view (a cgroup
+        // namespace's `..`) is not trusted: the mount point serves.
+        t.write("proc/self/cgroup", "0::/kubepods/pod1/ctrl\n");
+        assert_eq!(text(t.detect().unified_dir().unwrap().path()), t.path("sys/fs/cgroup"));
+        t.write("proc/self/cgroup", "0::/kubepods/pod1/ctr/../other\n");
+        assert_eq!(text(t.detect().unified_dir().unwrap().path()), t.path("sys/fs/cgroup"));
+
+        // With a cgroup namespace both sides say `/`.
+        t.write("proc/self/cgroup", "0::/\n");
+        t.write("proc/self/mountinfo", &mount(40, "/", "/sys/fs/cgroup", "cgroup2", "rw"));
+        assert_eq!(text(t.detect().unified_dir().unwrap().path()), t.path("sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn a_mount_containing_the_path_beats_an_earlier_one() {
+        let t = Tree::new("prefer");
+        t.write("proc/self/cgroup", "0::/app\n");
+        let mut mi = mount(40, "/elsewhere", "/mnt/other", "cgroup2", "rw");
+        mi += &mount(41, "/", "/sys/fs/cgroup", "cgroup2", "rw");
+        mi += &mount(42, "/", "/mnt/later", "cgroup2", "rw");
+        t.write("proc/self/mountinfo", &mi);
+        assert_eq!(text(t.detect().unified_dir().unwrap().path()), t.path("sys/fs/cgroup/app"));
+    }
+
+    #[test]
+    fn escaped_mount_point() {
+        let t = Tree::new("escaped");
+        t.write("proc/self/cgroup", "0::/a b\n");
+        t.write("proc/self/mountinfo", &mount(40, "/", r"/mnt/cg\040two", "cgroup2", "rw"));
+        t.write("mnt/cg two/a b/memory.max", "8192\n");
+        let loc = t.detect();
+        assert_eq!(text(loc.memory_dir().unwrap().path()), t.path("mnt/cg two/a b"));
+        assert_eq!(read_memory(&loc).max, Some(8192));
+    }
+
+    #[test]
+    fn too_long_or_missing_means_no_cgroup() {
+        let t = Tree::new("long");
+        let deep = std::format!("/{}", "d".repeat(PATH_CAPACITY));
+        t.write("proc/self/cgroup", &std::format!("0::{deep}\n"));
+        t.write("proc/self/mountinfo", &mount(40, "/", "/sys/fs/cgroup", "cgroup2", "rw"));
+        let loc = t.detect();
+        assert!(loc.memory_dir().is_none() && loc.unified_dir().is_none());
+        assert_eq!(read_memory(&loc), MemoryLimits::NONE);
+
+        let t = Tree::new("missing");
+        let loc = t.detect();
+        assert!(loc.memory_dir().is_none() && loc.cpu_dir().is_none() && loc.unified_dir().is_none());
+        t.write("proc/self/cgroup", "0::/\n");
+        assert!(t.detect().unified_dir().is_none(), "no mountinfo");
+        t.write("proc/self/mountinfo", &mount(22, "/", "/", "ext4", "rw"));
+        assert!(t.detect().unified_dir().is_none(), "no cgroup2 mount");
+    }
+
+    #[test]
+    fn lines_across_reads_and_too_long() {
+        let t = Tree::new("lines");
+        t.write("f", "one\ntwo two two two\nthree\n\nfour");
+        let path = std::ffi::CString::new(t.path("f")).unwrap();
+        let mut seen = std::vec::Vec::new();
+        // An 8-byte buffer: lines cross reads, and "two two two two" is
+        // longer than the buffer, so it is skipped whole.
+        assert!(for_each_line(&path, &mut [0; 8], |l| seen.push(text(l))));
+        assert_eq!(seen, ["one", "three", "", "four"]);
+        seen.clear();
+        assert!(for_each_line(&path, &mut [0; 64], |l| seen.push(text(l))));
+        assert_eq!(seen, ["one", "two two two two", "three", "", "four"]);
+        assert!(!for_each_line(c"/nonexistent/scavalloc", &mut [0; 8], |_| {}));
+    }
+
+    /// The directory of `controller` as a plain std reading of the same
+    /// files finds it (for the test on the real machine), with its mount
+    /// point.
+    fn model_dir(controller: &str) -> Option<(PathBuf, PathBuf)> {
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let entries: std::vec::Vec<(&str, &str)> = cgroup
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let _ = parts.next()?;
+                Some((parts.next()?, parts.next()?))
+            })
+            .collect();
+        let find = |v2: bool| -> Option<(PathBuf, PathBuf)> {
+            let path = entries
+                .iter()
+                .find(|(c, _)| if v2 { c.is_empty() } else { c.split(',').any(|c| c == controller) })?
+                .1;
+            mountinfo.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let left: std::vec::Vec<&str> = left.split(' ').collect();
+                let right: std::vec::Vec<&str> = right.split(' ').collect();
+                let fits = if v2 {
+                    right[0] == "cgroup2"
+                } else {
+                    right[0] == "cgroup" && right[2].split(',').any(|o| o == controller)
+                };
+                let root = left[3].trim_end_matches('/');
+                let rest = path.strip_prefix(root)?;
+                (fits && (rest.is_empty() || rest.starts_with('/'))).then(|| {
+                    let point = PathBuf::from(left[4]);
+                    (PathBuf::from(std::format!("{}{}", left[4].trim_end_matches('/'), rest.trim_end_matches('/'))), point)
+                })
+            })
+        };
+        find(false).or_else(|| find(true))
+    }
+
+    fn model_read(path: &Path) -> Option<usize> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let v: u64 = text.trim().parse().ok()?;
+        (v < 1 << 62).then_some(v as usize)
+    }
+
+    /// This process's real limits agree with a plain std reading of the
+    /// same files (no limit at all where the machine has no cgroup).
+    #[test]
+    fn real_machine_matches_std_reading() {
+        let loc = detect_under(b"");
+        let Some((dir, point)) = model_dir("memory") else {
+            assert!(loc.memory_dir().is_none());
+            assert_eq!(read_memory(&loc), MemoryLimits::NONE);
+            return;
+        };
+        let mem = loc.memory_dir().expect("std finds a memory cgroup directory");
+        assert_eq!(Path::new(std::ffi::OsStr::from_bytes(mem.path())), dir);
+        let v2 = mem.version() == Version::V2;
+        let mut max: Option<usize> = None;
+        let mut high: Option<usize> = None;
+        let mut level = dir.as_path();
+        loop {
+            let limit = model_read(&level.join(if v2 { "memory.max" } else { "memory.limit_in_bytes" }));
+            max = match (max, limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if v2 {
+                if let Some(h) = model_read(&level.join("memory.high")) {
+                    high = Some(high.map_or(h, |m| m.min(h)));
+                }
+            }
+            if level == point {
+                break;
+            }
+            level = level.parent().unwrap();
+        }
+        if !v2 {
+            let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+            let hier = stat.lines().find_map(|l| l.strip_prefix("hierarchical_memory_limit ")?.parse::<u64>().ok());
+            if let Some(h) = hier.filter(|&h| h < 1 << 62) {
+                max = Some(max.map_or(h as usize, |m| m.min(h as usize)));
+            }
+        }
+        let usage_file = dir.join(if v2 { "memory.current" } else { "memory.usage_in_bytes" });
+        let before = model_read(&usage_file);
+        let got = read_memory(&loc);
+        let after = model_read(&usage_file);
+        assert_eq!((got.max, got.high), (max, high));
+        assert_eq!(got.source == Source::None, max.is_none());
+        match (before, got.usage, after) {
+            (Some(a), Some(u), Some(b)) => {
+                let slack = 16 * MIB;
+                assert!(u + slack >= a.min(b) && u <= a.max(b) + slack, "usage {u} outside {a}..{b}");
+            }
+            (a, u, b) => assert!(a.is_none() && u.is_none() && b.is_none(), "{a:?} {u:?} {b:?}"),
+        }
+
+        // The CPU quota: the same walk over the cpu directory.
+        let cpu = loc.cpu_dir();
+        let model_cpu = model_dir("cpu").map(|(dir, point)| {
+            let v2 = cpu.is_some_and(|c| c.version() == Version::V2);
+            let mut min: Option<f64> = None;
+            let mut level = dir.as_path();
+            loop {
+                let cpus = if v2 {
+                    std::fs::read(level.join("cpu.max")).ok().and_then(|t| parse_cpu_max(&t))
+                } else {
+                    match (std::fs::read(level.join("cpu.cfs_quota_us")), std::fs::read(level.join("cpu.cfs_period_us"))) {
+                        (Ok(q), Ok(p)) => parse_cfs_quota(&q, &p),
+                        _ => None,
+                    }
+                };
+                if let Some(c) = cpus {
+                    min = Some(min.map_or(c, |m| m.min(c)));
+                }
+                if level == point {
+                    break;
+                }
+                level = level.parent().unwrap();
+            }
+            min
+        });
+        assert_eq!(cpu_limit(&loc), model_cpu.flatten());
+    }
+}
