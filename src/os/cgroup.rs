@@ -140,7 +140,7 @@ impl Dir {
 
 impl fmt::Debug for Dir {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} {:?} (mount: {:?})", self.version, self.path().escape_ascii(), self.path()[..self.top].escape_ascii())
+        write!(f, "{:?} {} (mount {})", self.version, self.path().escape_ascii(), self.path()[..self.top].escape_ascii())
     }
 }
 
@@ -614,7 +614,6 @@ pub fn read_memory(location: &Location) -> MemoryLimits {
                 }
                 take_min(&mut limits.high, read_memory_file(level, b"memory.high"));
             }
-            limits.usage = read_memory_file(dir.path(), b"memory.current");
         }
         Version::V1 => {
             for (up, level) in dir.ancestors().enumerate() {
@@ -625,10 +624,22 @@ pub fn read_memory(location: &Location) -> MemoryLimits {
             if take_min(&mut limits.max, hierarchical_memory_limit(dir)) {
                 limits.source = Source::V1Hierarchical;
             }
-            limits.usage = read_memory_file(dir.path(), b"memory.usage_in_bytes");
         }
     }
+    limits.usage = read_usage(location);
     limits
+}
+
+/// The bytes charged to the process's cgroup now (`memory.current` on v2,
+/// `memory.usage_in_bytes` on v1): one file read, for a caller that
+/// watches the headroom more often than it re-reads the limits.
+pub fn read_usage(location: &Location) -> Option<usize> {
+    let dir = location.memory.as_ref()?;
+    let name: &[u8] = match dir.version {
+        Version::V2 => b"memory.current",
+        Version::V1 => b"memory.usage_in_bytes",
+    };
+    read_memory_file(dir.path(), name)
 }
 
 fn saturate(n: usize) -> u32 {
@@ -904,6 +915,9 @@ mod tests {
             got,
             MemoryLimits { max: Some(2 * GIB), high: Some(GIB), usage: Some(4096), source: Source::V2 { levels_up: 1 } }
         );
+        t.write("sys/fs/cgroup/user.slice/app.service/memory.current", "8192\n");
+        assert_eq!(read_usage(&loc), Some(8192));
+        assert_eq!(read_usage(&Location::NONE), None);
         // A file above the mount point is never read.
         t.write("sys/fs/memory.max", "4096\n");
         t.write("sys/memory.max", "4096\n");
@@ -990,6 +1004,8 @@ mod tests {
             MemoryLimits { max: Some(900 * MIB), high: None, usage: Some(3149824), source: Source::V1 { levels_up: 1 } }
         );
         assert_eq!(cpu_limit(&loc), None);
+        t.write("sys/fs/cgroup/memory/process_api/c97c/memory.usage_in_bytes", "4194304\n");
+        assert_eq!(read_usage(&loc), Some(4 << 20));
         let pressure = unified.with_file(b"memory.pressure", |p| std::fs::read(p.to_str().unwrap()).unwrap()).unwrap();
         assert_eq!(pressure, b"some avg10=0.00\n");
     }
