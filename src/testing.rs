@@ -61,4 +61,9 @@ mod imp {
     pub fn scavenge_percent() -> f64 {
         crate::config::get().scavenger.cpu_percent
     }
+
+    /// The process's cgroup as the scavenger reads it (`detect`,
+    /// `read_memory`, `cpu_limit`, the parsers), and `set_test_root`, which
+    /// makes later detections read a fake tree under a directory.
+    pub use crate::os::cgroup;
 }
