@@ -245,25 +245,16 @@ impl PsiTrigger {
     /// `ENOTTY` if `path` is a regular file on neither procfs nor cgroupfs
     /// (it is not written to: it would be an ordinary file's contents).
     pub fn open(path: &CStr, stall_us: u64, window_us: u64) -> Result<PsiTrigger, OsError> {
-        // At most 5 + 20 + 1 + 20 bytes.
-        let mut line = [0u8; 64];
-        let mut len = 0;
-        for (i, part) in [stall_us, window_us].into_iter().enumerate() {
-            let prefix: &[u8] = if i == 0 { b"some " } else { b" " };
-            line[len..len + prefix.len()].copy_from_slice(prefix);
-            len += prefix.len();
-            len += write_decimal(&mut line[len..], part);
-        }
+        let mut line = [0u8; TRIGGER_LINE_MAX];
+        let len = trigger_line(stall_us, window_us, &mut line);
         Self::open_with(path, &line[..len])
     }
 
-    /// Arms a trigger with the given line. A NUL is appended when `line`
-    /// lacks one: the kernel overwrites the last byte of each write with
-    /// its terminator, so without it the line would lose its last digit.
+    /// Arms a trigger with the given line (NUL-terminated here when it is
+    /// not already: see [`nul_terminated`]).
     fn open_with(path: &CStr, line: &[u8]) -> Result<PsiTrigger, OsError> {
-        if line.is_empty() || line.len() > MAX_WRITE {
-            return Err(OsError { errno: libc::EINVAL });
-        }
+        let mut buf = [0u8; MAX_WRITE + 1];
+        let line = nul_terminated(line, &mut buf).ok_or(OsError { errno: libc::EINVAL })?;
         // SAFETY: `path` is NUL-terminated; the flags open no new file.
         let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if raw < 0 {
@@ -273,10 +264,7 @@ impl PsiTrigger {
         if !on_psi_filesystem(&fd)? {
             return Err(OsError { errno: libc::ENOTTY });
         }
-        let mut buf = [0u8; MAX_WRITE + 1];
-        buf[..line.len()].copy_from_slice(line);
-        let len = if line.last() == Some(&0) { line.len() } else { line.len() + 1 };
-        fd.write_once(&buf[..len], false)?;
+        fd.write_once(line, false)?;
         Ok(PsiTrigger { fd })
     }
 
@@ -300,6 +288,10 @@ impl PsiTrigger {
     }
 }
 
+/// `statfs` magic numbers (`linux/magic.h`).
+const PROC_SUPER_MAGIC: u32 = 0x9fa0;
+const CGROUP2_SUPER_MAGIC: u32 = 0x6367_7270;
+
 /// Whether `fd` is on procfs or cgroup2fs, where PSI files live.
 fn on_psi_filesystem(fd: &Fd) -> Result<bool, OsError> {
     // SAFETY: a zeroed statfs is a valid out-buffer; the call fills it in.
@@ -308,8 +300,42 @@ fn on_psi_filesystem(fd: &Fd) -> Result<bool, OsError> {
     if unsafe { libc::fstatfs(fd.0, &mut sfs) } != 0 {
         return Err(OsError::last());
     }
-    let kind = sfs.f_type as i64;
-    Ok(kind == libc::PROC_SUPER_MAGIC as i64 || kind == libc::CGROUP2_SUPER_MAGIC as i64)
+    // The magic numbers fit in 32 bits; `f_type` is signed or unsigned,
+    // 32 or 64 bits wide, depending on the target.
+    let kind = sfs.f_type as u32;
+    Ok(kind == PROC_SUPER_MAGIC || kind == CGROUP2_SUPER_MAGIC)
+}
+
+/// The longest trigger line: `some `, two 20-digit numbers, a space and
+/// the NUL.
+const TRIGGER_LINE_MAX: usize = 47;
+
+/// Writes `some <stall_us> <window_us>` and a NUL into `out`, returning the
+/// length written (NUL included).
+fn trigger_line(stall_us: u64, window_us: u64, out: &mut [u8; TRIGGER_LINE_MAX]) -> usize {
+    out[..5].copy_from_slice(b"some ");
+    let mut len = 5;
+    len += write_decimal(&mut out[len..], stall_us);
+    out[len] = b' ';
+    len += 1;
+    len += write_decimal(&mut out[len..], window_us);
+    out[len] = 0;
+    len + 1
+}
+
+/// `line` as one write to a PSI file: copied into `buf` with a NUL added
+/// unless it ends with one, because the kernel overwrites the last byte of
+/// each write with its terminator (an unterminated `some 150000 2000000`
+/// would lose its last digit, a 200 ms window). `None` if `line` is empty
+/// or longer than [`MAX_WRITE`].
+fn nul_terminated<'a>(line: &[u8], buf: &'a mut [u8; MAX_WRITE + 1]) -> Option<&'a [u8]> {
+    if line.is_empty() || line.len() > MAX_WRITE {
+        return None;
+    }
+    buf[..line.len()].copy_from_slice(line);
+    let len = if line.last() == Some(&0) { line.len() } else { line.len() + 1 };
+    buf[len - 1] = 0;
+    Some(&buf[..len])
 }
 
 /// Writes `n` in decimal at the start of `out` (at least 20 bytes) and
@@ -518,4 +544,410 @@ fn connect_unix(path: &[u8], kind: i32) -> Result<Fd, OsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::io::{Read, Write};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+
+    /// A fresh directory of this test process under the system's temporary
+    /// directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("scavalloc-psi-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn leak(bytes: &[u8]) -> &'static [u8] {
+        Box::leak(bytes.to_vec().into_boxed_slice())
+    }
+
+    fn path_bytes(path: &Path) -> &'static [u8] {
+        leak(path.as_os_str().as_bytes())
+    }
+
+    /// A lookup that answers from a table, as the environment would.
+    fn table(entries: &[(&'static str, &'static [u8])]) -> impl Fn(&CStr) -> Option<&'static [u8]> {
+        let entries = entries.to_vec();
+        move |name: &CStr| entries.iter().find(|(k, _)| k.as_bytes() == name.to_bytes()).map(|&(_, v)| v)
+    }
+
+    fn watch(entries: &[(&'static str, &'static [u8])]) -> Result<WatchSetting, OsError> {
+        PressureWatch::from_env(table(entries))
+    }
+
+    fn expect_watch(setting: Result<WatchSetting, OsError>) -> PressureWatch {
+        match setting {
+            Ok(WatchSetting::Watch(w)) => w,
+            other => panic!("expected a watch, got {other:?}"),
+        }
+    }
+
+    /// Whether PSI can be read here; prints why not when it cannot, so the
+    /// test output says the case did not run.
+    fn psi_available(test: &str) -> bool {
+        if stall_total_us(c"/proc/pressure/memory").is_some() {
+            return true;
+        }
+        let why = match std::fs::read("/proc/pressure/memory") {
+            Ok(text) => format!("it does not parse: {:?}", String::from_utf8_lossy(&text)),
+            Err(e) => format!("{e}"),
+        };
+        println!("{test}: CASE NOT RUN: /proc/pressure/memory is unusable here ({why})");
+        false
+    }
+
+    fn is_open(fd: i32) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags >= 0 && flags & libc::FD_CLOEXEC != 0
+    }
+
+    #[test]
+    fn types_are_send() {
+        fn send<T: Send>() {}
+        send::<PsiTrigger>();
+        send::<PressureWatch>();
+        send::<WatchSetting>();
+    }
+
+    #[test]
+    fn parse_some_total_takes_the_some_line() {
+        let text = b"some avg10=1.52 avg60=0.87 avg300=0.21 total=123456\n\
+                     full avg10=0.50 avg60=0.20 avg300=0.05 total=65432\n";
+        assert_eq!(parse_some_total(text), Some(123456));
+        let full_first = b"full avg10=0.00 avg60=0.00 avg300=0.00 total=7\nsome avg10=0.00 avg60=0.00 avg300=0.00 total=42";
+        assert_eq!(parse_some_total(full_first), Some(42));
+        assert_eq!(parse_some_total(b"some avg10=0.00 avg60=0.00 avg300=0.00 total=18446744073709551615\n"), Some(u64::MAX));
+        assert_eq!(parse_some_total(b"some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"), Some(0));
+    }
+
+    #[test]
+    fn parse_some_total_refuses_malformed_text() {
+        assert_eq!(parse_some_total(b""), None);
+        assert_eq!(parse_some_total(b"full avg10=0.00 avg60=0.00 avg300=0.00 total=5\n"), None);
+        assert_eq!(parse_some_total(b"some avg10=0.00 avg60=0.00 avg300=0.00\n"), None);
+        assert_eq!(parse_some_total(b"some avg10=0.00 total=\n"), None);
+        assert_eq!(parse_some_total(b"some avg10=0.00 total=12x\n"), None);
+        assert_eq!(parse_some_total(b"some total=-3\n"), None);
+        assert_eq!(parse_some_total(b"some total=18446744073709551616\n"), None);
+        assert_eq!(parse_some_total(b"something total=5\n"), None);
+        assert_eq!(parse_some_total(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn base64_standard_vectors() {
+        let mut out = [0u8; 64];
+        for (plain, encoded) in [
+            (&b""[..], &b""[..]),
+            (b"f", b"Zg=="),
+            (b"fo", b"Zm8="),
+            (b"foo", b"Zm9v"),
+            (b"foob", b"Zm9vYg=="),
+            (b"fooba", b"Zm9vYmE="),
+            (b"foobar", b"Zm9vYmFy"),
+            (b"\x00\xff\xfe\x01\x02", b"AP/+AQI="),
+            (b"some 150000 2000000\0", b"c29tZSAxNTAwMDAgMjAwMDAwMAA="),
+        ] {
+            let n = decode_base64(encoded, &mut out);
+            assert_eq!(n.map(|n| &out[..n]), Some(plain), "{:?}", String::from_utf8_lossy(encoded));
+        }
+    }
+
+    #[test]
+    fn base64_padding_and_white_space() {
+        let mut out = [0u8; 16];
+        let mut decode = |text: &[u8]| decode_base64(text, &mut out).map(|n| out[..n].to_vec());
+        assert_eq!(decode(b"Zg"), Some(b"f".to_vec()), "padding may be left out");
+        assert_eq!(decode(b"Zm8"), Some(b"fo".to_vec()));
+        assert_eq!(decode(b" Zm9v\nYmE=\n"), Some(b"fooba".to_vec()), "white space is skipped");
+        assert_eq!(decode(b"Zg= ="), Some(b"f".to_vec()));
+    }
+
+    #[test]
+    fn base64_refuses_invalid_input() {
+        let mut out = [0u8; 16];
+        for bad in [
+            &b"Z"[..],     // one symbol is no encoding
+            b"Zm9vY",      // nor is 4n + 1
+            b"Zg=",        // two symbols take two pads
+            b"Zg===",      // too many
+            b"Zm8==",      // three symbols take one pad
+            b"Zm9v=",      // a whole group takes none
+            b"Zg==Zg==",   // data after padding
+            b"Zm9v!",      // outside the alphabet
+            b"Zm9-",       // the URL-safe alphabet is not this one
+            b"=",
+        ] {
+            assert_eq!(decode_base64(bad, &mut out), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut small = [0u8; 2];
+        assert_eq!(decode_base64(b"Zm9v", &mut small), None, "output too small");
+        assert_eq!(decode_base64(b"Zm8=", &mut small), Some(2));
+    }
+
+    #[test]
+    fn decimal_digits() {
+        let mut out = [0u8; 20];
+        let n = write_decimal(&mut out, 0);
+        assert_eq!(&out[..n], b"0");
+        let n = write_decimal(&mut out, 150_000);
+        assert_eq!(&out[..n], b"150000");
+        let n = write_decimal(&mut out, u64::MAX);
+        assert_eq!(&out[..n], b"18446744073709551615");
+    }
+
+    #[test]
+    fn trigger_lines_end_with_their_terminator() {
+        let mut line = [0u8; TRIGGER_LINE_MAX];
+        let n = trigger_line(TRIGGER_STALL_US, TRIGGER_WINDOW_US, &mut line);
+        assert_eq!(&line[..n], b"some 150000 2000000\0");
+        let n = trigger_line(u64::MAX, u64::MAX, &mut line);
+        assert_eq!(n, TRIGGER_LINE_MAX);
+        assert_eq!(&line[..n], b"some 18446744073709551615 18446744073709551615\0");
+
+        let mut buf = [0xAAu8; MAX_WRITE + 1];
+        assert_eq!(nul_terminated(b"some 1 2", &mut buf), Some(&b"some 1 2\0"[..]));
+        assert_eq!(nul_terminated(b"some 1 2\0", &mut buf), Some(&b"some 1 2\0"[..]), "one NUL, not two");
+        assert_eq!(nul_terminated(b"", &mut buf), None);
+        assert_eq!(nul_terminated(&[b'1'; MAX_WRITE], &mut buf).map(<[u8]>::len), Some(MAX_WRITE + 1));
+        assert_eq!(nul_terminated(&[b'1'; MAX_WRITE + 1], &mut buf), None);
+    }
+
+    #[test]
+    fn proc_stall_counter_reads_and_grows() {
+        if !psi_available("proc_stall_counter_reads_and_grows") {
+            return;
+        }
+        let first = stall_total_us(c"/proc/pressure/memory").unwrap();
+        let second = stall_total_us(c"/proc/pressure/memory").unwrap();
+        assert!(second >= first, "the stall counter went back: {first} then {second}");
+        assert_eq!(stall_total_us(c"/proc/pressure/no-such-resource"), None);
+    }
+
+    #[test]
+    fn psi_trigger_on_proc() {
+        if !psi_available("psi_trigger_on_proc") {
+            return;
+        }
+        match PsiTrigger::open(c"/proc/pressure/memory", TRIGGER_STALL_US, TRIGGER_WINDOW_US) {
+            Ok(trigger) => {
+                assert!(is_open(trigger.raw_fd()), "the trigger's descriptor is open and close-on-exec");
+                // No memory pressure on a test machine at rest (total= stays
+                // 0 here): the trigger has nothing to report.
+                assert_eq!(trigger.check(), Signal::Quiet);
+                assert_eq!(trigger.check(), Signal::Quiet);
+            }
+            Err(e) => {
+                let allowed = [libc::EPERM, libc::EACCES, libc::EINVAL, libc::ENOENT, libc::EOPNOTSUPP];
+                assert!(allowed.contains(&e.errno), "unexpected refusal: errno {}", e.errno);
+                println!(
+                    "psi_trigger_on_proc: the kernel refused a 2 s trigger ({}); callers read the counter instead",
+                    std::io::Error::from_raw_os_error(e.errno)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn psi_trigger_refuses_a_bad_window() {
+        if !psi_available("psi_trigger_refuses_a_bad_window") {
+            return;
+        }
+        // A stall longer than its window is never valid, privileged or not.
+        let e = PsiTrigger::open(c"/proc/pressure/memory", 3_000_000, 2_000_000).unwrap_err();
+        assert!(matches!(e.errno, libc::EINVAL | libc::EPERM | libc::EACCES), "errno {}", e.errno);
+    }
+
+    #[test]
+    fn psi_trigger_leaves_an_ordinary_file_alone() {
+        let dir = TempDir::new("plain");
+        let file = dir.path("not-psi");
+        std::fs::write(&file, b"hello").unwrap();
+        let cfile = CString::new(file.as_os_str().as_bytes()).unwrap();
+        let e = PsiTrigger::open(&cfile, TRIGGER_STALL_US, TRIGGER_WINDOW_US).unwrap_err();
+        assert_eq!(e.errno, libc::ENOTTY);
+        assert_eq!(std::fs::read(&file).unwrap(), b"hello", "nothing was written to it");
+        // The same through the protocol.
+        let e = watch(&[("MEMORY_PRESSURE_WATCH", path_bytes(&file)), ("MEMORY_PRESSURE_WRITE", b"Zm9v")])
+            .unwrap_err();
+        assert_eq!(e.errno, libc::ENOTTY);
+        assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn watch_settings_from_the_environment() {
+        assert!(matches!(watch(&[]), Ok(WatchSetting::Unset)));
+        assert!(matches!(watch(&[("MEMORY_PRESSURE_WATCH", b"/dev/null")]), Ok(WatchSetting::Off)));
+        assert!(matches!(watch(&[("MEMORY_PRESSURE_WATCH", b"")]), Ok(WatchSetting::Off)));
+        let off_with_write = [("MEMORY_PRESSURE_WATCH", &b"/dev/null"[..]), ("MEMORY_PRESSURE_WRITE", b"Zm9v")];
+        assert!(matches!(watch(&off_with_write), Ok(WatchSetting::Off)));
+        let relative = watch(&[("MEMORY_PRESSURE_WATCH", b"pressure")]).unwrap_err();
+        assert_eq!(relative.errno, libc::EINVAL);
+        let missing = watch(&[("MEMORY_PRESSURE_WATCH", b"/nonexistent/scavalloc/pressure")]).unwrap_err();
+        assert_eq!(missing.errno, libc::ENOENT);
+        let bad_write =
+            watch(&[("MEMORY_PRESSURE_WATCH", b"/proc/pressure/memory"), ("MEMORY_PRESSURE_WRITE", b"not base64!")])
+                .unwrap_err();
+        assert_eq!(bad_write.errno, libc::EINVAL);
+        let directory = watch(&[("MEMORY_PRESSURE_WATCH", b"/proc")]).unwrap_err();
+        assert_eq!(directory.errno, libc::ENOTTY);
+    }
+
+    #[test]
+    fn watch_through_a_fifo() {
+        let dir = TempDir::new("fifo");
+        let fifo = dir.path("pressure");
+        let cfifo = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `cfifo` is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(cfifo.as_ptr(), 0o600) }, 0);
+        // MEMORY_PRESSURE_WRITE is set but must not be written into the
+        // FIFO: it would read back as an event.
+        let mut w = expect_watch(watch(&[
+            ("MEMORY_PRESSURE_WATCH", path_bytes(&fifo)),
+            ("MEMORY_PRESSURE_WRITE", b"c29tZSAxNTAwMDAgMjAwMDAwMAA="),
+        ]));
+        assert!(is_open(w.raw_fd()));
+        assert_eq!(w.check(), Signal::Quiet, "no event before anyone writes");
+        assert_eq!(w.check(), Signal::Quiet);
+
+        // Opening for writing without blocking needs a reader: the watch.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        assert_eq!(w.check(), Signal::Quiet, "a writer opening is no event");
+        writer.write_all(b"pressure\n").unwrap();
+        assert_eq!(w.check(), Signal::Pressure);
+        assert_eq!(w.check(), Signal::Quiet, "drained: none again");
+
+        // More than a pipe holds (64 KiB by default) is drained in one check.
+        let big = vec![b'x'; 60 << 10];
+        writer.write_all(&big).unwrap();
+        assert_eq!(w.check(), Signal::Pressure);
+        assert_eq!(w.check(), Signal::Quiet);
+
+        // The writer going away is no hang-up for us: we hold a write end.
+        drop(writer);
+        assert_eq!(w.check(), Signal::Quiet, "a closed writer is not an event");
+        assert_eq!(w.check(), Signal::Quiet);
+        let mut pfd = libc::pollfd { fd: w.raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; timeout 0.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!((ready, pfd.revents), (0, 0), "the descriptor shows no hang-up state at all");
+
+        // A writer that comes back later is heard again.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(b"again").unwrap();
+        assert_eq!(w.check(), Signal::Pressure);
+        assert_eq!(w.check(), Signal::Quiet);
+    }
+
+    #[test]
+    fn watch_through_a_stream_socket() {
+        let dir = TempDir::new("stream");
+        let sock = dir.path("pressure.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let expected = b"some 150000 2000000\0";
+        let mut w = expect_watch(watch(&[
+            ("MEMORY_PRESSURE_WATCH", path_bytes(&sock)),
+            ("MEMORY_PRESSURE_WRITE", b"c29tZSAxNTAwMDAgMjAwMDAwMAA="),
+        ]));
+        assert!(is_open(w.raw_fd()));
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut got = [0u8; 20];
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, expected, "the listener receives the decoded MEMORY_PRESSURE_WRITE");
+        peer.set_nonblocking(true).unwrap();
+        let extra = peer.read(&mut got);
+        assert_eq!(extra.map_err(|e| e.kind()), Err(std::io::ErrorKind::WouldBlock), "and nothing more");
+
+        assert_eq!(w.check(), Signal::Quiet, "no event before the peer writes");
+        peer.write_all(b"pressure").unwrap();
+        assert_eq!(w.check(), Signal::Pressure);
+        assert_eq!(w.check(), Signal::Quiet, "drained: none again");
+        peer.write_all(b"1").unwrap();
+        peer.write_all(b"2").unwrap();
+        assert_eq!(w.check(), Signal::Pressure, "two messages between checks are one event");
+        assert_eq!(w.check(), Signal::Quiet);
+
+        // A message followed by the peer closing: the message first.
+        peer.write_all(b"last").unwrap();
+        drop(peer);
+        assert_eq!(w.check(), Signal::Pressure);
+        assert_eq!(w.check(), Signal::Gone, "the peer closed");
+        assert_eq!(w.check(), Signal::Gone);
+    }
+
+    #[test]
+    fn watch_through_a_seqpacket_socket() {
+        let dir = TempDir::new("seqpacket");
+        let sock = dir.path("pressure.sock");
+        let path = sock.as_os_str().as_bytes();
+        // SAFETY: plain socket calls on a descriptor this test owns, with a
+        // valid sockaddr_un whose path fits.
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_un = core::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, &s) in addr.sun_path.iter_mut().zip(path) {
+                *d = s as libc::c_char;
+            }
+            let len = core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            assert_eq!(libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 1), 0);
+            Fd(fd)
+        };
+        let mut w = PressureWatch::open(path, b"hello").unwrap();
+        // SAFETY: accepting on the listening socket this test owns.
+        let peer = Fd(unsafe { libc::accept(listener.0, core::ptr::null_mut(), core::ptr::null_mut()) });
+        assert!(peer.0 >= 0);
+        let mut got = [0u8; 16];
+        // SAFETY: `got` is writable for its length.
+        let n = unsafe { libc::recv(peer.0, got.as_mut_ptr().cast(), got.len(), 0) };
+        assert_eq!(&got[..n as usize], b"hello", "one packet with exactly the bytes to write");
+        assert_eq!(w.check(), Signal::Quiet);
+        peer.write_once(b"p", true).unwrap();
+        assert_eq!(w.check(), Signal::Pressure);
+        assert_eq!(w.check(), Signal::Quiet);
+        drop(peer);
+        assert_eq!(w.check(), Signal::Gone);
+    }
+
+    #[test]
+    fn watch_through_a_psi_file() {
+        if !psi_available("watch_through_a_psi_file") {
+            return;
+        }
+        for write in [&b"c29tZSAxNTAwMDAgMjAwMDAwMAA="[..], b""] {
+            match watch(&[("MEMORY_PRESSURE_WATCH", b"/proc/pressure/memory"), ("MEMORY_PRESSURE_WRITE", write)]) {
+                Ok(WatchSetting::Watch(mut w)) => {
+                    assert!(is_open(w.raw_fd()));
+                    assert_eq!(w.check(), Signal::Quiet, "no memory pressure on a test machine at rest");
+                }
+                Ok(other) => panic!("expected a watch, got {other:?}"),
+                Err(e) => {
+                    let allowed = [libc::EPERM, libc::EACCES, libc::EINVAL, libc::EOPNOTSUPP];
+                    assert!(allowed.contains(&e.errno), "unexpected refusal: errno {}", e.errno);
+                    println!(
+                        "watch_through_a_psi_file: CASE NOT RUN: the kernel refused the trigger ({})",
+                        std::io::Error::from_raw_os_error(e.errno)
+                    );
+                }
+            }
+        }
+    }
 }
