@@ -950,4 +950,68 @@ mod tests {
             }
         }
     }
+
+    /// Where cgroup v2 is mounted, from `/proc/self/mountinfo`.
+    fn cgroup2_mount() -> Option<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        info.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+        })
+    }
+
+    /// An empty cgroup v2 directory made for one test, removed on drop.
+    struct TestCgroup(PathBuf);
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn psi_in_a_cgroup_that_is_removed() {
+        const TEST: &str = "psi_in_a_cgroup_that_is_removed";
+        let Some(mount) = cgroup2_mount() else {
+            println!("{TEST}: CASE NOT RUN: no cgroup v2 mount");
+            return;
+        };
+        let group = TestCgroup(mount.join(format!("scavalloc-psi-test-{}", std::process::id())));
+        if let Err(e) = std::fs::create_dir(&group.0) {
+            println!("{TEST}: CASE NOT RUN: cannot create {}: {e}", group.0.display());
+            return;
+        }
+        let file = group.0.join("memory.pressure");
+        let cfile = CString::new(file.as_os_str().as_bytes()).unwrap();
+        let Some(total) = stall_total_us(&cfile) else {
+            println!("{TEST}: CASE NOT RUN: {} is unreadable (no PSI for cgroups here)", file.display());
+            return;
+        };
+        assert_eq!(total, 0, "a cgroup that never held a task never stalled");
+
+        let trigger = match PsiTrigger::open(&cfile, TRIGGER_STALL_US, TRIGGER_WINDOW_US) {
+            Ok(t) => t,
+            Err(e) => {
+                let allowed = [libc::EPERM, libc::EACCES, libc::EINVAL, libc::EOPNOTSUPP];
+                assert!(allowed.contains(&e.errno), "unexpected refusal: errno {}", e.errno);
+                println!("{TEST}: CASE NOT RUN: trigger refused ({})", std::io::Error::from_raw_os_error(e.errno));
+                return;
+            }
+        };
+        let mut w = expect_watch(watch(&[
+            ("MEMORY_PRESSURE_WATCH", path_bytes(&file)),
+            ("MEMORY_PRESSURE_WRITE", b"c29tZSAxNTAwMDAgMjAwMDAwMAA="),
+        ]));
+        assert_eq!(trigger.check(), Signal::Quiet);
+        assert_eq!(w.check(), Signal::Quiet);
+
+        // Removing the cgroup leaves our descriptors pointing at nothing;
+        // the kernel reports POLLERR (with POLLPRI) from then on.
+        std::fs::remove_dir(&group.0).unwrap();
+        assert_eq!(trigger.check(), Signal::Gone);
+        assert_eq!(trigger.check(), Signal::Gone);
+        assert_eq!(w.check(), Signal::Gone);
+        assert_eq!(stall_total_us(&cfile), None);
+    }
 }
