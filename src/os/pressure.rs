@@ -25,7 +25,8 @@
 //! After `fork` the child shares the parent's open files: a trigger's event
 //! goes to whichever process polls first, FIFO bytes to whichever reads
 //! first, and the socket is one connection. A child must drop what it
-//! inherited (closing its copy leaves the parent's intact) and open its own.
+//! inherited (closing its copy leaves the parent's watch intact, and is
+//! quick while the parent still holds the file) and open its own.
 #![allow(dead_code)]
 
 use core::ffi::CStr;
@@ -63,7 +64,8 @@ pub enum Signal {
 /// `memory.pressure`) and returns its `some` line's `total=`: microseconds
 /// of stall since boot (or since the cgroup was made). `None` if the file
 /// cannot be read (no PSI in this kernel, `psi=0`, no such cgroup) or does
-/// not parse.
+/// not parse. Costs an `open`, a `read` and a `close`: about 9 µs here,
+/// most of it the kernel formatting the averages.
 pub fn stall_total_us(path: &CStr) -> Option<u64> {
     // Two lines of at most about 80 bytes each; `some` comes first, so even
     // a cut-short read would hold it whole.
@@ -228,6 +230,12 @@ impl Drop for Fd {
 /// `some <stall> <window>` line, whose descriptor the kernel wakes with
 /// `POLLPRI` when tasks stalled on memory for `stall` microseconds within
 /// a `window`. The kernel signals at most once per window.
+///
+/// Checking costs one `poll` (about 0.4 µs here). Dropping the last
+/// descriptor of a trigger blocks for several milliseconds (7 to 17 ms
+/// measured on this machine: the kernel waits out an RCU grace period), so
+/// a trigger is kept for the life of its watcher and dropped only from the
+/// scavenger thread, never on a user's path.
 #[derive(Debug)]
 pub struct PsiTrigger {
     fd: Fd,
