@@ -98,6 +98,9 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             .unwrap_or_else(|| bad_value("SCAVALLOC_RETAIN_EXTRA_PERCENT", v, "10", 10));
     }
     if let Some(v) = lookup(c"SCAVALLOC_MEMLIMIT") {
+        // Set at all, even to `off`: the control group's limit does not
+        // apply.
+        s.container_limit = false;
         s.memory_limit = match v.trim_ascii() {
             b"" | b"off" | b"none" => None,
             _ => match parse_bytes(v).and_then(|b| usize::try_from(b).ok()) {
@@ -106,6 +109,10 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
                 None => bad_value("SCAVALLOC_MEMLIMIT", v, "no limit", None),
             },
         };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_PRESSURE_PERCENT") {
+        s.pressure_percent =
+            parse_percent(v).unwrap_or_else(|| bad_value("SCAVALLOC_PRESSURE_PERCENT", v, "10", 10.0));
     }
     if let Some(v) = lookup(c"SCAVALLOC_BACKGROUND") {
         s.background = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_BACKGROUND", v, "1", true));
@@ -242,6 +249,7 @@ mod tests {
                 b"SCAVALLOC_ARENA_QUARANTINE" => Some(b"lots"),
                 b"SCAVALLOC_CHECK" => Some(b"always"),
                 b"SCAVALLOC_CACHE_BUDGET" => Some(b"a little"),
+                b"SCAVALLOC_PRESSURE_PERCENT" => Some(b"plenty"),
                 _ => None,
             }
         };
@@ -252,11 +260,13 @@ mod tests {
         assert_eq!(s.cpu_percent, 1.0, "bad percent falls back to 1");
         assert_eq!(s.retain_extra_percent, 25);
         assert_eq!(s.memory_limit, Some(256 << 20));
+        assert!(!s.container_limit, "an explicit limit turns the control group's off");
         assert!(!s.background);
         assert!(!s.trace, "bad flag falls back to 0");
         assert!(!s.deep_release);
         assert_eq!(c.arena_quarantine, 64 << 30, "a bad quarantine size falls back to 64 GiB");
         assert_eq!(c.cache_budget, 32 << 20, "a bad cache budget falls back to 32 MiB");
+        assert_eq!(c.scavenger.pressure_percent, 10.0, "a bad pressure share falls back to 10%");
         assert!(!c.check, "a bad check flag falls back to off");
         let on = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
             (name.to_bytes() == b"SCAVALLOC_CHECK").then_some(&b"1"[..])
@@ -266,5 +276,17 @@ mod tests {
             (name.to_bytes() == b"SCAVALLOC_DEEP_RELEASE").then_some(&b"sometimes"[..])
         };
         assert!(from_lookup(off).scavenger.deep_release, "a bad deep-release flag falls back to on");
+    }
+
+    #[test]
+    fn memlimit_off_turns_the_container_limit_off() {
+        let none = |_: &core::ffi::CStr| -> Option<&'static [u8]> { None };
+        let c = from_lookup(none).scavenger;
+        assert!(c.container_limit && c.memory_limit.is_none(), "unset: the control group's limit applies");
+        let off = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
+            (name.to_bytes() == b"SCAVALLOC_MEMLIMIT").then_some(&b"off"[..])
+        };
+        let c = from_lookup(off).scavenger;
+        assert!(!c.container_limit && c.memory_limit.is_none(), "off: no limit at all");
     }
 }

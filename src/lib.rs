@@ -120,7 +120,10 @@ on_supported_targets! {
     #[cfg(not(loom))]
     pub use arena::Arena;
     #[cfg(not(loom))]
-    pub use stats::{stats, CacheTrimStats, ClassStats, LockStats, Stats};
+    pub use stats::{
+        stats, CacheTrimStats, CgroupLimitSource, ClassStats, ContainerStats, LimitSource, LockStats, PressureSource,
+        Stats,
+    };
 
     /// Gives every object cached by the calling thread back to the central
     /// lists, so that its spans can go back to the page heap.

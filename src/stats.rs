@@ -25,7 +25,10 @@ use crate::pages::heap::HEAP;
 use crate::pages::PAGE_SIZE;
 use crate::persistent;
 use crate::report::LineBuf;
-use crate::scavenge::{self, background, goals, Path};
+pub use crate::os::cgroup::Source as CgroupLimitSource;
+pub use crate::scavenge::container::{ContainerStats, PressureSource};
+pub use crate::scavenge::goals::LimitSource;
+use crate::scavenge::{self, background, container, goals, Path};
 use crate::spans::sizeclass::{self, NUM_CLASSES};
 use crate::spans::{cache, central, deep, large, pagemap};
 
@@ -102,6 +105,9 @@ pub struct Stats {
     pub released_limit: usize,
     /// Released by [`crate::release_all`].
     pub released_forced: usize,
+    /// Released at once because of memory pressure or because the control
+    /// group came near its limit.
+    pub released_pressure: usize,
     /// Bytes inside small-object spans given back to the OS by deep release
     /// and not reused since (part of `small_free` plus `small_waste`).
     pub span_released: usize,
@@ -136,8 +142,14 @@ pub struct Stats {
     pub sleep_ratio: f64,
     /// The retained goal (`usize::MAX` before the scavenger has set one).
     pub retained_goal: usize,
-    /// The memory limit, 0 if none.
+    /// The memory limit in force, 0 if none.
     pub memory_limit: usize,
+    /// Where the memory limit comes from: `SCAVALLOC_MEMLIMIT`, the control
+    /// group (95% of its effective limit), or nowhere.
+    pub memory_limit_source: LimitSource,
+    /// The control group's limits, usage and CPU quota, and memory
+    /// pressure, as the background thread last saw them.
+    pub container: ContainerStats,
     /// Allocations that left retained memory over the memory limit.
     pub limit_overruns: u64,
     /// The page heap's lock, taken to make spans, for large objects, to
@@ -201,6 +213,7 @@ pub fn stats() -> Stats {
         released_eager: scavenge::released_by(Path::Eager),
         released_limit: scavenge::released_by(Path::Limit),
         released_forced: scavenge::released_by(Path::Forced),
+        released_pressure: scavenge::released_by(Path::Pressure),
         span_released: 0,
         released_deep: deep.released_total,
         deep_spans: deep.spans_total,
@@ -216,6 +229,8 @@ pub fn stats() -> Stats {
         sleep_ratio: bg.sleep_ratio,
         retained_goal: goals::retained_goal(),
         memory_limit: goals::memory_limit().unwrap_or(0),
+        memory_limit_source: goals::limit_source(),
+        container: container::stats(),
         limit_overruns: scavenge::limit_overruns(),
         heap_lock,
         class_locks,
@@ -263,7 +278,7 @@ fn mib(bytes: usize) -> f64 {
 /// Prints a readable summary to stderr, one `write` per line, without
 /// allocating.
 pub fn print(s: &Stats) {
-    let lines: [(&str, usize); 24] = [
+    let lines: [(&str, usize); 25] = [
         ("mapped", s.mapped),
         ("retained (mapped - released)", s.retained()),
         ("heap in use", s.heap_in_use),
@@ -287,6 +302,7 @@ pub fn print(s: &Stats) {
         ("released: heap growth", s.released_eager),
         ("released: memory limit", s.released_limit),
         ("released: release_all", s.released_forced),
+        ("released: pressure", s.released_pressure),
         ("released: inside spans (deep)", s.released_deep),
     ];
     let mut line = LineBuf::<128>::new();
@@ -311,6 +327,25 @@ pub fn print(s: &Stats) {
     line.emit_line();
     print_lock("heap lock", &s.heap_lock);
     print_lock("class locks", &s.class_locks);
+    let c = &s.container;
+    let mut line = LineBuf::<256>::new();
+    let _ = write!(
+        line,
+        "  container: limit {:.1} MiB ({}), high {:.1} MiB, usage {:.1} MiB, {:.2} CPUs; memory limit {:.1} MiB \
+         ({:?}); pressure from {:?}: {} events, {} near the limit, {:.2} MiB released for them",
+        mib(c.memory_max),
+        c.limit_source,
+        mib(c.memory_high),
+        mib(c.usage),
+        c.cpus,
+        mib(s.memory_limit),
+        s.memory_limit_source,
+        c.pressure_source,
+        c.pressure_events,
+        c.headroom_events,
+        mib(s.released_pressure)
+    );
+    line.emit_line();
     let t = &s.cache_trim;
     let mut line = LineBuf::<200>::new();
     let _ = write!(

@@ -25,8 +25,6 @@
 //!
 //! With the `testing` feature, [`set_test_root`] prefixes every absolute
 //! path read here, so that tests can build a fake tree in a directory.
-// Not called yet by the scavenger (issue 15 wires it in).
-#![allow(dead_code)]
 
 use core::ffi::CStr;
 use core::fmt;
@@ -122,6 +120,7 @@ impl Dir {
     }
 
     /// Which kind of hierarchy the directory is in.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub fn version(&self) -> Version {
         self.version
     }
@@ -196,11 +195,13 @@ impl Location {
     pub const NONE: Location = Location { memory: None, cpu: None, unified: None };
 
     /// The directory whose files hold the memory controller's limits.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub fn memory_dir(&self) -> Option<&Dir> {
         self.memory.as_ref()
     }
 
     /// The directory whose files hold the CPU controller's quota.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub fn cpu_dir(&self) -> Option<&Dir> {
         self.cpu.as_ref()
     }

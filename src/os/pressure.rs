@@ -27,7 +27,6 @@
 //! first, and the socket is one connection. A child must drop what it
 //! inherited (closing its copy leaves the parent's watch intact, and is
 //! quick while the parent still holds the file) and open its own.
-#![allow(dead_code)]
 
 use core::ffi::CStr;
 

@@ -36,6 +36,7 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
+use super::container::Watcher;
 use super::controller::PiController;
 use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
 use super::{release, released_by, DeepOutcome, Path};
@@ -309,6 +310,7 @@ fn start() {
 /// free start a new one.
 pub(crate) fn after_fork_child() {
     PARKER.reset();
+    super::container::after_fork_child();
     // Let the child's first entry point look at the goal afresh.
     WANTED.store(WANT_WAKE, Ordering::Relaxed);
     if STATE.load(Ordering::Relaxed) != FAILED {
@@ -365,13 +367,20 @@ struct Scavenger {
     /// thread then parks for at most a second, so that a cache whose thread
     /// goes idle is trimmed about a second later.
     caches_hold: bool,
+    /// The container's limits and pressure, looked at every tick.
+    watcher: Watcher,
+    /// No emergency release before this time (monotonic ns): the pressure
+    /// CPU share's pacing.
+    emergency_after: u64,
+    /// Whether the last tick ended in an emergency release (for the trace).
+    in_emergency: bool,
 }
 
 /// What the trace line reports since the last line.
 struct Trace {
     at: u64,
     cpu_ns: u64,
-    released: [usize; 4],
+    released: [usize; 5],
     deep_cpu_ns: u64,
     deep_released: usize,
     deep_spans: u64,
@@ -380,7 +389,10 @@ struct Trace {
 impl Scavenger {
     fn new() -> Self {
         let now = os::monotonic_ns();
-        let cpus = os::cpu_count() as f64;
+        let mut watcher = Watcher::new();
+        // Reads the limits and the CPU quota before the first pacing.
+        let first = watcher.tick(now);
+        let cpus = watcher.cpus();
         let ratio = steady_ratio(goals::cpu_fraction(), cpus);
         let mut controller = PiController::scavenger();
         controller.prime(ratio);
@@ -395,8 +407,11 @@ impl Scavenger {
             last_tick: 0,
             last_generation: now,
             cpus,
-            trace: Trace { at: now, cpu_ns: 0, released: [0; 4], deep_cpu_ns: 0, deep_released: 0, deep_spans: 0 },
+            trace: Trace { at: now, cpu_ns: 0, released: [0; 5], deep_cpu_ns: 0, deep_released: 0, deep_spans: 0 },
             caches_hold: false,
+            watcher,
+            emergency_after: 0,
+            in_emergency: first.is_some(),
         }
     }
 
@@ -451,6 +466,14 @@ impl Scavenger {
     /// Closes a window slot: records the peak; every half second starts a
     /// density generation and prints a trace line if there is news.
     fn tick(&mut self, now: u64) {
+        // The container first: near its limit or under pressure, everything
+        // free goes back now, whatever the window says.
+        let emergency = self.watcher.tick(now);
+        self.cpus = self.watcher.cpus();
+        self.in_emergency = emergency.is_some();
+        if emergency.is_some() && now >= self.emergency_after {
+            self.emergency(now);
+        }
         // Caches of threads that stopped allocating, or beyond the budget
         // of all caches, go back to their spans.
         if let Some(trim) = scavenge::cache_trim() {
@@ -467,6 +490,27 @@ impl Scavenger {
             HEAP.lock().pages().next_generation();
             self.last_generation = now;
             self.trace_line(now);
+        }
+    }
+
+    /// The emergency release: every thread cache trimmed (those whose
+    /// threads are busy at that moment excepted), deep release of all it
+    /// can, every free page of the heap. Then no other before its CPU time
+    /// divided by the pressure share of the CPUs has passed
+    /// (`SCAVALLOC_PRESSURE_PERCENT`).
+    fn emergency(&mut self, now: u64) {
+        let start = os::thread_cpu_ns();
+        if let Some(trim) = scavenge::cache_trim() {
+            (trim.trim)(os::coarse_ms(), true);
+        }
+        let released = scavenge::release_everything(Path::Pressure);
+        let worked = os::thread_cpu_ns() - start;
+        CPU_NS.fetch_add(worked, Ordering::Relaxed);
+        BATCHES.fetch_add(1, Ordering::Relaxed);
+        let share = (goals::pressure_fraction() * self.cpus).max(1e-3);
+        self.emergency_after = now + (worked as f64 / share) as u64;
+        if released > 0 {
+            self.trace_line(os::monotonic_ns());
         }
     }
 
@@ -586,7 +630,13 @@ impl Scavenger {
         // awake and did not wake us: the parker looks once more, after the
         // announcement, before sleeping. While thread caches hold memory, a
         // second at most: one of them may go idle and be trimmed.
-        let within = self.caches_hold.then_some(TRIM_LOOK_NS);
+        // With a container limit or a pressure source to watch, a tick at
+        // most: the headroom and pressure are looked at every tick.
+        let within = if self.watcher.watching() {
+            Some(SLOT_NS)
+        } else {
+            self.caches_hold.then_some(TRIM_LOOK_NS)
+        };
         PARKER.park_unless_within(within, || {
             let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
             scavenge::retained() > goal.saturating_add(os::page_size()) || nudged_lately()
@@ -602,6 +652,7 @@ impl Scavenger {
             released_by(Path::Eager),
             released_by(Path::Limit),
             released_by(Path::Forced),
+            released_by(Path::Pressure),
         ];
         let deep_released = DEEP_RELEASED.load(Ordering::Relaxed);
         let news =
@@ -617,15 +668,17 @@ impl Scavenger {
         let deep_cpu = DEEP_CPU_NS.load(Ordering::Relaxed);
         let deep_spans = DEEP_SPANS.load(Ordering::Relaxed);
         let worked = (cpu - self.trace.cpu_ns).max(1) as f64;
-        let mut line = LineBuf::<320>::new();
+        let mut line = LineBuf::<360>::new();
         let _ = write!(
             line,
-            "scavalloc: scav {} KiB bg, {} KiB eager, {} KiB limit, {} KiB forced, {} KiB in {} spans (deep); \
-             {} KiB released in all; retained {} KiB, goal {} KiB; util {:.2}% ({:.0}% deep); ratio {:.4}{}",
+            "scavalloc: scav {} KiB bg, {} KiB eager, {} KiB limit, {} KiB forced, {} KiB pressure, {} KiB in {} \
+             spans (deep); {} KiB released in all; retained {} KiB, goal {} KiB; util {:.2}% ({:.0}% deep); \
+             ratio {:.4}{}{}",
             kib(0),
             kib(1),
             kib(2),
             kib(3),
+            kib(4),
             (deep_released - self.trace.deep_released) >> 10,
             deep_spans - self.trace.deep_spans,
             (total + deep_released) >> 10,
@@ -634,7 +687,8 @@ impl Scavenger {
             util,
             (deep_cpu - self.trace.deep_cpu_ns) as f64 / worked * 100.0,
             self.ratio,
-            if self.controller_reset { " [controller reset]" } else { "" }
+            if self.controller_reset { " [controller reset]" } else { "" },
+            if self.in_emergency { " [pressure]" } else { "" }
         );
         line.emit_line();
         self.controller_reset = false;

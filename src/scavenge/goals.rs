@@ -12,7 +12,11 @@
 //! * **Memory limit**: when a limit is set, retained memory stays under 95%
 //!   of it (the headroom absorbs what is allocated between two checks). The
 //!   limit is soft: an allocation that cannot fit even after releasing
-//!   everything free succeeds anyway and is counted as an overrun.
+//!   everything free succeeds anyway and is counted as an overrun. The
+//!   limit is `SCAVALLOC_MEMLIMIT` if set; otherwise, in a control group
+//!   with a memory limit, 95% of the effective limit (the smaller of
+//!   `memory.max` and `memory.high` up the tree), which the background
+//!   thread re-reads about once a second ([`set_container_limit`]).
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -26,12 +30,19 @@ pub struct Settings {
     pub retain_extra_percent: usize,
     /// The memory limit in bytes, if any.
     pub memory_limit: Option<usize>,
+    /// Whether the limit may come from the control group when
+    /// `memory_limit` is unset (false once `SCAVALLOC_MEMLIMIT` is set at
+    /// all, `off` included).
+    pub container_limit: bool,
     /// Whether the background thread may run.
     pub background: bool,
     /// Whether the background scavenger prints a trace line per cycle.
     pub trace: bool,
     /// Whether free pages inside partly used spans are released too.
     pub deep_release: bool,
+    /// Share of the CPUs the emergency release (memory pressure, or the
+    /// control group near its limit) may use, in percent.
+    pub pressure_percent: f64,
 }
 
 impl Settings {
@@ -41,20 +52,29 @@ impl Settings {
         cpu_percent: 1.0,
         retain_extra_percent: 10,
         memory_limit: None,
+        container_limit: true,
         background: true,
         trace: false,
         deep_release: true,
+        pressure_percent: 10.0,
     };
 }
 
 /// The CPU share in thousandths of a percent.
 static CPU_MILLIPERCENT: AtomicU32 = AtomicU32::new(1000);
 static RETAIN_EXTRA: AtomicUsize = AtomicUsize::new(10);
-/// 0 means no limit.
+/// The explicit limit (`SCAVALLOC_MEMLIMIT`); 0 means none.
 static MEMORY_LIMIT: AtomicUsize = AtomicUsize::new(0);
+/// Whether the control group's limit applies when there is no explicit one.
+static CONTAINER_LIMIT_ON: AtomicBool = AtomicBool::new(true);
+/// The limit derived from the control group (95% of its effective limit);
+/// 0 means none (or not read yet).
+static CONTAINER_LIMIT: AtomicUsize = AtomicUsize::new(0);
 static BACKGROUND: AtomicBool = AtomicBool::new(true);
 static TRACE: AtomicBool = AtomicBool::new(false);
 static DEEP_RELEASE: AtomicBool = AtomicBool::new(true);
+/// The emergency release's CPU share in thousandths of a percent.
+static PRESSURE_MILLIPERCENT: AtomicU32 = AtomicU32::new(10_000);
 /// The retained goal the background scavenger last computed; `usize::MAX`
 /// until it has (so heap growth releases nothing before then).
 static RETAINED_GOAL: AtomicUsize = AtomicUsize::new(usize::MAX);
@@ -64,9 +84,12 @@ pub fn configure(s: &Settings) {
     CPU_MILLIPERCENT.store((s.cpu_percent * 1000.0).round().clamp(1.0, 100_000.0) as u32, Ordering::Relaxed);
     RETAIN_EXTRA.store(s.retain_extra_percent, Ordering::Relaxed);
     MEMORY_LIMIT.store(s.memory_limit.unwrap_or(0), Ordering::Relaxed);
+    CONTAINER_LIMIT_ON.store(s.container_limit && s.memory_limit.is_none(), Ordering::Relaxed);
     BACKGROUND.store(s.background, Ordering::Relaxed);
     TRACE.store(s.trace, Ordering::Relaxed);
     DEEP_RELEASE.store(s.deep_release, Ordering::Relaxed);
+    PRESSURE_MILLIPERCENT
+        .store((s.pressure_percent * 1000.0).round().clamp(1.0, 100_000.0) as u32, Ordering::Relaxed);
 }
 
 /// The settings in force.
@@ -74,11 +97,21 @@ pub fn settings() -> Settings {
     Settings {
         cpu_percent: f64::from(CPU_MILLIPERCENT.load(Ordering::Relaxed)) / 1000.0,
         retain_extra_percent: RETAIN_EXTRA.load(Ordering::Relaxed),
-        memory_limit: memory_limit(),
+        memory_limit: match MEMORY_LIMIT.load(Ordering::Relaxed) {
+            0 => None,
+            l => Some(l),
+        },
+        container_limit: CONTAINER_LIMIT_ON.load(Ordering::Relaxed),
         background: background_enabled(),
         trace: trace_enabled(),
         deep_release: deep_release_enabled(),
+        pressure_percent: f64::from(PRESSURE_MILLIPERCENT.load(Ordering::Relaxed)) / 1000.0,
     }
+}
+
+/// The CPU fraction (0..1) the emergency release may use.
+pub fn pressure_fraction() -> f64 {
+    f64::from(PRESSURE_MILLIPERCENT.load(Ordering::Relaxed)) / 100_000.0
 }
 
 /// Whether free pages inside partly used spans are released too.
@@ -86,12 +119,59 @@ pub fn deep_release_enabled() -> bool {
     DEEP_RELEASE.load(Ordering::Relaxed)
 }
 
-/// The memory limit, if one is set.
+/// The memory limit in force, if any: the explicit one, else the one
+/// derived from the control group.
 pub fn memory_limit() -> Option<usize> {
     match MEMORY_LIMIT.load(Ordering::Relaxed) {
-        0 => None,
+        0 => match CONTAINER_LIMIT.load(Ordering::Relaxed) {
+            0 => None,
+            l => Some(l),
+        },
         l => Some(l),
     }
+}
+
+/// Where the memory limit in force comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitSource {
+    /// No limit.
+    None,
+    /// `SCAVALLOC_MEMLIMIT`.
+    Explicit,
+    /// The control group's limit.
+    Container,
+}
+
+/// Where [`memory_limit`] comes from.
+pub fn limit_source() -> LimitSource {
+    if MEMORY_LIMIT.load(Ordering::Relaxed) != 0 {
+        LimitSource::Explicit
+    } else if CONTAINER_LIMIT.load(Ordering::Relaxed) != 0 {
+        LimitSource::Container
+    } else {
+        LimitSource::None
+    }
+}
+
+/// The memory limit a control group's effective `max` and `high` (bytes,
+/// `None`: unlimited) give: 95% of the smaller, so that the process
+/// releases before the kernel reclaims or throttles it.
+pub fn container_soft_limit(max: Option<usize>, high: Option<usize>) -> Option<usize> {
+    let hard = match (max, high) {
+        (Some(m), Some(h)) => m.min(h),
+        (Some(l), None) | (None, Some(l)) => l,
+        (None, None) => return None,
+    };
+    Some((hard - hard / 20).max(1))
+}
+
+/// Records the control group's limits, read by the background thread (a
+/// no-op when an explicit limit is set or `SCAVALLOC_MEMLIMIT=off`).
+pub fn set_container_limit(max: Option<usize>, high: Option<usize>) {
+    if !CONTAINER_LIMIT_ON.load(Ordering::Relaxed) {
+        return;
+    }
+    CONTAINER_LIMIT.store(container_soft_limit(max, high).unwrap_or(0), Ordering::Relaxed);
 }
 
 /// Retained memory the limit allows: 95% of it.
@@ -185,6 +265,17 @@ mod tests {
         assert_eq!(limit_target(256 << 20), 255_013_684);
         // The 95% headroom is 95%, not 95 times (a bug Go once had).
         assert!(limit_target(1000) == 950);
+    }
+
+    #[test]
+    fn container_limit_arithmetic() {
+        assert_eq!(container_soft_limit(None, None), None);
+        assert_eq!(container_soft_limit(Some(1000), None), Some(950));
+        assert_eq!(container_soft_limit(None, Some(2000)), Some(1900));
+        // The smaller of the two, `memory.high` when it is lower.
+        assert_eq!(container_soft_limit(Some(1000), Some(800)), Some(760));
+        assert_eq!(container_soft_limit(Some(900 << 20), Some(1 << 30)), Some((900 << 20) - (900 << 20) / 20));
+        assert_eq!(container_soft_limit(Some(1), None), Some(1), "never 0, which means no limit");
     }
 
     #[test]

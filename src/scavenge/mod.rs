@@ -36,6 +36,8 @@ pub mod index;
 #[cfg(not(loom))]
 pub mod background;
 #[cfg(not(loom))]
+pub mod container;
+#[cfg(not(loom))]
 pub mod controller;
 #[cfg(not(loom))]
 pub mod goals;
@@ -65,10 +67,13 @@ mod imp {
         Limit,
         /// [`crate::release_all`]: everything free.
         Forced,
+        /// Memory pressure, or the control group near its limit: everything
+        /// free, at once.
+        Pressure,
     }
 
     /// Bytes released by each path, in [`Path`] order.
-    static RELEASED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    static RELEASED: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
     /// Allocations that left retained memory above the memory limit
     /// although everything free had been released.
     static LIMIT_OVERRUNS: AtomicU64 = AtomicU64::new(0);
@@ -369,9 +374,16 @@ mod imp {
     /// calling thread's cached objects back, so their spans can be freed);
     /// returns the bytes released. Like Go's `debug.FreeOSMemory`.
     pub fn release_all_free() -> usize {
+        release_everything(Path::Forced)
+    }
+
+    /// Deep release of everything it can, then every free page of the heap
+    /// (the page cache's included), counted under `path`; returns the bytes
+    /// released.
+    pub fn release_everything(path: Path) -> usize {
         let deep = deep_release().map_or(0, |d| (d.release_all)());
         // After deep release, which may free spans into the page cache.
         cache::flush_all();
-        release(usize::MAX, Path::Forced) + deep
+        release(usize::MAX, path) + deep
     }
 }
