@@ -93,7 +93,8 @@ pub struct ContainerStats {
     pub pressure_source: PressureSource,
     /// Pressure events seen.
     pub pressure_events: u64,
-    /// Times the usage came within the margin of the limit.
+    /// Ticks (a quarter second apart) at which the usage was within the
+    /// margin of the limit.
     pub headroom_events: u64,
 }
 
@@ -200,6 +201,8 @@ impl Watcher {
     /// Finds the cgroup and a pressure source. Called once, on the
     /// background thread (it reads files and may open a descriptor).
     pub fn new() -> Self {
+        #[cfg(feature = "testing")]
+        use_test_root();
         let location = cgroup::detect();
         let pressure = open_pressure(&location);
         let (source, fd) = match &pressure {
@@ -309,6 +312,22 @@ impl Watcher {
     /// pressure source.
     pub fn watching(&self) -> bool {
         self.limit.is_some() || !matches!(self.pressure, Pressure::None)
+    }
+}
+
+/// For scavalloc's own tests: `SCAVALLOC_TEST_CGROUP_ROOT` makes the
+/// watcher read a fake cgroup tree under that directory (see
+/// `cgroup::set_test_root`).
+#[cfg(feature = "testing")]
+fn use_test_root() {
+    let Some(root) = os::getenv(c"SCAVALLOC_TEST_CGROUP_ROOT") else { return };
+    let mut buf = [0u8; 256];
+    if root.len() >= buf.len() {
+        return;
+    }
+    buf[..root.len()].copy_from_slice(root);
+    if let Ok(path) = core::ffi::CStr::from_bytes_until_nul(&buf) {
+        cgroup::set_test_root(path);
     }
 }
 

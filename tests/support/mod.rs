@@ -334,9 +334,13 @@ pub fn run_child(test: &str, case: &str, timeout: Duration) -> ChildOutput {
 /// The scavenger's settings, removed from a child's environment unless the
 /// test sets them, so that a setting in the environment of `cargo test`
 /// cannot change what a child checks.
-const SETTINGS: [&str; 6] = [
+const SETTINGS: [&str; 10] = [
+    "MEMORY_PRESSURE_WATCH",
+    "MEMORY_PRESSURE_WRITE",
     "SCAVALLOC_BACKGROUND",
     "SCAVALLOC_MEMLIMIT",
+    "SCAVALLOC_PRESSURE_PERCENT",
+    "SCAVALLOC_TEST_CGROUP_ROOT",
     "SCAVALLOC_SCAVENGE_PERCENT",
     "SCAVALLOC_SCAVTRACE",
     "SCAVALLOC_RELEASE",

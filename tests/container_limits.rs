@@ -1,0 +1,116 @@
+//! The container watcher, against a fake cgroup v2 tree
+//! (`SCAVALLOC_TEST_CGROUP_ROOT`, a `testing`-feature setting read when the
+//! scavenger starts): the cgroup's limit becomes the memory limit (95% of
+//! it) unless `SCAVALLOC_MEMLIMIT` is set, its CPU quota caps the CPUs the
+//! scavenger counts, and usage within the margin of the limit releases
+//! every free page at once, counted as a pressure release.
+//!
+//! Each case runs in a child process whose scavenger reads the fake tree.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
+
+const LIMIT: usize = 900 << 20;
+
+/// A fake v2 tree: the process in `/app`, 900 MiB `memory.max`, 1.5 CPUs,
+/// and a `memory.current` the test rewrites.
+fn fake_tree(name: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("scavalloc-container-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let app = root.join("sys/fs/cgroup/app");
+    std::fs::create_dir_all(root.join("proc/self")).unwrap();
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(root.join("proc/self/cgroup"), "0::/app\n").unwrap();
+    std::fs::write(root.join("proc/self/mountinfo"), "40 1 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").unwrap();
+    std::fs::write(app.join("memory.max"), format!("{LIMIT}\n")).unwrap();
+    std::fs::write(app.join("memory.current"), format!("{}\n", 100 << 20)).unwrap();
+    std::fs::write(app.join("cpu.max"), "150000 100000\n").unwrap();
+    root
+}
+
+fn usage_file(root: &Path) -> PathBuf {
+    root.join("sys/fs/cgroup/app/memory.current")
+}
+
+/// Frees a burst of pages so that the scavenger starts.
+fn start_scavenger() {
+    drop(support::burst(32 << 20));
+    scavalloc::flush_thread_cache();
+}
+
+fn run(test: &str, case: &str, root: &Path, extra: &[(&str, &str)]) {
+    let mut envs = vec![("SCAVALLOC_TEST_CGROUP_ROOT", root.to_str().unwrap())];
+    envs.extend_from_slice(extra);
+    let out = support::run_child_env(test, case, &envs, Duration::from_secs(120));
+    let _ = std::fs::remove_dir_all(root);
+    println!("{}", out.stdout);
+    out.assert_completed();
+}
+
+#[test]
+fn a_cgroup_limit_becomes_the_memory_limit() {
+    let test = "a_cgroup_limit_becomes_the_memory_limit";
+    support::as_child(test, |_| {
+        start_scavenger();
+        let read = support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT);
+        let s = scavalloc::stats();
+        assert!(read, "the watcher never read the fake limit: {:?}", s.container);
+        assert_eq!(s.memory_limit, LIMIT - LIMIT / 20, "95% of the cgroup's limit");
+        assert_eq!(s.memory_limit_source, scavalloc::LimitSource::Container);
+        assert_eq!(s.container.limit_source, scavalloc::CgroupLimitSource::V2 { levels_up: 0 });
+        assert_eq!(s.container.cpus, 1.5f64.min(support_cpus()), "the quota caps the CPUs");
+    });
+    run(test, "limit", &fake_tree("limit"), &[]);
+}
+
+/// The CPUs this process may run on.
+fn support_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+#[test]
+fn memlimit_off_ignores_the_cgroup_limit() {
+    let test = "memlimit_off_ignores_the_cgroup_limit";
+    support::as_child(test, |_| {
+        start_scavenger();
+        let read = support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT);
+        let s = scavalloc::stats();
+        assert!(read, "the watcher never read the fake limit: {:?}", s.container);
+        assert_eq!(s.memory_limit, 0, "SCAVALLOC_MEMLIMIT=off: no limit");
+        assert_eq!(s.memory_limit_source, scavalloc::LimitSource::None);
+    });
+    run(test, "off", &fake_tree("off"), &[("SCAVALLOC_MEMLIMIT", "off")]);
+}
+
+#[test]
+fn usage_near_the_limit_releases_at_once() {
+    let test = "usage_near_the_limit_releases_at_once";
+    support::as_child(test, |_| {
+        let root = PathBuf::from(std::env::var("SCAVALLOC_TEST_CGROUP_ROOT").unwrap());
+        start_scavenger();
+        assert!(support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT));
+        // 128 MiB of small objects, nine in ten freed: whole spans free,
+        // retained but not in use.
+        let mut objects = support::burst(128 << 20);
+        objects.truncate(objects.len() / 10);
+        scavalloc::flush_thread_cache();
+        let before = scavalloc::stats();
+        assert_eq!(before.container.headroom_events, 0, "no emergency yet: {:?}", before.container);
+        // Someone else in the cgroup: usage 10 MiB under the limit.
+        std::fs::write(usage_file(&root), format!("{}\n", LIMIT - (10 << 20))).unwrap();
+        let released = support::wait_until(Duration::from_secs(30), || {
+            let s = scavalloc::stats();
+            s.container.headroom_events > 0 && s.released_pressure > 0
+        });
+        let after = scavalloc::stats();
+        assert!(released, "no release for the headroom: {:?}, {} bytes", after.container, after.released_pressure);
+        assert_eq!(after.container.headroom, 10 << 20);
+        assert!(objects.iter().all(|o| o.iter().all(|&b| b == o[0])), "a live object changed");
+    });
+    run(test, "headroom", &fake_tree("headroom"), &[]);
+}
