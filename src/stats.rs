@@ -328,15 +328,17 @@ pub fn print(s: &Stats) {
     print_lock("heap lock", &s.heap_lock);
     print_lock("class locks", &s.class_locks);
     let c = &s.container;
-    let mut line = LineBuf::<256>::new();
+    let mut line = LineBuf::<320>::new();
     let _ = write!(
         line,
-        "  container: limit {:.1} MiB ({}), high {:.1} MiB, usage {:.1} MiB, {:.2} CPUs; memory limit {:.1} MiB \
-         ({:?}); pressure from {:?}: {} events, {} near the limit, {:.2} MiB released for them",
+        "  container: limit {:.1} MiB ({}), high {:.1} MiB, usage {:.1} MiB (working set {:.1} MiB), {:.2} CPUs; \
+         memory limit {:.1} MiB ({:?}); pressure from {:?}: {} events, {} ticks at risk near the limit, {:.2} MiB \
+         released for them",
         mib(c.memory_max),
         c.limit_source,
         mib(c.memory_high),
         mib(c.usage),
+        mib(c.working_set),
         c.cpus,
         mib(s.memory_limit),
         s.memory_limit_source,

@@ -647,6 +647,30 @@ fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// The cgroup's *working set*: its usage minus its inactive file cache,
+/// which the kernel reclaims before it runs out (the measure Kubernetes
+/// evicts on). A memory cgroup fills up to its limit with file cache in
+/// normal operation, so usage alone would look like a cgroup always at its
+/// limit. Two file reads: the usage and `memory.stat`.
+pub fn read_working_set(location: &Location) -> Option<usize> {
+    let usage = read_usage(location)?;
+    let dir = location.memory.as_ref()?;
+    let key: &[u8] = match dir.version {
+        Version::V2 => b"inactive_file ",
+        Version::V1 => b"total_inactive_file ",
+    };
+    let mut buf = [0u8; 1024];
+    let mut inactive = None;
+    dir.with_file(b"memory.stat", |file| {
+        for_each_line(file, &mut buf, |line| {
+            if let Some(rest) = line.strip_prefix(key) {
+                inactive = crate::os::parse_decimal(rest);
+            }
+        })
+    });
+    Some(usage.saturating_sub(inactive.unwrap_or(0)))
+}
+
 /// v1's `hierarchical_memory_limit` from the cgroup's `memory.stat`.
 fn hierarchical_memory_limit(dir: &Dir) -> Option<usize> {
     let mut buf = [0u8; 1024];
@@ -868,6 +892,11 @@ mod tests {
         t.write("sys/fs/cgroup/memory/a/b/memory.limit_in_bytes", "104857600\n");
         let got = read_memory(&loc);
         assert_eq!((got.max, got.source), (Some(100 * MIB), Source::V1 { levels_up: 0 }));
+
+        // v1's working set: `total_inactive_file` (the hierarchy's), not
+        // the cgroup's own `inactive_file`.
+        t.write("sys/fs/cgroup/memory/a/b/memory.stat", "inactive_file 100\ntotal_inactive_file 2345\n");
+        assert_eq!(read_working_set(&loc), Some(12345 - 2345));
     }
 
     #[test]
@@ -919,6 +948,13 @@ mod tests {
         t.write("sys/fs/cgroup/user.slice/app.service/memory.current", "8192\n");
         assert_eq!(read_usage(&loc), Some(8192));
         assert_eq!(read_usage(&Location::NONE), None);
+        // The working set leaves the inactive file cache out.
+        assert_eq!(read_working_set(&loc), Some(8192), "no memory.stat: the usage");
+        t.write(
+            "sys/fs/cgroup/user.slice/app.service/memory.stat",
+            "anon 4096\nfile 4096\nactive_file 1024\ninactive_file 3072\n",
+        );
+        assert_eq!(read_working_set(&loc), Some(8192 - 3072));
         // A file above the mount point is never read.
         t.write("sys/fs/memory.max", "4096\n");
         t.write("sys/memory.max", "4096\n");

@@ -8,9 +8,15 @@
 //! it reads the cgroup's usage every tick. It asks for an *emergency
 //! release* when:
 //!
-//! - the cgroup's usage (all its processes) comes within [`headroom_margin`]
-//!   of its effective limit: someone, this process or another one in the
-//!   cgroup, is about to be reclaimed or OOM-killed;
+//! - the cgroup's working set (its usage, all its processes, minus the
+//!   inactive file cache the kernel reclaims first), plus the free memory
+//!   this process holds, plus [`headroom_margin`], is over the effective
+//!   limit. The free memory counts twice on purpose: it is in the working
+//!   set, and it is what another process of the cgroup may need next.
+//!   Should that process take the headroom faster than a tick (a quarter
+//!   second; 450 MiB written takes a tenth of one), the kernel would find
+//!   our free pages dirty and unreclaimable, and OOM-kill someone. So
+//!   free memory is kept only while the cgroup could absorb it twice;
 //! - memory pressure is signalled: a PSI trigger on the cgroup's own
 //!   `memory.pressure` (v2), else on `/proc/pressure/memory`, or the source
 //!   systemd names in `MEMORY_PRESSURE_WATCH` (`/dev/null` turns pressure
@@ -42,6 +48,14 @@ pub const STALL_PER_TICK_US: u64 = 10_000;
 /// process allocates between two ticks.
 pub fn headroom_margin(limit: usize) -> usize {
     (limit / 20).max(64 << 20)
+}
+
+/// Whether a cgroup with effective limit `limit` and working set
+/// `working_set` is at risk, while this process holds `ours_free` bytes of
+/// free memory: the free memory counted twice (see the module docs) and
+/// the margin do not fit under the limit.
+pub fn at_risk(limit: usize, working_set: usize, ours_free: usize) -> bool {
+    working_set.saturating_add(ours_free).saturating_add(headroom_margin(limit)) > limit
 }
 
 /// Why an emergency release is due.
@@ -84,7 +98,9 @@ pub struct ContainerStats {
     /// The cgroup's usage at the last tick (all its processes), 0 if
     /// unknown.
     pub usage: usize,
-    /// The limit minus the usage at the last tick (0 if no limit).
+    /// The usage minus the inactive file cache, at the last tick.
+    pub working_set: usize,
+    /// The limit minus the working set at the last tick (0 if no limit).
     pub headroom: usize,
     /// CPUs the scavenger counts its budget against: the affinity mask,
     /// capped by the cgroup's CPU quota.
@@ -101,6 +117,7 @@ pub struct ContainerStats {
 static MEMORY_MAX: AtomicUsize = AtomicUsize::new(0);
 static MEMORY_HIGH: AtomicUsize = AtomicUsize::new(0);
 static USAGE: AtomicUsize = AtomicUsize::new(0);
+static WORKING_SET: AtomicUsize = AtomicUsize::new(0);
 /// `Source` packed: kind in the low byte, levels up above.
 static LIMIT_SOURCE: AtomicU64 = AtomicU64::new(0);
 /// CPUs, in thousandths (0: not read yet).
@@ -150,6 +167,7 @@ fn unpack_pressure(v: u8) -> PressureSource {
 pub fn stats() -> ContainerStats {
     let max = MEMORY_MAX.load(Ordering::Relaxed);
     let usage = USAGE.load(Ordering::Relaxed);
+    let working_set = WORKING_SET.load(Ordering::Relaxed);
     let cpus = match CPUS_MILLI.load(Ordering::Relaxed) {
         0 => os::cpu_count() as f64,
         m => m as f64 / 1000.0,
@@ -159,7 +177,8 @@ pub fn stats() -> ContainerStats {
         memory_high: MEMORY_HIGH.load(Ordering::Relaxed),
         limit_source: unpack_source(LIMIT_SOURCE.load(Ordering::Relaxed)),
         usage,
-        headroom: if max == 0 { 0 } else { max.saturating_sub(usage) },
+        working_set,
+        headroom: if max == 0 { 0 } else { max.saturating_sub(working_set) },
         cpus,
         pressure_source: unpack_pressure(PRESSURE_SOURCE.load(Ordering::Relaxed)),
         pressure_events: PRESSURE_EVENTS.load(Ordering::Relaxed),
@@ -228,13 +247,18 @@ impl Watcher {
             self.last_limits_ns = now_ns.max(1);
             self.read_limits();
         }
-        let usage = cgroup::read_usage(&self.location);
-        USAGE.store(usage.unwrap_or(0), Ordering::Relaxed);
         let pressure = self.check_pressure();
-        if let (Some(limit), Some(usage)) = (self.limit, usage) {
-            if usage.saturating_add(headroom_margin(limit)) >= limit {
-                HEADROOM_EVENTS.fetch_add(1, Ordering::Relaxed);
-                return Some(Emergency::Headroom);
+        if let Some(limit) = self.limit {
+            let usage = cgroup::read_usage(&self.location);
+            let working_set = cgroup::read_working_set(&self.location);
+            USAGE.store(usage.unwrap_or(0), Ordering::Relaxed);
+            WORKING_SET.store(working_set.unwrap_or(0), Ordering::Relaxed);
+            if let Some(ws) = working_set {
+                let ours_free = super::retained().saturating_sub(super::resident_in_use());
+                if at_risk(limit, ws, ours_free) {
+                    HEADROOM_EVENTS.fetch_add(1, Ordering::Relaxed);
+                    return Some(Emergency::Headroom);
+                }
             }
         }
         if pressure {
@@ -377,6 +401,20 @@ mod tests {
         assert_eq!(headroom_margin(900 << 20), 64 << 20, "5% of 900 MiB is 45 MiB: 64 MiB wins");
         assert_eq!(headroom_margin(4 << 30), (4 << 30) / 20, "5% of 4 GiB is 204.8 MiB");
         assert_eq!(headroom_margin(0), 64 << 20);
+    }
+
+    #[test]
+    fn free_memory_counts_twice_against_the_limit() {
+        const MIB: usize = 1 << 20;
+        // The scenario: 600 MiB used, 540 of it free, 900 MiB limit.
+        assert!(at_risk(900 * MIB, 600 * MIB, 540 * MIB));
+        // The same with a 2 GiB limit: plenty of room, keep it.
+        assert!(!at_risk(2048 * MIB, 600 * MIB, 540 * MIB));
+        // Nothing free, but the working set within the margin of the limit.
+        assert!(at_risk(900 * MIB, 840 * MIB, 0));
+        assert!(!at_risk(900 * MIB, 830 * MIB, 0));
+        // After giving the 540 MiB back: 60 MiB in use, nothing free.
+        assert!(!at_risk(900 * MIB, 60 * MIB, 0));
     }
 
     #[test]
