@@ -318,6 +318,11 @@ pub(crate) fn after_fork_child() {
     }
 }
 
+/// Seconds of the pressure CPU share the emergency release may spend at
+/// once (half a gigabyte of whole free spans takes about 70 ms of CPU to
+/// release here; a second of 10% of two CPUs is 200 ms).
+const EMERGENCY_BANK_S: f64 = 1.0;
+
 /// The longest park while thread caches hold memory.
 const TRIM_LOOK_NS: u64 = 1_000_000_000;
 
@@ -369,9 +374,13 @@ struct Scavenger {
     caches_hold: bool,
     /// The container's limits and pressure, looked at every tick.
     watcher: Watcher,
-    /// No emergency release before this time (monotonic ns): the pressure
-    /// CPU share's pacing.
-    emergency_after: u64,
+    /// CPU time (ns) the emergency release may spend now: it fills at the
+    /// pressure share of the CPUs (`SCAVALLOC_PRESSURE_PERCENT`), up to one
+    /// second's worth, so that one emergency runs at once and a stream of
+    /// them averages the share.
+    emergency_bank_ns: f64,
+    /// When the bank was last filled (monotonic ns).
+    emergency_bank_at: u64,
     /// Whether the last tick ended in an emergency release (for the trace).
     in_emergency: bool,
 }
@@ -410,7 +419,8 @@ impl Scavenger {
             trace: Trace { at: now, cpu_ns: 0, released: [0; 5], deep_cpu_ns: 0, deep_released: 0, deep_spans: 0 },
             caches_hold: false,
             watcher,
-            emergency_after: 0,
+            emergency_bank_ns: EMERGENCY_BANK_S * goals::pressure_fraction() * cpus * 1e9,
+            emergency_bank_at: now,
             in_emergency: first.is_some(),
         }
     }
@@ -422,6 +432,15 @@ impl Scavenger {
                 self.tick(now);
             }
             let in_use = scavenge::resident_in_use();
+            // Free memory the control group cannot afford (see
+            // `goals::container_cap`) goes back at once, not at the pace of
+            // the window: a free that made it so woke us.
+            if scavenge::retained() > goals::container_cap(in_use).saturating_add(os::page_size())
+                && self.emergency_allowed(now)
+            {
+                self.in_emergency = true;
+                self.emergency(now);
+            }
             let peak = self.window.peak(now, in_use);
             let goal = goals::goal_for(peak);
             goals::set_retained_goal(goal);
@@ -471,7 +490,7 @@ impl Scavenger {
         let emergency = self.watcher.tick(now);
         self.cpus = self.watcher.cpus();
         self.in_emergency = emergency.is_some();
-        if emergency.is_some() && now >= self.emergency_after {
+        if emergency.is_some() && self.emergency_allowed(now) {
             self.emergency(now);
         }
         // Caches of threads that stopped allocating, or beyond the budget
@@ -493,12 +512,21 @@ impl Scavenger {
         }
     }
 
+    /// Fills the emergency bank for the time since it was last filled;
+    /// whether it holds anything to spend.
+    fn emergency_allowed(&mut self, now: u64) -> bool {
+        let share = goals::pressure_fraction() * self.cpus;
+        let elapsed = now.saturating_sub(self.emergency_bank_at) as f64;
+        self.emergency_bank_at = now;
+        self.emergency_bank_ns = (self.emergency_bank_ns + elapsed * share).min(EMERGENCY_BANK_S * share * 1e9);
+        self.emergency_bank_ns > 0.0
+    }
+
     /// The emergency release: every thread cache trimmed (those whose
     /// threads are busy at that moment excepted), deep release of all it
-    /// can, every free page of the heap. Then no other before its CPU time
-    /// divided by the pressure share of the CPUs has passed
-    /// (`SCAVALLOC_PRESSURE_PERCENT`).
-    fn emergency(&mut self, now: u64) {
+    /// can, every free page of the heap. Its CPU time comes out of the
+    /// emergency bank (`SCAVALLOC_PRESSURE_PERCENT`).
+    fn emergency(&mut self, _now: u64) {
         let start = os::thread_cpu_ns();
         if let Some(trim) = scavenge::cache_trim() {
             (trim.trim)(os::coarse_ms(), true);
@@ -507,8 +535,7 @@ impl Scavenger {
         let worked = os::thread_cpu_ns() - start;
         CPU_NS.fetch_add(worked, Ordering::Relaxed);
         BATCHES.fetch_add(1, Ordering::Relaxed);
-        let share = (goals::pressure_fraction() * self.cpus).max(1e-3);
-        self.emergency_after = now + (worked as f64 / share) as u64;
+        self.emergency_bank_ns -= worked as f64;
         if released > 0 {
             self.trace_line(os::monotonic_ns());
         }

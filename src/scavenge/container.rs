@@ -254,7 +254,12 @@ impl Watcher {
             USAGE.store(usage.unwrap_or(0), Ordering::Relaxed);
             WORKING_SET.store(working_set.unwrap_or(0), Ordering::Relaxed);
             if let Some(ws) = working_set {
-                let ours_free = super::retained().saturating_sub(super::resident_in_use());
+                let retained = super::retained();
+                let ours_free = retained.saturating_sub(super::resident_in_use());
+                // What the cgroup's other members use: its working set less
+                // what this process holds resident (about its retained).
+                let others = ws.saturating_sub(retained);
+                goals::set_container_room(Some(limit.saturating_sub(headroom_margin(limit)).saturating_sub(others)));
                 if at_risk(limit, ws, ours_free) {
                     HEADROOM_EVENTS.fetch_add(1, Ordering::Relaxed);
                     return Some(Emergency::Headroom);
@@ -277,6 +282,9 @@ impl Watcher {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if self.limit.is_none() {
+            goals::set_container_room(None);
+        }
         goals::set_container_limit(m.max, m.high);
         let affinity = os::cpu_count() as f64;
         let cpus = match cgroup::cpu_limit(&self.location) {

@@ -165,6 +165,29 @@ pub fn container_soft_limit(max: Option<usize>, high: Option<usize>) -> Option<u
     Some((hard - hard / 20).max(1))
 }
 
+/// The room the control group leaves this process: its effective limit,
+/// less the headroom margin and what the cgroup's other members use
+/// (`usize::MAX`: no limit). Set by the background thread every tick.
+static CONTAINER_ROOM: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Records the room the control group leaves this process (see
+/// [`container_cap`]); `None` without a limit.
+pub fn set_container_room(room: Option<usize>) {
+    CONTAINER_ROOM.store(room.unwrap_or(usize::MAX), Ordering::Relaxed);
+}
+
+/// The most this process may retain, with `in_use` bytes in use, before
+/// its free memory puts the control group at risk: the free part `F` must
+/// fit twice in the room (once as ours, once as what another member of
+/// the cgroup may take next), so `in_use + 2F <= room`, that is retained
+/// `<= (room + in_use) / 2`. `usize::MAX` without a limit.
+pub fn container_cap(in_use: usize) -> usize {
+    match CONTAINER_ROOM.load(Ordering::Relaxed) {
+        usize::MAX => usize::MAX,
+        room => room / 2 + in_use / 2,
+    }
+}
+
 /// Records the control group's limits, read by the background thread (a
 /// no-op when an explicit limit is set or `SCAVALLOC_MEMLIMIT=off`).
 pub fn set_container_limit(max: Option<usize>, high: Option<usize>) {
@@ -209,6 +232,7 @@ pub(crate) fn set_retained_goal(goal: usize) {
 pub fn goal_for(peak_in_use: usize) -> usize {
     let extra = RETAIN_EXTRA.load(Ordering::Relaxed);
     let goal = peak_in_use.saturating_add(peak_in_use / 100 * extra + peak_in_use % 100 * extra / 100);
+    let goal = goal.min(container_cap(peak_in_use));
     match memory_limit() {
         Some(limit) => goal.min(limit_target(limit)),
         None => goal,
