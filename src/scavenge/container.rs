@@ -248,7 +248,9 @@ impl Watcher {
             self.read_limits();
         }
         let pressure = self.check_pressure();
-        if let Some(limit) = self.limit {
+        // `SCAVALLOC_MEMLIMIT` (set, or `off`) takes the cgroup's limit out
+        // of the picture: no cap from it, no release near it.
+        if let Some(limit) = self.limit.filter(|_| goals::container_limit_enabled()) {
             let usage = cgroup::read_usage(&self.location);
             let working_set = cgroup::read_working_set(&self.location);
             USAGE.store(usage.unwrap_or(0), Ordering::Relaxed);

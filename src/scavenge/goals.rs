@@ -170,6 +170,12 @@ pub fn container_soft_limit(max: Option<usize>, high: Option<usize>) -> Option<u
 /// (`usize::MAX`: no limit). Set by the background thread every tick.
 static CONTAINER_ROOM: AtomicUsize = AtomicUsize::new(usize::MAX);
 
+/// Whether the control group's limit is used at all (not when
+/// `SCAVALLOC_MEMLIMIT` is set, `off` included).
+pub fn container_limit_enabled() -> bool {
+    CONTAINER_LIMIT_ON.load(Ordering::Relaxed)
+}
+
 /// Records the room the control group leaves this process (see
 /// [`container_cap`]); `None` without a limit.
 pub fn set_container_room(room: Option<usize>) {
