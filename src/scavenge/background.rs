@@ -36,7 +36,7 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use super::container::Watcher;
+use super::container::{Emergency, Watcher};
 use super::controller::PiController;
 use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
 use super::{release, released_by, DeepOutcome, Path};
@@ -287,13 +287,15 @@ fn release_what_the_container_cannot_afford(in_use: usize) {
     if cap == usize::MAX {
         return;
     }
-    let retained = scavenge::retained();
-    if retained <= cap.saturating_add(INLINE_RELEASE_SLACK) {
+    // Never more than is free: with the cgroup full of others' memory the
+    // cap can fall below what is in use, and nothing can be done here.
+    let excess = scavenge::retained().saturating_sub(cap.max(in_use));
+    if excess <= INLINE_RELEASE_SLACK {
         return;
     }
     // The page cache's free pages can only be released from the heap.
     crate::pages::cache::flush_all();
-    release(retained - cap, Path::Pressure);
+    release(excess, Path::Pressure);
 }
 
 /// The nudge itself, rate-limited to once a second: starts the thread, or
@@ -345,6 +347,10 @@ pub(crate) fn after_fork_child() {
         STATE.store(NOT_STARTED, Ordering::Relaxed);
     }
 }
+
+/// Free memory below which an emergency release for the cgroup's headroom
+/// is not worth its system calls.
+const EMERGENCY_MIN_FREE: usize = 1 << 20;
 
 /// Seconds of the pressure CPU share the emergency release may spend at
 /// once (half a gigabyte of whole free spans takes about 70 ms of CPU to
@@ -463,9 +469,10 @@ impl Scavenger {
             // Free memory the control group cannot afford (see
             // `goals::container_cap`) goes back at once, not at the pace of
             // the window: a free that made it so woke us.
-            if scavenge::retained() > goals::container_cap(in_use).saturating_add(os::page_size())
-                && self.emergency_allowed(now)
-            {
+            // Only with something to give: a cgroup full of others' memory
+            // can put the cap below what is in use.
+            let excess = scavenge::retained().saturating_sub(goals::container_cap(in_use).max(in_use));
+            if excess > EMERGENCY_MIN_FREE && self.emergency_allowed(now) {
                 self.in_emergency = true;
                 self.emergency(now);
             }
@@ -518,7 +525,11 @@ impl Scavenger {
         let emergency = self.watcher.tick(now);
         self.cpus = self.watcher.cpus();
         self.in_emergency = emergency.is_some();
-        if emergency.is_some() && self.emergency_allowed(now) {
+        // Near the limit with nothing free to give (and nothing cached, the
+        // last round said), an emergency would only burn its CPU share.
+        let free = scavenge::retained().saturating_sub(scavenge::resident_in_use());
+        let something = free > EMERGENCY_MIN_FREE || self.caches_hold || emergency == Some(Emergency::Pressure);
+        if emergency.is_some() && something && self.emergency_allowed(now) {
             self.emergency(now);
         }
         // Caches of threads that stopped allocating, or beyond the budget
