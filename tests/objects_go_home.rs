@@ -50,6 +50,26 @@ fn allocate_until(size: usize, bound: usize, wanted: usize, owned: bool) -> (Vec
 /// hands them to a worker; the worker frees them, then allocates. The
 /// worker must get none of them back and nothing on their cache lines;
 /// once the worker's cache is flushed, they are back in their spans.
+/// Allocates and frees an object of a class other than `size`'s every
+/// millisecond until `rx` receives: the thread's cache is in use, never
+/// idle (so never trimmed), and `size`'s class is left alone.
+fn stay_busy_until(rx: &mpsc::Receiver<()>, size: usize) {
+    let other = if size == 96 { 128 } else { 96 };
+    while rx.try_recv().is_err() {
+        // SAFETY: a non-zero size; freed at once with the same layout.
+        unsafe {
+            let p = alloc(layout(other));
+            assert!(!p.is_null());
+            dealloc(p, layout(other));
+        }
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The two tests here, one at a time: objects another test's threads free
+/// and allocate meanwhile would move between spans under our checks.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn one_size(size: usize) {
     // Fewer than the worker's buffer of objects on their way home holds,
     // so that they are still on their way when it allocates; the producer
@@ -76,8 +96,12 @@ fn one_size(size: usize) {
         let kept = objects.split_off(handed_count);
         let others: Vec<usize> = taken.into_iter().filter(|p| !objects.contains(p) && !kept.contains(p)).collect();
         to_worker.send([objects.clone(), kept.clone()].concat()).unwrap();
-        // Wait until the worker has freed them and flushed its cache.
-        producer_rx.recv().unwrap();
+        // Wait until the worker has freed them and flushed its cache,
+        // using the allocator meanwhile (objects of another class): a
+        // thread idle for a second has its cache trimmed and its span
+        // given up, after which the worker could rightly be handed that
+        // span's objects, next to the ones this thread keeps.
+        stay_busy_until(&producer_rx, size);
         // They went home: free in their spans, in no thread's cache.
         for &p in &objects {
             assert!(object_is_free(p), "{size} B: {p:#x}, freed by the worker, did not go back to its span");
@@ -121,6 +145,7 @@ fn one_size(size: usize) {
 
 #[test]
 fn a_freeing_thread_does_not_reuse_another_threads_objects() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for size in [8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096, 8192, 32768] {
         one_size(size);
     }
@@ -143,9 +168,9 @@ fn after_the_span_is_given_up(size: usize) {
         given_up.truncate(handed_count);
         to_worker.send(given_up.clone()).unwrap();
         taken.retain(|p| !given_up.contains(p));
-        // Live until the worker is done, as a thread that hands objects out
-        // would be.
-        producer_rx.recv().unwrap();
+        // Live, and busy (see `stay_busy_until`), until the worker is done,
+        // as a thread that hands objects out would be.
+        stay_busy_until(&producer_rx, size);
         taken
     });
     let handed = worker_rx.recv().unwrap();
@@ -175,6 +200,7 @@ fn after_the_span_is_given_up(size: usize) {
 
 #[test]
 fn objects_of_a_span_given_up_still_go_home() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for size in [8, 16, 48, 64, 256, 1024, 4096, 16384] {
         after_the_span_is_given_up(size);
     }
