@@ -171,18 +171,8 @@ pub fn parse_flag(v: &[u8]) -> Option<bool> {
 
 /// A non-negative integer no larger than `max`.
 pub fn parse_uint(v: &[u8], max: u64) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in v {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    (n <= max).then_some(n)
+    // `usize` is 64 bits on every target scavalloc builds for.
+    os::parse_decimal(v).map(|n| n as u64).filter(|&n| n <= max)
 }
 
 /// A byte count with an optional `B`, `KiB`, `MiB`, `GiB` or `TiB` suffix

@@ -78,23 +78,8 @@ pub fn stall_total_us(path: &CStr) -> Option<u64> {
 pub fn parse_some_total(text: &[u8]) -> Option<u64> {
     let line = text.split(|&b| b == b'\n').find(|l| l.starts_with(b"some "))?;
     let value = line.split(|&b| b == b' ').find_map(|field| field.strip_prefix(b"total="))?;
-    parse_u64(value)
-}
-
-/// Parses a whole field of ASCII digits (surrounding white space allowed).
-fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    let text = bytes.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &b in text {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(value)
+    // `usize` is 64 bits on every target scavalloc builds for.
+    crate::os::parse_decimal(value).map(|v| v as u64)
 }
 
 /// Decodes standard base64 (RFC 4648 alphabet) into `out`, returning the
