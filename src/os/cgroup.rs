@@ -651,8 +651,9 @@ fn saturate(n: usize) -> u32 {
 /// which the kernel reclaims before it runs out (the measure Kubernetes
 /// evicts on). A memory cgroup fills up to its limit with file cache in
 /// normal operation, so usage alone would look like a cgroup always at its
-/// limit. Two file reads: the usage and `memory.stat`.
-pub fn read_working_set(location: &Location) -> Option<usize> {
+/// limit. Returns the usage and the working set, from two file reads: the
+/// usage and `memory.stat`.
+pub fn read_working_set(location: &Location) -> Option<(usize, usize)> {
     let usage = read_usage(location)?;
     let dir = location.memory.as_ref()?;
     let key: &[u8] = match dir.version {
@@ -668,7 +669,7 @@ pub fn read_working_set(location: &Location) -> Option<usize> {
             }
         })
     });
-    Some(usage.saturating_sub(inactive.unwrap_or(0)))
+    Some((usage, usage.saturating_sub(inactive.unwrap_or(0))))
 }
 
 /// v1's `hierarchical_memory_limit` from the cgroup's `memory.stat`.
@@ -896,7 +897,7 @@ mod tests {
         // v1's working set: `total_inactive_file` (the hierarchy's), not
         // the cgroup's own `inactive_file`.
         t.write("sys/fs/cgroup/memory/a/b/memory.stat", "inactive_file 100\ntotal_inactive_file 2345\n");
-        assert_eq!(read_working_set(&loc), Some(12345 - 2345));
+        assert_eq!(read_working_set(&loc), Some((12345, 12345 - 2345)));
     }
 
     #[test]
@@ -949,12 +950,12 @@ mod tests {
         assert_eq!(read_usage(&loc), Some(8192));
         assert_eq!(read_usage(&Location::NONE), None);
         // The working set leaves the inactive file cache out.
-        assert_eq!(read_working_set(&loc), Some(8192), "no memory.stat: the usage");
+        assert_eq!(read_working_set(&loc), Some((8192, 8192)), "no memory.stat: the usage");
         t.write(
             "sys/fs/cgroup/user.slice/app.service/memory.stat",
             "anon 4096\nfile 4096\nactive_file 1024\ninactive_file 3072\n",
         );
-        assert_eq!(read_working_set(&loc), Some(8192 - 3072));
+        assert_eq!(read_working_set(&loc), Some((8192, 8192 - 3072)));
         // A file above the mount point is never read.
         t.write("sys/fs/memory.max", "4096\n");
         t.write("sys/memory.max", "4096\n");

@@ -163,15 +163,20 @@ fn unpack_pressure(v: u8) -> PressureSource {
     }
 }
 
+/// The CPUs the scavenger's budget counts (see [`ContainerStats::cpus`]).
+fn cpus() -> f64 {
+    match CPUS_MILLI.load(Ordering::Relaxed) {
+        0 => os::cpu_count() as f64,
+        m => m as f64 / 1000.0,
+    }
+}
+
 /// What the watcher has seen.
 pub fn stats() -> ContainerStats {
     let max = MEMORY_MAX.load(Ordering::Relaxed);
     let usage = USAGE.load(Ordering::Relaxed);
     let working_set = WORKING_SET.load(Ordering::Relaxed);
-    let cpus = match CPUS_MILLI.load(Ordering::Relaxed) {
-        0 => os::cpu_count() as f64,
-        m => m as f64 / 1000.0,
-    };
+    let cpus = cpus();
     ContainerStats {
         memory_max: max,
         memory_high: MEMORY_HIGH.load(Ordering::Relaxed),
@@ -223,16 +228,11 @@ impl Watcher {
         #[cfg(feature = "testing")]
         use_test_root();
         let location = cgroup::detect();
-        let pressure = open_pressure(&location);
-        let (source, fd) = match &pressure {
-            Pressure::None => (PressureSource::None, -1),
-            Pressure::Systemd(w) => (PressureSource::Systemd, w.raw_fd()),
-            Pressure::Trigger(t) => {
-                let cgroup = location.unified_dir().is_some_and(|_| TRIGGER_ON_CGROUP.load(Ordering::Relaxed));
-                (if cgroup { PressureSource::CgroupTrigger } else { PressureSource::SystemTrigger }, t.raw_fd())
-            }
-            Pressure::Counter { cgroup: true, .. } => (PressureSource::CgroupCounter, -1),
-            Pressure::Counter { cgroup: false, .. } => (PressureSource::SystemCounter, -1),
+        let (pressure, source) = open_pressure(&location);
+        let fd = match &pressure {
+            Pressure::Systemd(w) => w.raw_fd(),
+            Pressure::Trigger(t) => t.raw_fd(),
+            Pressure::None | Pressure::Counter { .. } => -1,
         };
         PRESSURE_SOURCE.store(pack_pressure(source), Ordering::Relaxed);
         HELD_FD.store(fd, Ordering::Relaxed);
@@ -251,11 +251,11 @@ impl Watcher {
         // `SCAVALLOC_MEMLIMIT` (set, or `off`) takes the cgroup's limit out
         // of the picture: no cap from it, no release near it.
         if let Some(limit) = self.limit.filter(|_| goals::container_limit_enabled()) {
-            let usage = cgroup::read_usage(&self.location);
-            let working_set = cgroup::read_working_set(&self.location);
-            USAGE.store(usage.unwrap_or(0), Ordering::Relaxed);
-            WORKING_SET.store(working_set.unwrap_or(0), Ordering::Relaxed);
-            if let Some(ws) = working_set {
+            let read = cgroup::read_working_set(&self.location);
+            let (usage, working_set) = read.unwrap_or((0, 0));
+            USAGE.store(usage, Ordering::Relaxed);
+            WORKING_SET.store(working_set, Ordering::Relaxed);
+            if let Some((_, ws)) = read {
                 let retained = super::retained();
                 let ours_free = retained.saturating_sub(super::resident_in_use());
                 // What the cgroup's other members use: its working set less
@@ -339,7 +339,7 @@ impl Watcher {
 
     /// The CPUs the scavenger's budget counts (see [`ContainerStats::cpus`]).
     pub fn cpus(&self) -> f64 {
-        stats().cpus
+        cpus()
     }
 
     /// Whether there is anything to watch every tick: a limit, or a
@@ -365,16 +365,13 @@ fn use_test_root() {
     }
 }
 
-/// Whether the trigger in use is on the cgroup's own file.
-static TRIGGER_ON_CGROUP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// The pressure source: systemd's if it names one (or turns pressure off),
-/// else a trigger on the cgroup's `memory.pressure`, else on the system's,
-/// else the counter of either.
-fn open_pressure(location: &Location) -> Pressure {
+/// The pressure source, and which it is: systemd's if it names one (or
+/// turns pressure off), else a trigger on the cgroup's `memory.pressure`,
+/// else on the system's, else the counter of either.
+fn open_pressure(location: &Location) -> (Pressure, PressureSource) {
     match PressureWatch::from_env(os::getenv) {
-        Ok(WatchSetting::Watch(w)) => return Pressure::Systemd(w),
-        Ok(WatchSetting::Off) => return Pressure::None,
+        Ok(WatchSetting::Watch(w)) => return (Pressure::Systemd(w), PressureSource::Systemd),
+        Ok(WatchSetting::Off) => return (Pressure::None, PressureSource::None),
         // Unset, or a source that cannot be opened: our own watching.
         Ok(WatchSetting::Unset) | Err(_) => {}
     }
@@ -382,11 +379,10 @@ fn open_pressure(location: &Location) -> Pressure {
         PsiTrigger::open(path, pressure::TRIGGER_STALL_US, pressure::TRIGGER_WINDOW_US).ok()
     };
     if let Some(t) = location.unified_dir().and_then(|d| d.with_file(b"memory.pressure", arm)).flatten() {
-        TRIGGER_ON_CGROUP.store(true, Ordering::Relaxed);
-        return Pressure::Trigger(t);
+        return (Pressure::Trigger(t), PressureSource::CgroupTrigger);
     }
     if let Some(t) = arm(c"/proc/pressure/memory") {
-        return Pressure::Trigger(t);
+        return (Pressure::Trigger(t), PressureSource::SystemTrigger);
     }
     let cgroup_counter = location
         .unified_dir()
@@ -394,12 +390,12 @@ fn open_pressure(location: &Location) -> Pressure {
         .flatten()
         .is_some();
     if cgroup_counter {
-        return Pressure::Counter { cgroup: true, last: None };
+        return (Pressure::Counter { cgroup: true, last: None }, PressureSource::CgroupCounter);
     }
     if pressure::stall_total_us(c"/proc/pressure/memory").is_some() {
-        return Pressure::Counter { cgroup: false, last: None };
+        return (Pressure::Counter { cgroup: false, last: None }, PressureSource::SystemCounter);
     }
-    Pressure::None
+    (Pressure::None, PressureSource::None)
 }
 
 #[cfg(test)]
