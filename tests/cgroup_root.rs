@@ -2,6 +2,8 @@
 //! under a temporary directory is what detection finds while the root is
 //! set, and the real files are read again once it is cleared.
 
+mod support;
+
 use scavalloc::testing::cgroup;
 use std::ffi::CString;
 
@@ -9,13 +11,7 @@ use std::ffi::CString;
 fn test_root_redirects_detection_and_clears() {
     let real_before = cgroup::detect().memory_dir().map(|d| d.path().to_vec());
 
-    let root = std::env::temp_dir().join(format!("scavalloc-cgroup-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let app = root.join("sys/fs/cgroup/app");
-    std::fs::create_dir_all(root.join("proc/self")).unwrap();
-    std::fs::create_dir_all(&app).unwrap();
-    std::fs::write(root.join("proc/self/cgroup"), "0::/app\n").unwrap();
-    std::fs::write(root.join("proc/self/mountinfo"), "40 1 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").unwrap();
+    let (root, app) = support::fake_cgroup_v2("cgroup-root");
     std::fs::write(app.join("memory.max"), "943718400\n").unwrap();
     std::fs::write(app.join("memory.current"), "1048576\n").unwrap();
     std::fs::write(app.join("cpu.max"), "150000 100000\n").unwrap();

@@ -20,13 +20,7 @@ const LIMIT: usize = 900 << 20;
 /// A fake v2 tree: the process in `/app`, 900 MiB `memory.max`, 1.5 CPUs,
 /// and a `memory.current` the test rewrites.
 fn fake_tree(name: &str) -> PathBuf {
-    let root = std::env::temp_dir().join(format!("scavalloc-container-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let app = root.join("sys/fs/cgroup/app");
-    std::fs::create_dir_all(root.join("proc/self")).unwrap();
-    std::fs::create_dir_all(&app).unwrap();
-    std::fs::write(root.join("proc/self/cgroup"), "0::/app\n").unwrap();
-    std::fs::write(root.join("proc/self/mountinfo"), "40 1 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").unwrap();
+    let (root, app) = support::fake_cgroup_v2(&format!("container-{name}"));
     std::fs::write(app.join("memory.max"), format!("{LIMIT}\n")).unwrap();
     std::fs::write(app.join("memory.current"), format!("{}\n", 100 << 20)).unwrap();
     std::fs::write(app.join("cpu.max"), "150000 100000\n").unwrap();
@@ -37,10 +31,15 @@ fn usage_file(root: &Path) -> PathBuf {
     root.join("sys/fs/cgroup/app/memory.current")
 }
 
-/// Frees a burst of pages so that the scavenger starts.
-fn start_scavenger() {
+/// Frees a burst of pages so that the scavenger starts, and waits until
+/// its watcher has read the fake tree's limit; returns the statistics then.
+fn start_scavenger_on_the_fake_tree() -> scavalloc::Stats {
     drop(support::burst(32 << 20));
     scavalloc::flush_thread_cache();
+    let read = support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT);
+    let s = scavalloc::stats();
+    assert!(read, "the watcher never read the fake limit: {:?}", s.container);
+    s
 }
 
 fn run(test: &str, case: &str, root: &Path, extra: &[(&str, &str)]) {
@@ -56,10 +55,7 @@ fn run(test: &str, case: &str, root: &Path, extra: &[(&str, &str)]) {
 fn a_cgroup_limit_becomes_the_memory_limit() {
     let test = "a_cgroup_limit_becomes_the_memory_limit";
     support::as_child(test, |_| {
-        start_scavenger();
-        let read = support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT);
-        let s = scavalloc::stats();
-        assert!(read, "the watcher never read the fake limit: {:?}", s.container);
+        let s = start_scavenger_on_the_fake_tree();
         assert_eq!(s.memory_limit, LIMIT - LIMIT / 20, "95% of the cgroup's limit");
         assert_eq!(s.memory_limit_source, scavalloc::LimitSource::Container);
         assert_eq!(s.container.limit_source, scavalloc::CgroupLimitSource::V2 { levels_up: 0 });
@@ -77,10 +73,7 @@ fn support_cpus() -> f64 {
 fn memlimit_off_ignores_the_cgroup_limit() {
     let test = "memlimit_off_ignores_the_cgroup_limit";
     support::as_child(test, |_| {
-        start_scavenger();
-        let read = support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT);
-        let s = scavalloc::stats();
-        assert!(read, "the watcher never read the fake limit: {:?}", s.container);
+        let s = start_scavenger_on_the_fake_tree();
         assert_eq!(s.memory_limit, 0, "SCAVALLOC_MEMLIMIT=off: no limit");
         assert_eq!(s.memory_limit_source, scavalloc::LimitSource::None);
     });
@@ -92,8 +85,7 @@ fn usage_near_the_limit_releases_at_once() {
     let test = "usage_near_the_limit_releases_at_once";
     support::as_child(test, |_| {
         let root = PathBuf::from(std::env::var("SCAVALLOC_TEST_CGROUP_ROOT").unwrap());
-        start_scavenger();
-        assert!(support::wait_until(Duration::from_secs(30), || scavalloc::stats().container.memory_max == LIMIT));
+        start_scavenger_on_the_fake_tree();
         // 128 MiB of small objects, nine in ten freed: whole spans free,
         // retained but not in use.
         let mut objects = support::burst(128 << 20);

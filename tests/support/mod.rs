@@ -722,3 +722,22 @@ impl ScavengerUse {
         )
     }
 }
+
+// ---------------------------------------------------------------------------
+// Fake control groups.
+
+/// A fake cgroup v2 tree in a fresh directory under the temporary directory,
+/// for the `testing` feature's cgroup root: `proc/self/cgroup` puts the
+/// process in `/app`, and `proc/self/mountinfo` mounts cgroup2 at
+/// `/sys/fs/cgroup`. Returns the root and the `app` directory, where the
+/// caller writes the controller files.
+pub fn fake_cgroup_v2(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = std::env::temp_dir().join(format!("scavalloc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let app = root.join("sys/fs/cgroup/app");
+    std::fs::create_dir_all(root.join("proc/self")).unwrap();
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(root.join("proc/self/cgroup"), "0::/app\n").unwrap();
+    std::fs::write(root.join("proc/self/mountinfo"), "40 1 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n").unwrap();
+    (root, app)
+}
