@@ -178,14 +178,19 @@ fn wanted(cache: &ThreadCache, now_ms: u64, share: usize, everything: bool) -> O
     if !holds {
         return None;
     }
-    let idle = now_ms.saturating_sub(cache.seen_active_ms.load(Ordering::Relaxed)) >= IDLE_MS;
-    if idle {
+    if is_idle(cache, now_ms) {
         Some(true)
     } else if everything || bytes > share {
         Some(false)
     } else {
         None
     }
+}
+
+/// Whether `cache`'s thread has not used it for [`IDLE_MS`], as the
+/// trimmer's notes say.
+fn is_idle(cache: &ThreadCache, now_ms: u64) -> bool {
+    now_ms.saturating_sub(cache.seen_active_ms.load(Ordering::Relaxed)) >= IDLE_MS
 }
 
 /// One round (see the module docs); with `everything`, every cache that
@@ -289,8 +294,8 @@ fn pass(now_ms: u64, everything: bool) -> (bool, bool) {
             REFUSED.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let idle = wanted(c, now_ms, 0, true) == Some(true);
-        let (bytes, _) = held_bytes(c);
+        let (bytes, holds) = held_bytes(c);
+        let idle = holds && is_idle(c, now_ms);
         // SAFETY: the gate is ours (its thread is outside and waits if it
         // comes back), and the registry lock keeps the cache listed.
         unsafe { flush(c) };
