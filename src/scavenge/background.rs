@@ -270,6 +270,17 @@ fn wake_now() {
     }
 }
 
+/// Free memory the control group cannot afford (see
+/// `goals::container_cap`), with `in_use` bytes in use; 0 without a limit.
+/// Never more than is free: with the cgroup full of others' memory the cap
+/// can fall below what is in use, and then nothing can be given.
+fn unaffordable(in_use: usize) -> usize {
+    match goals::container_cap(in_use) {
+        usize::MAX => 0,
+        cap => scavenge::retained().saturating_sub(cap.max(in_use)),
+    }
+}
+
 /// Free memory beyond what the control group can afford (see
 /// `goals::container_cap`), by more than this, is released by the thread
 /// whose frees made it so, before it returns to the program.
@@ -283,13 +294,7 @@ const INLINE_RELEASE_SLACK: usize = 16 << 20;
 /// itself (about 0.13 ms per MiB here), can take longer; the frees that
 /// made the memory free pay for giving it back instead.
 fn release_what_the_container_cannot_afford(in_use: usize) {
-    let cap = goals::container_cap(in_use);
-    if cap == usize::MAX {
-        return;
-    }
-    // Never more than is free: with the cgroup full of others' memory the
-    // cap can fall below what is in use, and nothing can be done here.
-    let excess = scavenge::retained().saturating_sub(cap.max(in_use));
+    let excess = unaffordable(in_use);
     if excess <= INLINE_RELEASE_SLACK {
         return;
     }
@@ -466,13 +471,10 @@ impl Scavenger {
                 self.tick(now);
             }
             let in_use = scavenge::resident_in_use();
-            // Free memory the control group cannot afford (see
-            // `goals::container_cap`) goes back at once, not at the pace of
-            // the window: a free that made it so woke us.
-            // Only with something to give: a cgroup full of others' memory
-            // can put the cap below what is in use.
-            let excess = scavenge::retained().saturating_sub(goals::container_cap(in_use).max(in_use));
-            if excess > EMERGENCY_MIN_FREE && self.emergency_allowed(now) {
+            // Free memory the control group cannot afford goes back at
+            // once, not at the pace of the window: a free that made it so
+            // woke us.
+            if unaffordable(in_use) > EMERGENCY_MIN_FREE && self.emergency_allowed(now) {
                 self.in_emergency = true;
                 self.emergency(now);
             }
