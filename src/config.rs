@@ -114,6 +114,13 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
         s.pressure_percent =
             parse_percent(v).unwrap_or_else(|| bad_value("SCAVALLOC_PRESSURE_PERCENT", v, "10", 10.0));
     }
+    if let Some(v) = lookup(c"SCAVALLOC_WINDOW_MAX") {
+        let limit = crate::scavenge::window::LIMIT_NS / 1_000_000_000;
+        s.window_max_ns = match parse_uint(v, limit) {
+            Some(secs) if secs >= 1 => secs * 1_000_000_000,
+            _ => bad_value("SCAVALLOC_WINDOW_MAX", v, "30", crate::scavenge::window::DEFAULT_MAX_NS),
+        };
+    }
     if let Some(v) = lookup(c"SCAVALLOC_BACKGROUND") {
         s.background = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_BACKGROUND", v, "1", true));
     }
@@ -240,6 +247,7 @@ mod tests {
                 b"SCAVALLOC_CHECK" => Some(b"always"),
                 b"SCAVALLOC_CACHE_BUDGET" => Some(b"a little"),
                 b"SCAVALLOC_PRESSURE_PERCENT" => Some(b"plenty"),
+                b"SCAVALLOC_WINDOW_MAX" => Some(b"0"),
                 _ => None,
             }
         };
@@ -257,6 +265,14 @@ mod tests {
         assert_eq!(c.arena_quarantine, 64 << 30, "a bad quarantine size falls back to 64 GiB");
         assert_eq!(c.cache_budget, 32 << 20, "a bad cache budget falls back to 32 MiB");
         assert_eq!(c.scavenger.pressure_percent, 10.0, "a bad pressure share falls back to 10%");
+        assert_eq!(c.scavenger.window_max_ns, 30_000_000_000, "a window of 0 s falls back to 30 s");
+        for (value, want) in [(&b"1"[..], Some(1)), (b"120", Some(120)), (b"121", None), (b"5s", None)] {
+            let lookup = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
+                (name.to_bytes() == b"SCAVALLOC_WINDOW_MAX").then_some(value)
+            };
+            let got = from_lookup(lookup).scavenger.window_max_ns;
+            assert_eq!(got, want.map_or(30, |s: u64| s) * 1_000_000_000, "SCAVALLOC_WINDOW_MAX={value:?}");
+        }
         assert!(!c.check, "a bad check flag falls back to off");
         let on = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
             (name.to_bytes() == b"SCAVALLOC_CHECK").then_some(&b"1"[..])

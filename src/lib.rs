@@ -122,7 +122,7 @@ on_supported_targets! {
     #[cfg(not(loom))]
     pub use stats::{
         stats, CacheTrimStats, CgroupLimitSource, ClassStats, ContainerStats, LimitSource, LockStats, PressureSource,
-        Stats,
+        Stats, WindowStats,
     };
 
     /// Gives every object cached by the calling thread back to the central

@@ -28,7 +28,8 @@ use crate::report::LineBuf;
 pub use crate::os::cgroup::Source as CgroupLimitSource;
 pub use crate::scavenge::container::{ContainerStats, PressureSource};
 pub use crate::scavenge::goals::LimitSource;
-use crate::scavenge::{self, background, container, goals, Path};
+pub use crate::scavenge::window::WindowStats;
+use crate::scavenge::{self, background, container, goals, window, Path};
 use crate::spans::sizeclass::{self, NUM_CLASSES};
 use crate::spans::{cache, central, deep, large, pagemap};
 
@@ -150,6 +151,9 @@ pub struct Stats {
     /// The control group's limits, usage and CPU quota, and memory
     /// pressure, as the background thread last saw them.
     pub container: ContainerStats,
+    /// The retained window in force and what it learned: how long a peak
+    /// of pages in use holds the retained goal up.
+    pub retained_window: WindowStats,
     /// Allocations that left retained memory over the memory limit.
     pub limit_overruns: u64,
     /// The page heap's lock, taken to make spans, for large objects, to
@@ -231,6 +235,7 @@ pub fn stats() -> Stats {
         memory_limit: goals::memory_limit().unwrap_or(0),
         memory_limit_source: goals::limit_source(),
         container: container::stats(),
+        retained_window: window::stats(),
         limit_overruns: scavenge::limit_overruns(),
         heap_lock,
         class_locks,
@@ -346,6 +351,21 @@ pub fn print(s: &Stats) {
         c.pressure_events,
         c.headroom_events,
         mib(s.released_pressure)
+    );
+    line.emit_line();
+    let w = &s.retained_window;
+    let mut line = LineBuf::<200>::new();
+    let _ = write!(
+        line,
+        "  retained window: {:.2} s in force, {:.2} s learned (at most {:.0} s); {} release episodes reused, {} \
+         unused, {} resets; {:.2} MiB of released memory taken back",
+        w.window_ns as f64 / 1e9,
+        w.learned_ns as f64 / 1e9,
+        w.max_ns as f64 / 1e9,
+        w.reused_episodes,
+        w.unused_episodes,
+        w.resets,
+        mib(w.refaulted)
     );
     line.emit_line();
     let t = &s.cache_trim;

@@ -10,9 +10,11 @@
 //! futex system call) waits for the same point. Then it loops:
 //!
 //! 1. Every quarter second it records the peak of pages in use into the
-//!    [`PeakWindow`] and recomputes the retained goal; every half second it
-//!    starts a new generation for chunk density (see
-//!    [`goals::GENERATION_NS`]).
+//!    [`PeakWindow`], lets the retained window learn from what was released
+//!    and taken back since ([`window`]), and recomputes the retained goal
+//!    from the peak within the window (the base window while a lengthened
+//!    one would run into a limit); every half second it starts a new
+//!    generation for chunk density (see [`goals::GENERATION_NS`]).
 //! 2. While retained memory is over the goal it works in batches: 64 KiB
 //!    quanta until it has worked 1 ms (Go's `minScavWorkTime`) or the goal is
 //!    met, measured with the thread's own CPU clock (user and system time,
@@ -39,6 +41,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use super::container::{Emergency, Watcher};
 use super::controller::PiController;
 use super::goals::{self, PeakWindow, GENERATION_NS, SLOT_NS};
+use super::window::{self, Adaptive};
 use super::{release, released_by, DeepOutcome, Path};
 use crate::os;
 use crate::pages::heap::HEAP;
@@ -393,6 +396,13 @@ enum DeepCycle {
     Idle,
 }
 
+/// Bytes released so far for the retained goal (whole runs by this thread
+/// and by heap growth, and deep release by this thread): what the retained
+/// window watches being taken back.
+fn goal_released() -> usize {
+    released_by(Path::Background) + released_by(Path::Eager) + DEEP_RELEASED.load(Ordering::Relaxed)
+}
+
 /// The thread's own state.
 struct Scavenger {
     controller: PiController,
@@ -403,6 +413,8 @@ struct Scavenger {
     banked_ns: f64,
     controller_reset: bool,
     window: PeakWindow,
+    /// How long the window is: learned from how released memory is reused.
+    adaptive: Adaptive,
     last_tick: u64,
     last_generation: u64,
     cpus: f64,
@@ -452,6 +464,7 @@ impl Scavenger {
             banked_ns: bank_limit(cpus),
             controller_reset: false,
             window: PeakWindow::default(),
+            adaptive: Adaptive::new(goal_released(), window::refaulted_bytes()),
             last_tick: 0,
             last_generation: now,
             cpus,
@@ -478,7 +491,7 @@ impl Scavenger {
                 self.in_emergency = true;
                 self.emergency(now);
             }
-            let peak = self.window.peak(now, in_use);
+            let peak = self.recent_peak(now, in_use);
             let goal = goals::goal_for(peak);
             goals::set_retained_goal(goal);
             let retained = scavenge::retained();
@@ -527,6 +540,13 @@ impl Scavenger {
         let emergency = self.watcher.tick(now);
         self.cpus = self.watcher.cpus();
         self.in_emergency = emergency.is_some();
+        // Someone needs the memory: whatever the window learned, it holds
+        // nothing back now, nor for the program's next bursts.
+        if emergency.is_some() {
+            window::reset_and_publish(&mut self.adaptive);
+        } else {
+            window::observe_and_publish(&mut self.adaptive, now, goal_released());
+        }
         // Near the limit with nothing free to give (and nothing cached, the
         // last round said), an emergency would only burn its CPU share.
         let free = scavenge::retained().saturating_sub(scavenge::resident_in_use());
@@ -551,6 +571,21 @@ impl Scavenger {
             self.last_generation = now;
             self.trace_line(now);
         }
+    }
+
+    /// The peak of pages in use the retained goal keeps room for: the
+    /// highest within the learned window, unless that would put the goal
+    /// at a cap (the memory limit, or what the control group can afford);
+    /// then the highest within the base window. Publishes the window used.
+    fn recent_peak(&self, now: u64, in_use: usize) -> usize {
+        let learned = self.adaptive.window_ns();
+        let peak = self.window.peak(now, in_use, learned);
+        if learned > window::BASE_NS && goals::capped(peak) {
+            window::set_in_force(window::BASE_NS);
+            return self.window.peak(now, in_use, window::BASE_NS);
+        }
+        window::set_in_force(learned);
+        peak
     }
 
     /// Fills the emergency bank for the time since it was last filled;
@@ -736,12 +771,12 @@ impl Scavenger {
         let deep_cpu = DEEP_CPU_NS.load(Ordering::Relaxed);
         let deep_spans = DEEP_SPANS.load(Ordering::Relaxed);
         let worked = (cpu - self.trace.cpu_ns).max(1) as f64;
-        let mut line = LineBuf::<360>::new();
+        let mut line = LineBuf::<400>::new();
         let _ = write!(
             line,
             "scavalloc: scav {} KiB bg, {} KiB eager, {} KiB limit, {} KiB forced, {} KiB pressure, {} KiB in {} \
-             spans (deep); {} KiB released in all; retained {} KiB, goal {} KiB; util {:.2}% ({:.0}% deep); \
-             ratio {:.4}{}{}",
+             spans (deep); {} KiB released in all; retained {} KiB, goal {} KiB, window {:.2} s; util {:.2}% \
+             ({:.0}% deep); ratio {:.4}{}{}",
             kib(0),
             kib(1),
             kib(2),
@@ -752,6 +787,7 @@ impl Scavenger {
             (total + deep_released) >> 10,
             scavenge::retained() >> 10,
             goals::retained_goal() >> 10,
+            window::current_ns() as f64 / 1e9,
             util,
             (deep_cpu - self.trace.deep_cpu_ns) as f64 / worked * 100.0,
             self.ratio,

@@ -5,10 +5,12 @@
 //!
 //! * **Retained goal**: retained memory (mapped minus released) at most
 //!   (100 + retain-extra)% of the *recent peak* of pages in use. "Recent" is
-//!   a sliding window of one second, kept as four quarter-second slots: long
-//!   enough that a burst, its frees and the next burst a moment later do not
-//!   make the scavenger release memory that is about to be used again, short
-//!   enough that an idle process gives its memory back within seconds.
+//!   a sliding window, one second to start with, over quarter-second slots:
+//!   long enough that a burst, its frees and the next burst a moment later
+//!   do not make the scavenger release memory that is about to be used
+//!   again, short enough that an idle process gives its memory back within
+//!   seconds. A program whose released memory keeps being needed again
+//!   soon after gets a longer window (see [`super::window`]).
 //! * **Memory limit**: when a limit is set, retained memory stays under 95%
 //!   of it (the headroom absorbs what is allocated between two checks). The
 //!   limit is soft: an allocation that cannot fit even after releasing
@@ -43,6 +45,9 @@ pub struct Settings {
     /// Share of the CPUs the emergency release (memory pressure, or the
     /// control group near its limit) may use, in percent.
     pub pressure_percent: f64,
+    /// The longest the retained window may grow to, in nanoseconds (the
+    /// base window or less keeps it fixed).
+    pub window_max_ns: u64,
 }
 
 impl Settings {
@@ -57,6 +62,7 @@ impl Settings {
         trace: false,
         deep_release: true,
         pressure_percent: 10.0,
+        window_max_ns: super::window::DEFAULT_MAX_NS,
     };
 }
 
@@ -90,6 +96,7 @@ pub fn configure(s: &Settings) {
     DEEP_RELEASE.store(s.deep_release, Ordering::Relaxed);
     PRESSURE_MILLIPERCENT
         .store((s.pressure_percent * 1000.0).round().clamp(1.0, 100_000.0) as u32, Ordering::Relaxed);
+    super::window::configure(s.window_max_ns);
 }
 
 /// The settings in force.
@@ -106,6 +113,7 @@ pub fn settings() -> Settings {
         trace: trace_enabled(),
         deep_release: deep_release_enabled(),
         pressure_percent: f64::from(PRESSURE_MILLIPERCENT.load(Ordering::Relaxed)) / 1000.0,
+        window_max_ns: super::window::max_ns(),
     }
 }
 
@@ -233,34 +241,55 @@ pub(crate) fn set_retained_goal(goal: usize) {
     RETAINED_GOAL.store(goal, Ordering::Relaxed);
 }
 
+/// The retained goal for a recent peak of `peak_in_use` bytes before any
+/// cap: (100 + retain-extra)% of it.
+fn uncapped_goal(peak_in_use: usize) -> usize {
+    let extra = RETAIN_EXTRA.load(Ordering::Relaxed);
+    peak_in_use.saturating_add(peak_in_use / 100 * extra + peak_in_use % 100 * extra / 100)
+}
+
+/// Whether the goal for `peak_in_use` is held down by a cap (the memory
+/// limit, or what the control group can afford): the program is near a
+/// limit, and a lengthened retained window is ignored.
+pub fn capped(peak_in_use: usize) -> bool {
+    goal_for(peak_in_use) < uncapped_goal(peak_in_use)
+}
+
 /// The goal for a recent peak of `peak_in_use` bytes: the retained goal,
 /// capped by the memory-limit target.
 pub fn goal_for(peak_in_use: usize) -> usize {
-    let extra = RETAIN_EXTRA.load(Ordering::Relaxed);
-    let goal = peak_in_use.saturating_add(peak_in_use / 100 * extra + peak_in_use % 100 * extra / 100);
-    let goal = goal.min(container_cap(peak_in_use));
+    let goal = uncapped_goal(peak_in_use).min(container_cap(peak_in_use));
     match memory_limit() {
         Some(limit) => goal.min(limit_target(limit)),
         None => goal,
     }
 }
 
-/// Length of the peak window.
-pub const WINDOW_NS: u64 = 1_000_000_000;
-/// Length of one slot of the window.
-pub const SLOT_NS: u64 = WINDOW_NS / 4;
-/// Length of a density generation: half the window, so that by the time a
-/// burst's peak has left the window (and the goal falls), chunks that were
-/// dense during the burst are two generations old and no longer spared.
-pub const GENERATION_NS: u64 = WINDOW_NS / 2;
+/// Length of one slot of the peak history: the retained goal is
+/// recomputed from it every quarter second.
+pub const SLOT_NS: u64 = 250_000_000;
+/// Length of a density generation: half the base window, so that by the
+/// time a burst's peak has left the base window (and the goal falls),
+/// chunks that were dense during the burst are two generations old and no
+/// longer spared.
+pub const GENERATION_NS: u64 = super::window::BASE_NS / 2;
 
-/// The recent peak of pages in use: the peaks of the last four
-/// quarter-second slots.
-#[derive(Clone, Copy, Debug, Default)]
+/// Slots of peak history: enough for the longest window allowed.
+const HISTORY: usize = (super::window::LIMIT_NS / SLOT_NS) as usize;
+
+/// The recent peaks of pages in use: one per quarter-second slot, as far
+/// back as the longest retained window (see [`super::window`]).
+#[derive(Clone, Copy, Debug)]
 pub struct PeakWindow {
-    /// `(slot start time, peak in use)`, oldest replaced first.
-    slots: [(u64, usize); 4],
+    /// `(slot end time, peak in use)`, oldest replaced first.
+    slots: [(u64, usize); HISTORY],
     next: usize,
+}
+
+impl Default for PeakWindow {
+    fn default() -> Self {
+        PeakWindow { slots: [(0, 0); HISTORY], next: 0 }
+    }
 }
 
 impl PeakWindow {
@@ -270,12 +299,12 @@ impl PeakWindow {
         self.next = (self.next + 1) % self.slots.len();
     }
 
-    /// The highest peak recorded within the window before `now`, and
+    /// The highest peak recorded within `window_ns` before `now`, and
     /// `in_use_now`.
-    pub fn peak(&self, now: u64, in_use_now: usize) -> usize {
+    pub fn peak(&self, now: u64, in_use_now: usize, window_ns: u64) -> usize {
         self.slots
             .iter()
-            .filter(|(t, _)| now.saturating_sub(*t) < WINDOW_NS)
+            .filter(|(t, _)| *t != 0 && now.saturating_sub(*t) < window_ns)
             .map(|&(_, p)| p)
             .fold(in_use_now, usize::max)
     }
@@ -310,14 +339,32 @@ mod tests {
 
     #[test]
     fn window_forgets_after_a_second() {
+        const W: u64 = super::super::window::BASE_NS;
         let mut w = PeakWindow::default();
-        let s = 10 * WINDOW_NS;
+        let s = 10 * W;
         w.push(s, 900);
         w.push(s + SLOT_NS, 100);
-        assert_eq!(w.peak(s + SLOT_NS, 50), 900);
-        assert_eq!(w.peak(s + WINDOW_NS - 1, 50), 900);
-        assert_eq!(w.peak(s + WINDOW_NS, 50), 100, "the burst's slot has left the window");
-        assert_eq!(w.peak(s + 3 * WINDOW_NS, 50), 50);
-        assert_eq!(w.peak(s + 3 * WINDOW_NS, 70), 70);
+        assert_eq!(w.peak(s + SLOT_NS, 50, W), 900);
+        assert_eq!(w.peak(s + W - 1, 50, W), 900);
+        assert_eq!(w.peak(s + W, 50, W), 100, "the burst's slot has left the window");
+        assert_eq!(w.peak(s + 3 * W, 50, W), 50);
+        assert_eq!(w.peak(s + 3 * W, 70, W), 70);
+    }
+
+    #[test]
+    fn a_longer_window_remembers_longer() {
+        const W: u64 = super::super::window::BASE_NS;
+        let mut w = PeakWindow::default();
+        let s = 10 * W;
+        w.push(s, 900);
+        // Thirty seconds of quieter slots later the burst is still seen
+        // through a 31 s window, not through the base one.
+        for i in 1..=120 {
+            w.push(s + i * SLOT_NS, 100);
+        }
+        let now = s + 120 * SLOT_NS;
+        assert_eq!(w.peak(now, 50, W), 100);
+        assert_eq!(w.peak(now, 50, 31 * W), 900);
+        assert_eq!(w.peak(now, 50, 30 * W), 100, "exactly 30 s old: out");
     }
 }

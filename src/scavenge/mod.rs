@@ -41,6 +41,8 @@ pub mod container;
 pub mod controller;
 #[cfg(not(loom))]
 pub mod goals;
+#[cfg(not(loom))]
+pub mod window;
 
 #[cfg(not(loom))]
 pub use imp::*;
@@ -49,7 +51,7 @@ pub use imp::*;
 mod imp {
     use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-    use super::{background, goals};
+    use super::{background, goals, window};
     use crate::os;
     use crate::pages::cache::{self, count_heap_take};
     use crate::pages::heap::{self, RunUse, HEAP};
@@ -243,6 +245,9 @@ mod imp {
             count_heap_take();
             HEAP.lock().alloc_growing(npages, align_pages, usage)?
         };
+        if run.scavenged_bytes > 0 {
+            window::note_refaulted(run.scavenged_bytes);
+        }
         let limit = goals::memory_limit().filter(|_| run.scavenged_bytes > 0);
         if limit.is_none() && grown == 0 {
             return Some(run);

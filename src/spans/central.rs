@@ -210,6 +210,7 @@ unsafe fn take_from(central: &mut Central, span: *mut Span, out: &mut [*mut u8])
     if reclaimed != 0 {
         central.released -= reclaimed;
         scavenge::note_reclaimed_in_use(reclaimed);
+        scavenge::window::note_refaulted(reclaimed);
     }
     taken
 }
@@ -545,7 +546,7 @@ pub struct DeepStep {
     /// Spans that had pages released.
     pub spans: usize,
     /// Spans with pages to give back passed over because objects were
-    /// handed out from them less than [`DEEP_IDLE_MS`] ago.
+    /// handed out from them less than [`deep_idle_ms`] ago.
     pub skipped_recent: usize,
     /// Whether the pass over this class's list is complete.
     pub done: bool,
@@ -556,15 +557,23 @@ const DEEP_SPANS_PER_STEP: usize = 256;
 
 /// How long a span must go without handing out objects before deep
 /// release takes pages from it: a burst that comes back within this time
-/// finds its spans whole. The same second as the retained goal's window.
+/// finds its spans whole. The same second as the retained goal's base
+/// window; a lengthened window lengthens it too ([`deep_idle_ms`]).
 pub const DEEP_IDLE_MS: u64 = 1000;
+
+/// How long a span must go without handing out objects before deep
+/// release takes pages from it: the retained window in force, a second at
+/// least.
+pub fn deep_idle_ms() -> u64 {
+    (scavenge::window::current_ns() / 1_000_000).max(DEEP_IDLE_MS)
+}
 
 /// One step of deep release over `class`: from where the last step
 /// stopped (or the head of the partial list), looks at up to
 /// [`DEEP_SPANS_PER_STEP`] spans and releases the OS pages in them that
 /// hold no handed-out object, in one batch of up to
 /// [`os::MAX_RELEASE_RANGES`] ranges. Spans
-/// that handed out objects within [`DEEP_IDLE_MS`] of `now_ms` are passed
+/// that handed out objects within [`deep_idle_ms`] of `now_ms` are passed
 /// over, unless `force`.
 ///
 /// The class lock is held across the release: nothing can hand out an
@@ -574,6 +583,7 @@ pub const DEEP_IDLE_MS: u64 = 1000;
 pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
     const MAX_RANGES: usize = os::MAX_RELEASE_RANGES;
     let os_page = os::page_size();
+    let idle_ms = deep_idle_ms();
     let mut step = DeepStep::default();
     let mut ranges = [(0usize, 0usize); MAX_RANGES];
     // For each range: the span it lies in and its bits in `released`.
@@ -586,7 +596,7 @@ pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
         // SAFETY: spans on the partial list (and the cursor, kept on it)
         // are live records of this class, guarded by our lock.
         let s = unsafe { &mut *span };
-        if !force && now_ms.saturating_sub(s.refilled_ms) < DEEP_IDLE_MS {
+        if !force && now_ms.saturating_sub(s.refilled_ms) < idle_ms {
             // Counted only if it would give something back once idle, so
             // that a busy program's spans do not keep passes coming.
             if s.releasable_pages(os_page) != 0 {

@@ -21,8 +21,10 @@
 //!   nothing, so a program whose spans are well used never pays for it.
 //! * Over the goal it makes passes over every class's list of spans with
 //!   free objects, at most one pass a second. A span that handed out
-//!   objects within the last second ([`central::DEEP_IDLE_MS`]; each span
-//!   keeps a coarse time stamp of its last refill) is passed over. That is
+//!   objects within the retained window (a second, or longer for a program
+//!   whose released memory keeps coming back: [`central::deep_idle_ms`];
+//!   each span keeps a coarse time stamp of its last refill) is passed
+//!   over. That is
 //!   why a burst that comes back cannot make it thrash: the spans the burst
 //!   allocates from are off the table at once, a page is released at most
 //!   once per idle second, and a page released and then reused costs one

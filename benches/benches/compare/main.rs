@@ -62,8 +62,8 @@ use workloads::Scale;
 static GLOBAL: Dispatch = Dispatch;
 
 /// The memory workloads, after the throughput ones in `workloads::ALL`.
-pub const MEMORY_WORKLOADS: [&str; 5] =
-    ["fragmentation", "burst_idle_whole", "burst_idle_scattered", "burst_again", "idle_pool"];
+pub const MEMORY_WORKLOADS: [&str; 6] =
+    ["fragmentation", "burst_idle_whole", "burst_idle_scattered", "burst_again", "periodic_bursts", "idle_pool"];
 
 /// One result line of a child, for the driver.
 pub fn emit(key: &str, value: impl Display) {
@@ -206,6 +206,7 @@ fn child(name: &str, scale: Scale) {
             "burst_idle_whole" => measured(&mut || memory::burst_idle(Pattern::Whole, scale)),
             "burst_idle_scattered" => measured(&mut || memory::burst_idle(Pattern::Scattered, scale)),
             "burst_again" => measured(&mut || memory::burst_again(scale)),
+            "periodic_bursts" => measured(&mut || memory::periodic_bursts(scale)),
             "idle_pool" => measured(&mut || memory::idle_pool(scale)),
             _ => usage(&format!("no workload {name:?}")),
         }

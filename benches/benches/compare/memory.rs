@@ -251,3 +251,85 @@ pub fn idle_pool(scale: Scale) {
         h.join().expect("a pool thread failed");
     }
 }
+
+/// A server whose load comes in bursts, one every 2 s, ten in all: each
+/// burst, two fresh threads each build requests (64 B-16 KiB buffers, as
+/// the demo's do) of `per_thread` bytes, and keep one in ten; a burst's
+/// survivors are dropped once the next burst is done (sessions that
+/// expire). RSS is sampled every 100 ms over the run (`sample` lines).
+/// Reports each burst's time (`burst_ns_<k>`), the mean RSS over the run
+/// and the peak. An allocator that gives memory back between bursts pays
+/// for it in the next burst's page faults; one that keeps it pays in RSS.
+pub fn periodic_bursts(scale: Scale) {
+    let (per_thread, period, bursts, every) = match scale {
+        Scale::Full => (128 * MIB, Duration::from_secs(2), 10, Duration::from_millis(100)),
+        Scale::Smoke => (4 * MIB, Duration::from_millis(100), 3, Duration::from_millis(20)),
+    };
+    let base = rss();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now();
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut next = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = start.elapsed();
+                if now < next {
+                    std::thread::sleep(next - now);
+                }
+                samples.push((start.elapsed().as_secs_f64(), rss()));
+                next += every;
+            }
+            samples
+        })
+    };
+    let mut previous: Vec<Vec<Box<[u8]>>> = Vec::new();
+    for k in 0..bursts {
+        let due = period * k;
+        let now = start.elapsed();
+        if now < due {
+            std::thread::sleep(due - now);
+        }
+        let t = Instant::now();
+        let survivors: Vec<Vec<Box<[u8]>>> = (0..2u64)
+            .map(|w| {
+                std::thread::spawn(move || {
+                    let mut rng = Rng(0x9e37_79b9 + w * 7 + k as u64 * 131);
+                    let mut queue = Vec::new();
+                    let mut bytes = 0;
+                    while bytes < per_thread {
+                        let size = rng.between(64, 16 * 1024);
+                        queue.push(object(size, size as u8));
+                        bytes += size;
+                    }
+                    queue.retain(|_| rng.below(10) == 0);
+                    queue
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("a burst thread"))
+            .collect();
+        emit(&format!("burst_ns_{k}"), t.elapsed().as_nanos());
+        let expired = std::mem::replace(&mut previous, survivors);
+        assert!(expired.iter().flatten().all(|o| o.iter().all(|&b| b == o.len() as u8)), "a live object changed");
+        drop(expired);
+    }
+    let end = period * bursts;
+    let now = start.elapsed();
+    if now < end {
+        std::thread::sleep(end - now);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().expect("the sampler");
+    for (t, r) in &samples {
+        emit("sample", format!("{t:.3} {r}"));
+    }
+    let mean = samples.iter().map(|s| s.1 as f64).sum::<f64>() / samples.len().max(1) as f64;
+    let live: usize = previous.iter().flatten().map(|o| o.len()).sum();
+    emit("base_rss", base);
+    emit("live", live);
+    emit("mean_rss", mean as usize);
+    emit("peak_rss", peak_rss());
+}
