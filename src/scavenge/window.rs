@@ -191,11 +191,6 @@ impl Adaptive {
         let refaulted = refaulted_total.wrapping_sub(self.seen_refaulted);
         self.seen_released = released_total;
         self.seen_refaulted = refaulted_total;
-        // Refaults outside an episode belong to no release of ours (growth
-        // into fresh memory, or memory released long ago).
-        if let Some(e) = &mut self.episode {
-            e.refaulted = e.refaulted.saturating_add(refaulted);
-        }
         if released > 0 {
             let e = self.episode.get_or_insert(Episode {
                 started_ns: now,
@@ -205,6 +200,12 @@ impl Adaptive {
             });
             e.released = e.released.saturating_add(released);
             e.last_release_ns = now;
+        }
+        // Refaults outside an episode belong to no release of ours (growth
+        // into fresh memory, or memory released long ago); those in the
+        // tick that opened one follow its first release closely enough.
+        if let Some(e) = &mut self.episode {
+            e.refaulted = e.refaulted.saturating_add(refaulted);
         }
         let Some(e) = self.episode else { return Verdict::Open };
         if e.refaulted >= MIN_REUSE_BYTES && e.refaulted >= e.released / 4 {
