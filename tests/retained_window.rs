@@ -47,9 +47,8 @@ fn bursts_until_the_window_learns() -> Vec<Box<[u8]>> {
             support::wait_until(Duration::from_secs(60), || released_for_the_goal() >= before + BURST / 2 * 9 / 10);
         assert!(released, "round {round}: the burst's frees were never given back: {:?}", scavalloc::stats());
     }
-    let learned = support::wait_until(Duration::from_secs(10), || {
-        scavalloc::stats().retained_window.reused_episodes > 0
-    });
+    let learned =
+        support::wait_until(Duration::from_secs(10), || scavalloc::stats().retained_window.reused_episodes > 0);
     assert!(learned, "six bursts that took back what was released taught nothing: {:?}", window());
     kept
 }

@@ -132,6 +132,25 @@ pub fn decode_base64(text: &[u8], out: &mut [u8]) -> Option<usize> {
     padding_fits.then_some(len)
 }
 
+/// Waits up to `timeout_ns` for `events` on `fd`; returns the `revents`
+/// (0 on timeout, or if the call failed: `EINTR` ends the wait early, and
+/// callers loop to their deadline).
+pub fn wait_ready(fd: i32, events: libc::c_short, timeout_ns: u64) -> libc::c_short {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `pfd` is one valid pollfd and `ts` a valid timespec for the
+    // duration of the call; a null signal mask leaves the mask alone.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, core::ptr::null()) };
+    if r > 0 {
+        pfd.revents
+    } else {
+        0
+    }
+}
+
 /// An owned descriptor, closed on drop.
 #[derive(Debug)]
 struct Fd(i32);
@@ -492,6 +511,14 @@ impl PressureWatch {
                     (false, false) => Signal::Quiet,
                 }
             }
+        }
+    }
+
+    /// The `poll` events that mean pressure on [`Self::raw_fd`].
+    pub fn poll_events(&self) -> libc::c_short {
+        match &self.source {
+            Source::Psi(_) => libc::POLLPRI,
+            Source::Fifo(_) | Source::Socket(_) => libc::POLLIN,
         }
     }
 

@@ -368,11 +368,10 @@ const EMERGENCY_BANK_S: f64 = 1.0;
 /// The longest park while thread caches hold memory.
 const TRIM_LOOK_NS: u64 = 1_000_000_000;
 
-/// Sleeps for `ns` nanoseconds (wakers do not cut it short: they only wake
-/// a thread parked without a deadline), on a futex word of its own that
-/// nobody wakes.
-fn nap(ns: u64) {
-    let deadline = os::monotonic_ns().saturating_add(ns);
+/// Sleeps until `deadline` (monotonic ns; wakers do not cut it short:
+/// they only wake a thread parked without a deadline), on a futex word of
+/// its own that nobody wakes.
+fn nap_until(deadline: u64) {
     loop {
         let now = os::monotonic_ns();
         if now >= deadline {
@@ -480,7 +479,7 @@ impl Scavenger {
     fn run(mut self) -> ! {
         loop {
             let now = os::monotonic_ns();
-            if now.saturating_sub(self.last_tick) >= SLOT_NS {
+            if now.saturating_sub(self.last_tick) >= SLOT_NS || self.watcher.pending() {
                 self.tick(now);
             }
             let in_use = scavenge::resident_in_use();
@@ -525,7 +524,7 @@ impl Scavenger {
                 // cannot be released. Go parks here; a timed park lets the
                 // next generation make those chunks fair game.
                 self.trace_line(now);
-                nap(SLOT_NS);
+                self.nap(SLOT_NS);
                 continue;
             }
             self.sleep(worked);
@@ -688,7 +687,7 @@ impl Scavenger {
         let longest = 2.0 * worked / steady_ratio(goals::cpu_fraction(), self.cpus);
         let sleep_ns = (worked / self.ratio).min(longest) as u64;
         let before = os::monotonic_ns();
-        nap(sleep_ns);
+        self.nap(sleep_ns);
         let slept = os::monotonic_ns().saturating_sub(before) as f64;
         if self.cooldown_ns > 0 {
             self.cooldown_ns = self.cooldown_ns.saturating_sub((slept + worked) as u64);
@@ -721,18 +720,27 @@ impl Scavenger {
         // A nudge in the last two seconds means frees are under way that
         // the rate limit may have kept from reaching us: look again soon.
         if nudged_lately() && !goal_may_fall {
-            nap(SLOT_NS);
+            self.nap(SLOT_NS);
             return;
         }
         if goal_may_fall {
             let until_tick = (self.last_tick + SLOT_NS).saturating_sub(os::monotonic_ns()).max(1_000_000);
-            nap(until_tick);
+            self.nap(until_tick);
             return;
         }
         // A free or a nudge between our checks and the announcement saw us
         // awake and did not wake us: the parker looks once more, after the
         // announcement, before sleeping. While thread caches hold memory, a
         // second at most: one of them may go idle and be trimmed.
+        // With a pressure source that is a descriptor, a tick at most in
+        // `poll` on it, so that pressure is acted on at once. Frees cannot
+        // wake that wait; what they ask waits for the tick, at most a
+        // quarter second later (memory the control group cannot afford is
+        // released by the freeing thread itself).
+        if self.watcher.can_wait() {
+            self.nap(SLOT_NS);
+            return;
+        }
         // With a container limit or a pressure source to watch, a tick at
         // most: the headroom and pressure are looked at every tick.
         let within = if self.watcher.watching() {
@@ -744,6 +752,13 @@ impl Scavenger {
             let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
             scavenge::retained() > goal.saturating_add(os::page_size()) || nudged_lately()
         });
+    }
+
+    /// Sleeps for `ns` nanoseconds, or until the pressure source signals
+    /// (then the next turn of the loop ticks at once).
+    fn nap(&mut self, ns: u64) {
+        let deadline = os::monotonic_ns().saturating_add(ns);
+        self.watcher.wait(deadline, nap_until);
     }
 
     /// Prints one trace line, at the end of a cycle of work (when the

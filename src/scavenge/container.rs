@@ -219,6 +219,8 @@ pub struct Watcher {
     /// The effective hard limit last read (the smaller of `max` and
     /// `high`), if any.
     limit: Option<usize>,
+    /// The pressure source signalled during a [`Self::wait`].
+    pending: bool,
 }
 
 impl Watcher {
@@ -236,7 +238,60 @@ impl Watcher {
         };
         PRESSURE_SOURCE.store(pack_pressure(source), Ordering::Relaxed);
         HELD_FD.store(fd, Ordering::Relaxed);
-        Watcher { location, pressure, last_limits_ns: 0, limit: None }
+        Watcher { location, pressure, last_limits_ns: 0, limit: None, pending: false }
+    }
+
+    /// The descriptor pressure arrives on, and the `poll` events that mean
+    /// pressure, if the source has one (a PSI trigger, systemd's source).
+    fn pressure_fd(&self) -> Option<(i32, libc::c_short)> {
+        match &self.pressure {
+            Pressure::Systemd(w) => Some((w.raw_fd(), w.poll_events())),
+            Pressure::Trigger(t) => Some((t.raw_fd(), libc::POLLPRI)),
+            Pressure::None | Pressure::Counter { .. } => None,
+        }
+    }
+
+    /// Whether pressure can wake the thread: the source is a descriptor
+    /// ([`Self::wait`] returns as soon as it signals).
+    pub fn can_wait(&self) -> bool {
+        self.pressure_fd().is_some()
+    }
+
+    /// Sleeps until `deadline_ns` (monotonic) or until the pressure source
+    /// signals, whichever comes first; returns whether it signalled. The
+    /// signal is kept for the next [`Self::tick`] (a PSI trigger's event
+    /// is consumed by the `poll` that sees it). Without a descriptor, or
+    /// once the descriptor reports an error or a hang-up (the next tick
+    /// finds the source gone), it sleeps on `fallback` instead.
+    pub fn wait(&mut self, deadline_ns: u64, fallback: impl Fn(u64)) -> bool {
+        if self.pending {
+            return true;
+        }
+        let Some((fd, events)) = self.pressure_fd() else {
+            fallback(deadline_ns);
+            return false;
+        };
+        loop {
+            let now = os::monotonic_ns();
+            if now >= deadline_ns {
+                return false;
+            }
+            let revents = pressure::wait_ready(fd, events, deadline_ns - now);
+            if revents & events != 0 {
+                self.pending = true;
+                return true;
+            }
+            if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                fallback(deadline_ns);
+                return false;
+            }
+        }
+    }
+
+    /// Whether the pressure source signalled during a [`Self::wait`] and
+    /// the next tick has not looked yet.
+    pub fn pending(&self) -> bool {
+        self.pending
     }
 
     /// One tick at `now_ns`: re-reads the limits if a second has passed,
@@ -296,8 +351,14 @@ impl Watcher {
         CPUS_MILLI.store((cpus * 1000.0).round().max(1.0) as u64, Ordering::Relaxed);
     }
 
-    /// Whether pressure was signalled since the last tick.
+    /// Whether pressure was signalled since the last tick (during a
+    /// [`Self::wait`], or now).
     fn check_pressure(&mut self) -> bool {
+        let seen = core::mem::take(&mut self.pending);
+        seen | self.check_source()
+    }
+
+    fn check_source(&mut self) -> bool {
         match &mut self.pressure {
             Pressure::None => false,
             Pressure::Systemd(w) => match w.check() {
