@@ -31,7 +31,10 @@
 //! 5. Then it parks on a futex: until the next quarter second if the goal
 //!    can still fall (the window still holds a higher peak) or deep release
 //!    expects work soon, or until woken by a free that pushes retained
-//!    memory over the goal.
+//!    memory over the goal. With a memory-pressure source that is a
+//!    descriptor (a PSI trigger, systemd's FIFO or socket), every sleep is
+//!    a `poll` on it instead, for a quarter second at most, so that
+//!    pressure ends the sleep at once.
 //!
 //! All its state but a few published figures lives on its own stack.
 
@@ -728,10 +731,6 @@ impl Scavenger {
             self.nap(until_tick);
             return;
         }
-        // A free or a nudge between our checks and the announcement saw us
-        // awake and did not wake us: the parker looks once more, after the
-        // announcement, before sleeping. While thread caches hold memory, a
-        // second at most: one of them may go idle and be trimmed.
         // With a pressure source that is a descriptor, a tick at most in
         // `poll` on it, so that pressure is acted on at once. Frees cannot
         // wake that wait; what they ask waits for the tick, at most a
@@ -741,6 +740,10 @@ impl Scavenger {
             self.nap(SLOT_NS);
             return;
         }
+        // A free or a nudge between our checks and the announcement saw us
+        // awake and did not wake us: the parker looks once more, after the
+        // announcement, before sleeping. While thread caches hold memory, a
+        // second at most: one of them may go idle and be trimmed.
         // With a container limit or a pressure source to watch, a tick at
         // most: the headroom and pressure are looked at every tick.
         let within = if self.watcher.watching() {

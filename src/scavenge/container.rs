@@ -277,13 +277,17 @@ impl Watcher {
                 return false;
             }
             let revents = pressure::wait_ready(fd, events, deadline_ns - now);
-            if revents & events != 0 {
-                self.pending = true;
-                return true;
-            }
+            // An error or a hang-up first: a socket whose peer closed
+            // reports `POLLIN` too, for the end of the stream, which is no
+            // pressure. The next tick's check tells a last message from
+            // the end, and drops a source that is gone.
             if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
                 fallback(deadline_ns);
                 return false;
+            }
+            if revents & events != 0 {
+                self.pending = true;
+                return true;
             }
         }
     }
