@@ -221,8 +221,20 @@ fn fill_slot(spans: usize) -> usize {
 fn release_all_returns_slot_pages() {
     pin_to_one_cpu();
     scavalloc::flush_thread_cache();
-    scavalloc::release_all();
-    let only_ours = fill_slot(60);
+    // With OS pages larger than a heap page, whether any of them holds the
+    // slot's spans alone depends on where other threads' spans landed in
+    // the block (seen once in a loaded CI run with 64 KiB pages): a layout
+    // with none cannot test anything, so the fill is made again, a bounded
+    // number of times, each after giving everything back.
+    let os_page = PAGE.max(scavalloc::testing::os_page_size());
+    let mut only_ours = 0;
+    for _ in 0..8 {
+        scavalloc::release_all();
+        only_ours = fill_slot(60);
+        if only_ours >= os_page {
+            break;
+        }
+    }
     let before = assert_identities("slot filled");
     let rss_before = rss();
     // 59 free spans (a class keeps one aside) went to the slot: those in its
@@ -247,7 +259,7 @@ fn release_all_returns_slot_pages() {
     // The 60 spans' pages: nearly all of them with small OS pages; with
     // large ones, what the layout leaves wholly theirs (at least one OS
     // page must be, for the test to mean anything).
-    assert!(only_ours >= PAGE.max(scavalloc::testing::os_page_size()), "no OS page holds only the slot's spans");
+    assert!(only_ours >= os_page, "in eight fills, no OS page held only the slot's spans");
     assert!(
         before.heap_free - after.heap_free >= only_ours / 2,
         "the slots' pages were released: {} KiB of free resident pages went, the slot's spans alone covered {} KiB: \
