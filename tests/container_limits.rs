@@ -64,6 +64,37 @@ fn a_cgroup_limit_becomes_the_memory_limit() {
     run(test, "limit", &fake_tree("limit"), &[]);
 }
 
+#[test]
+fn a_cpu_quota_change_moves_the_pacing_at_once() {
+    let test = "a_cpu_quota_change_moves_the_pacing_at_once";
+    support::as_child(test, |_| {
+        let root = PathBuf::from(std::env::var("SCAVALLOC_TEST_CGROUP_ROOT").unwrap());
+        let s = start_scavenger_on_the_fake_tree();
+        let before = s.container.cpus;
+        // The work:sleep ratio at which the scavenger uses 1% of `cpus`.
+        let steady = |cpus: f64| {
+            let share = 0.01 * cpus;
+            share / (1.0 - share)
+        };
+        // Half a CPU: a quarter of the default 1% share's thread time it
+        // had at 1.5 (or the machine's CPUs, if fewer).
+        std::fs::write(root.join("sys/fs/cgroup/app/cpu.max"), "50000 100000\n").unwrap();
+        let moved = support::wait_until(Duration::from_secs(30), || {
+            let s = scavalloc::stats();
+            s.container.cpus == 0.5 && (s.sleep_ratio - steady(0.5)).abs() < (s.sleep_ratio - steady(before)).abs()
+        });
+        let s = scavalloc::stats();
+        assert!(
+            moved,
+            "the quota went from {before} to 0.5 CPUs; ratio {} (steady: {} before, {} now)",
+            s.sleep_ratio,
+            steady(before),
+            steady(0.5)
+        );
+    });
+    run(test, "quota", &fake_tree("quota"), &[]);
+}
+
 /// The CPUs this process may run on.
 fn support_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)

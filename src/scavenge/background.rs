@@ -540,7 +540,16 @@ impl Scavenger {
         // The container first: near its limit or under pressure, everything
         // free goes back now, whatever the window says.
         let emergency = self.watcher.tick(now);
-        self.cpus = self.watcher.cpus();
+        let cpus = self.watcher.cpus();
+        if (cpus - self.cpus).abs() > 0.01 {
+            // The container's CPU quota or the affinity changed: the steady
+            // ratio moved with it, and the controller starts from there
+            // rather than climbing to it from the old answer.
+            self.cpus = cpus;
+            self.ratio = steady_ratio(goals::cpu_fraction(), cpus);
+            self.controller.prime(self.ratio);
+            SLEEP_RATIO.store(self.ratio.to_bits(), Ordering::Relaxed);
+        }
         self.in_emergency = emergency.is_some();
         // Someone needs the memory: whatever the window learned, it holds
         // nothing back now, nor for the program's next bursts.
