@@ -31,6 +31,25 @@ mod imp {
         crate::config::get().release_mode == crate::os::ReleaseMode::Free
     }
 
+    /// Starts logging every range given back to the OS (`madvise` and
+    /// `process_madvise`), with room for `capacity` ranges; false if the
+    /// log could not be mapped.
+    pub fn start_release_log(capacity: usize) -> bool {
+        crate::os::release_log::start(capacity).is_ok()
+    }
+
+    /// Stops the release log and returns its ranges, in the order given
+    /// back, and how many did not fit. Call it when no release is under
+    /// way (the scavenger idle).
+    pub fn take_release_log() -> (Vec<(usize, usize)>, usize) {
+        let mut out = (Vec::new(), 0);
+        crate::os::release_log::stop(|ranges, dropped| {
+            // Copied before the log is unmapped.
+            out = (ranges.to_vec(), dropped);
+        });
+        out
+    }
+
     /// The OS page size the allocator works with (the emulated one under
     /// `SCAVALLOC_TEST_PAGE_SIZE`).
     pub fn os_page_size() -> usize {

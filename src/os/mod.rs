@@ -27,6 +27,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering}
 
 pub mod cgroup;
 pub mod pressure;
+#[cfg(feature = "testing")]
+pub mod release_log;
 
 /// A failed system call, with the `errno` it left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +435,8 @@ pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
     let advice = release_advice();
     // SAFETY: the caller owns the range and holds nothing in it.
     if unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) } == 0 {
+        #[cfg(feature = "testing")]
+        release_log::note(addr, size);
         return Ok(());
     }
     let err = OsError::last();
@@ -448,6 +452,8 @@ pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
     if unsafe { libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED) } != 0 {
         return Err(OsError::last());
     }
+    #[cfg(feature = "testing")]
+    release_log::note(addr, size);
     Ok(())
 }
 
@@ -551,12 +557,14 @@ unsafe fn release_vectored(ranges: &[(usize, usize)]) -> usize {
     // The kernel advises the ranges in order; count the whole ones done.
     let mut left = r as usize;
     let mut n = 0;
-    for &(_, len) in ranges {
+    for &(_addr, len) in ranges {
         if left < len {
             break;
         }
         left -= len;
         n += 1;
+        #[cfg(feature = "testing")]
+        release_log::note(_addr, len);
     }
     n
 }
