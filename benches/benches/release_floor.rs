@@ -35,6 +35,9 @@ static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 const MIB: usize = 1 << 20;
 /// `IOV_MAX` on Linux.
 const IOV_MAX: usize = 1024;
+/// Bytes written between faulting the replay in and releasing it, to
+/// evict the CPU caches.
+const EVICT_BYTES: usize = 512 * MIB;
 
 struct Scenario {
     name: &'static str,
@@ -111,15 +114,24 @@ fn child(s: &Scenario, burst: usize) {
     let cpu_before = scavalloc::stats().scavenger_cpu_ns;
     let released_before = released_so_far();
     // The scavenger is done when nothing more has been released for two
-    // seconds (deep release passes once a second).
+    // seconds (deep release passes once a second). Looked at ten times a
+    // second: `stats()` takes the allocator's locks, and polling it hard
+    // would make the scavenger wait for them on its own CPU clock.
     let mut last = (released_so_far(), std::time::Instant::now());
-    let quiet = support::wait_until(Duration::from_secs(120), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let quiet = loop {
+        std::thread::sleep(Duration::from_millis(100));
         let now = released_so_far();
         if now != last.0 {
             last = (now, std::time::Instant::now());
         }
-        now > released_before && last.1.elapsed() >= Duration::from_secs(2)
-    });
+        if now > released_before && last.1.elapsed() >= Duration::from_secs(2) {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+    };
     assert!(quiet, "{}: the scavenger never finished: {:?}", s.name, scavalloc::stats());
     let cpu = scavalloc::stats().scavenger_cpu_ns - cpu_before;
     let (ranges, dropped) = scavalloc::testing::take_release_log();
@@ -188,8 +200,11 @@ fn merge(ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
 }
 
 /// Maps a fresh region laid out like `ranges`; three times: faults every
-/// range in, then runs `release(base)` timed on this thread's CPU clock;
-/// returns the fastest of the three.
+/// range in, evicts the CPU caches, then runs `release(base)` timed on
+/// this thread's CPU clock; returns the fastest of the three. (The
+/// scavenger releases pages touched seconds earlier, whose page
+/// structures have left the caches: releasing them right after the
+/// fault-in would make the floor look cheaper than it is.)
 fn replay(ranges: &[(usize, usize)], release: impl Fn(usize)) -> u64 {
     let low = lowest(ranges);
     let span = ranges.iter().map(|&(a, l)| a + l).max().unwrap_or(low) - low;
@@ -209,13 +224,19 @@ fn replay(ranges: &[(usize, usize)], release: impl Fn(usize)) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
     let mut best = u64::MAX;
-    for _ in 0..3 {
+    let mut scratch = vec![0u8; EVICT_BYTES];
+    for round in 0..3 {
         for &(a, l) in ranges {
             for p in (base + a - low..base + a - low + l).step_by(page) {
                 // SAFETY: inside the mapping.
                 unsafe { (p as *mut u8).write_volatile(1) };
             }
         }
+        // Walk a buffer far larger than any last-level cache.
+        for line in scratch.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(round as u8 + 1);
+        }
+        std::hint::black_box(&scratch);
         let start = support::thread_cpu_ns();
         release(base);
         best = best.min(support::thread_cpu_ns() - start);
