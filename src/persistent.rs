@@ -21,11 +21,15 @@ use crate::sync::Mutex;
 const BLOCK_BYTES: usize = 256 << 10;
 
 struct Bump {
+    /// The next free byte of the current block (0: none yet).
     next: usize,
+    /// The end of the current block.
     end: usize,
+    /// A whole block mapped and not yet used (0: none).
+    spare: usize,
 }
 
-static BUMP: Mutex<Bump> = Mutex::new(Bump { next: 0, end: 0 });
+static BUMP: Mutex<Bump> = Mutex::new(Bump { next: 0, end: 0, spare: 0 });
 
 /// Bytes mapped for persistent metadata so far.
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
@@ -48,20 +52,41 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
         return Some(p);
     }
     let mut bump = BUMP.lock();
-    let mut start = (bump.next + align - 1) & !(align - 1);
-    if bump.next == 0 || start + size > bump.end {
+    loop {
+        let start = (bump.next + align - 1) & !(align - 1);
+        if bump.next != 0 && start + size <= bump.end {
+            bump.next = start + size;
+            USED.fetch_add(size, Ordering::Relaxed);
+            // SAFETY: `start` lies inside a successful mapping, so it is
+            // non-null.
+            return Some(unsafe { NonNull::new_unchecked(start as *mut u8) });
+        }
         // The block's tail is abandoned: at most a quarter of a block, and
         // only when a request does not fit in it.
+        if bump.spare != 0 {
+            let block = core::mem::take(&mut bump.spare);
+            bump.next = block;
+            bump.end = block + BLOCK_BYTES;
+            continue;
+        }
+        // A new block, mapped with the lock dropped (no system call under
+        // an allocator lock); if another thread installed one meanwhile,
+        // ours waits as the spare.
+        drop(bump);
         let block = os::alloc_ready(BLOCK_BYTES).ok()?.as_ptr() as usize;
         MAPPED.fetch_add(BLOCK_BYTES, Ordering::Relaxed);
-        bump.next = block;
-        bump.end = block + BLOCK_BYTES;
-        start = block;
+        bump = BUMP.lock();
+        if bump.spare == 0 {
+            bump.spare = block;
+        } else {
+            // Two threads raced past a spare: give this one back.
+            drop(bump);
+            MAPPED.fetch_sub(BLOCK_BYTES, Ordering::Relaxed);
+            // SAFETY: the block was mapped just above and never handed out.
+            unsafe { os::unmap(block, BLOCK_BYTES) };
+            bump = BUMP.lock();
+        }
     }
-    bump.next = start + size;
-    USED.fetch_add(size, Ordering::Relaxed);
-    // SAFETY: `start` lies inside a successful mapping, so it is non-null.
-    Some(unsafe { NonNull::new_unchecked(start as *mut u8) })
 }
 
 /// Allocates persistent, zeroed storage for `count` values of `T`.

@@ -118,6 +118,9 @@ pub struct Stats {
     /// Spans deep release has given pages of back, in all (a span counts
     /// again each time it loses more pages).
     pub deep_spans: u64,
+    /// The longest a step of deep release held a class lock (ns): it
+    /// chooses and records under the lock, and releases without it.
+    pub deep_longest_hold_ns: u64,
     /// CPU time the background scavenger spent on deep release (ns; part of
     /// `scavenger_cpu_ns`).
     pub deep_cpu_ns: u64,
@@ -221,6 +224,7 @@ pub fn stats() -> Stats {
         span_released: 0,
         released_deep: deep.released_total,
         deep_spans: deep.spans_total,
+        deep_longest_hold_ns: deep.longest_hold_ns,
         deep_cpu_ns: bg.deep_cpu_ns,
         arena_pages: 0,
         arenas: arenas.arenas,
@@ -318,13 +322,14 @@ pub fn print(s: &Stats) {
         let _ = write!(line, "  {name:<30} {:>12.2} MiB", mib(bytes));
         line.emit_line();
     }
-    let mut line = LineBuf::<128>::new();
+    let mut line = LineBuf::<192>::new();
     let _ = write!(
         line,
-        "  scavenger: {:.1} ms CPU ({:.1} ms deep, {} spans) in {} batches, ratio {:.4}, {} limit overruns",
+        "  scavenger: {:.1} ms CPU ({:.1} ms deep, {} spans, lock held {:.1} us at most) in {} batches, ratio {:.4}, {} limit overruns",
         s.scavenger_cpu_ns as f64 / 1e6,
         s.deep_cpu_ns as f64 / 1e6,
         s.deep_spans,
+        s.deep_longest_hold_ns as f64 / 1e3,
         s.scavenger_batches,
         s.sleep_ratio,
         s.limit_overruns

@@ -165,6 +165,8 @@ const WANT_WAKE: u8 = 1;
 const WANT_NUDGE: u8 = 2;
 /// Several threads cache objects: see [`start_for_caches`].
 const WANT_START: u8 = 4;
+/// An allocation left releases owed: see [`want_release`].
+const WANT_RELEASE: u8 = 8;
 
 #[inline(always)]
 fn want(bit: u8) {
@@ -218,6 +220,15 @@ pub fn start_for_caches() {
     }
 }
 
+/// Called by [`super::alloc_pages`] (often under a class lock) when the
+/// heap grew or took released pages back under a memory limit: notes that
+/// [`run_deferred`] must settle the releases owed
+/// ([`super::settle_owed_releases`]), whether or not the thread runs.
+#[inline]
+pub fn want_release() {
+    want(WANT_RELEASE);
+}
+
 /// Acts on what [`wake_if_over_goal`] and [`nudge`] noted: starts the
 /// thread, or wakes it. Called at the end of the public entry points' slow
 /// paths (and of `free` in the C API, `release_all`, cache flushes, thread
@@ -241,6 +252,9 @@ fn run_deferred_slow() {
                 "the scavenger thread would be started or woken while {held} allocator locks are held"
             ));
         }
+    }
+    if wanted & WANT_RELEASE != 0 {
+        super::settle_owed_releases();
     }
     // The wake below asks `PARKER.is_parked()`, whose fence pairs with the
     // parking thread's: either it is seen parked, or it sees the retained
@@ -353,7 +367,7 @@ pub(crate) fn after_fork_child() {
     PARKER.reset();
     super::container::after_fork_child();
     // Let the child's first entry point look at the goal afresh.
-    WANTED.store(WANT_WAKE, Ordering::Relaxed);
+    WANTED.store(WANT_WAKE | WANT_RELEASE, Ordering::Relaxed);
     if STATE.load(Ordering::Relaxed) != FAILED {
         STATE.store(NOT_STARTED, Ordering::Relaxed);
     }

@@ -49,7 +49,7 @@ pub use imp::*;
 
 #[cfg(not(loom))]
 mod imp {
-    use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     use super::{background, goals, window};
     use crate::os;
@@ -230,11 +230,13 @@ mod imp {
     }
 
     /// Takes `npages` pages aligned to `align_pages` from the page heap, for
-    /// `usage`;
-    /// afterwards, if the allocation took released pages back into use while
-    /// over the memory limit, or grew the heap while over the retained goal,
-    /// releases free pages to make up for it (Go's heap-growth and
-    /// memory-limit scavenging). Never holds the heap lock while releasing.
+    /// `usage`. If the allocation took released pages back into use while
+    /// over the memory limit, or grew the heap while over the retained
+    /// goal, free pages must be released to make up for it (Go's
+    /// heap-growth and memory-limit scavenging); that is owed, not done
+    /// here: this often runs under a class lock, and a release is a system
+    /// call. [`settle_owed_releases`] does it when the public entry point
+    /// that got here has dropped every lock ([`background::run_deferred`]).
     ///
     /// A span of fewer than [`cache::MAX_CACHED_RUN`] pages comes from the
     /// page cache, which takes the heap lock only to refill.
@@ -248,24 +250,41 @@ mod imp {
         if run.scavenged_bytes > 0 {
             window::note_refaulted(run.scavenged_bytes);
         }
-        let limit = goals::memory_limit().filter(|_| run.scavenged_bytes > 0);
-        if limit.is_none() && grown == 0 {
-            return Some(run);
+        let over_limit = run.scavenged_bytes > 0 && goals::memory_limit().is_some();
+        if over_limit || grown > 0 {
+            if over_limit {
+                LIMIT_OWED.store(true, Ordering::Relaxed);
+            }
+            if grown > 0 {
+                GROWN_OWED.fetch_add(grown, Ordering::Relaxed);
+            }
+            background::want_release();
         }
+        Some(run)
+    }
+
+    /// An allocation took released pages back while a memory limit is set:
+    /// retained memory may be over it (see [`alloc_pages`]).
+    static LIMIT_OWED: AtomicBool = AtomicBool::new(false);
+    /// Bytes the heap grew by since the owed releases were last settled.
+    static GROWN_OWED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Does what [`alloc_pages`] left owed: while retained memory is over
+    /// the memory limit's target, releases down to it (flushing the page
+    /// cache first); while it is over the retained goal after the heap
+    /// grew, releases up to what it grew by. Called with no allocator lock
+    /// held.
+    pub fn settle_owed_releases() {
+        let limit_owed = LIMIT_OWED.swap(false, Ordering::Relaxed);
+        let grown = GROWN_OWED.swap(0, Ordering::Relaxed);
         let retained_now = retained();
         let mut limit_todo = 0;
-        if let Some(limit) = limit {
-            let target = goals::limit_target(limit);
-            if retained_now > target {
-                limit_todo = retained_now - target;
-            }
+        if let Some(limit) = goals::memory_limit().filter(|_| limit_owed) {
+            limit_todo = retained_now.saturating_sub(goals::limit_target(limit));
         }
         let mut eager_todo = 0;
         if grown > 0 {
-            let goal = goals::retained_goal();
-            if retained_now > goal {
-                eager_todo = (retained_now - goal).min(grown);
-            }
+            eager_todo = retained_now.saturating_sub(goals::retained_goal()).min(grown);
         }
         if limit_todo > 0 {
             // The page cache's free pages are released too.
@@ -279,7 +298,6 @@ mod imp {
         } else if eager_todo > 0 {
             release(eager_todo, Path::Eager);
         }
-        Some(run)
     }
 
     /// Gives pages back to the page heap (a span's, to this CPU's page

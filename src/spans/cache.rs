@@ -666,8 +666,13 @@ fn attach() -> Option<*const ThreadCache> {
         let mut cache = reg.pool;
         if cache.is_null() {
             // Ids 1..=65535, wrapping: 0 means no cache in the page map.
-            cache = new_cache((reg.made % 0xffff) as u16 + 1)?;
+            let id = (reg.made % 0xffff) as u16 + 1;
             reg.made += 1;
+            // Made with the lock dropped: persistent memory may map a
+            // block (no system call under an allocator lock).
+            drop(reg);
+            cache = new_cache(id)?;
+            reg = REGISTRY.lock();
         } else {
             // SAFETY: pooled caches are live records linked through `next`.
             reg.pool = unsafe { (*cache).next };

@@ -24,6 +24,7 @@
 //! the other way round.
 
 use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::span::{self, PutError, Span, SpanKind, SpanList};
@@ -32,7 +33,7 @@ use crate::os;
 use crate::pages::heap::RunUse;
 use crate::report::fatal;
 use crate::scavenge;
-use crate::sync::Mutex;
+use crate::sync::{Mutex, MutexGuard};
 
 /// One class's spans with free objects, and its counters.
 pub struct Central {
@@ -40,6 +41,11 @@ pub struct Central {
     partial: SpanList,
     /// Wholly free spans kept for reuse (at most [`SPARES`]).
     spare: SpanList,
+    /// Spans deep release took off the partial list while it releases
+    /// some of their pages with the lock dropped ([`Span::releasing`]).
+    releasing: SpanList,
+    /// New spans being made with the lock dropped (see [`adopt`]).
+    making: usize,
     /// Spans of this class that exist.
     spans: usize,
     /// Objects handed out (to users or to thread caches).
@@ -88,6 +94,8 @@ static CENTRAL: [Padded; NUM_CLASSES] = [const {
     Padded(Mutex::new(Central {
         partial: SpanList::new(),
         spare: SpanList::new(),
+        releasing: SpanList::new(),
+        making: 0,
         spans: 0,
         handed_out: 0,
         released: 0,
@@ -162,8 +170,9 @@ pub fn refill_owned(class: usize, owner: u16, owned: &mut *mut Span, out: &mut [
     let mut got = 0;
     // Half a stack is a batch worth the lock: a span that yields less is
     // used up and given up, and the next one taken over, within this one
-    // lock hold. The spans given up keep this thread as their last owner,
-    // so it keeps their objects when it frees them.
+    // lock hold (dropped only to make a new span). The spans given up
+    // keep this thread as their last owner, so it keeps their objects
+    // when it frees them.
     while got < out.len().div_ceil(2) {
         if !span.is_null() {
             // SAFETY: the thread's owned span is a live record of this
@@ -176,18 +185,81 @@ pub fn refill_owned(class: usize, owner: u16, owned: &mut *mut Span, out: &mut [
             }
         }
         if span.is_null() {
-            span = central.adopt(class, threshold, owner);
+            (central, span) = adopt(central, class, threshold, owner);
             if span.is_null() {
                 break;
             }
         }
         // SAFETY: the span is owned by the calling thread and guarded by
         // the class lock we hold; this is the only reference to it.
-        got += unsafe { take_from(&mut central, span, &mut out[got..]) };
+        let n = unsafe { take_from(&mut central, span, &mut out[got..]) };
+        central.handed_out += n;
+        got += n;
     }
     *owned = span;
-    central.handed_out += got;
     got
+}
+
+/// Takes over a span of `class` for thread cache `owner` (0: a thread
+/// without one, for one batch), with the class lock held in `central`: the
+/// head of the partial list if it has at least `threshold` free objects,
+/// else the spare, else a new span, else any span on the partial list;
+/// takes it off its list, marks it owned and returns it with the lock
+/// (null when there is none and the OS refuses memory).
+///
+/// A new span is made with the class lock dropped: it may grow the heap
+/// or map metadata (system calls), and other threads of the class need
+/// not wait for that. The caller holds no state that the lock must keep
+/// consistent across that gap (objects already taken are counted).
+fn adopt(
+    mut central: MutexGuard<'static, Central>,
+    class: usize,
+    threshold: usize,
+    owner: u16,
+) -> (MutexGuard<'static, Central>, *mut Span) {
+    let mut span = central.take_existing(threshold, owner);
+    while span.is_null() && FORK_PENDING.load(Ordering::Relaxed) {
+        // A fork waits for the spans being made: make none until it is
+        // done (a span freed meanwhile will do too).
+        drop(central);
+        // SAFETY: `sched_yield` has no preconditions.
+        unsafe { libc::sched_yield() };
+        central = CENTRAL[class].0.lock();
+        span = central.take_existing(threshold, owner);
+    }
+    if span.is_null() {
+        // Counted so that a fork waits for it: in the child, a span made
+        // but not yet counted would be lost for good.
+        central.making += 1;
+        drop(central);
+        let fresh = new_span(class);
+        central = CENTRAL[class].0.lock();
+        central.making -= 1;
+        if !fresh.is_null() {
+            central.spans += 1;
+            span = fresh;
+        } else {
+            // The OS refused memory: a span freed meanwhile, or any span
+            // with a free object.
+            span = central.take_existing(threshold, owner);
+            let head = central.partial.first();
+            if span.is_null() && !head.is_null() {
+                // SAFETY: the head is on this class's partial list.
+                unsafe { central.remove_partial(head) };
+                span = head;
+            }
+        }
+    }
+    if !span.is_null() {
+        // SAFETY: the span is off every list; we hold its class lock.
+        unsafe {
+            (*span).in_partial = false;
+            (*span).owned = true;
+            (*span).owner = owner;
+            pagemap::set_owner((*span).base, (*span).npages, span, owner, true);
+        }
+    }
+    (central, span)
 }
 
 /// Takes up to `out.len()` free objects of `span` (the caller's own, or
@@ -222,17 +294,19 @@ pub fn refill_unowned(class: usize, out: &mut [*mut u8]) -> usize {
     let mut central = CENTRAL[class].0.lock();
     let mut got = 0;
     while got < out.len() {
-        let span = central.adopt(class, 1, 0);
+        let span;
+        (central, span) = adopt(central, class, 1, 0);
         if span.is_null() {
             break;
         }
         // SAFETY: `adopt` took the span off every list and marked it owned;
         // we hold the class lock and no reference to it.
-        got += unsafe { take_from(&mut central, span, &mut out[got..]) };
+        let n = unsafe { take_from(&mut central, span, &mut out[got..]) };
+        central.handed_out += n;
+        got += n;
         // SAFETY: as above.
         unsafe { central.disown(span) };
     }
-    central.handed_out += got;
     got
 }
 
@@ -254,45 +328,22 @@ pub fn give_up_owned(class: usize, span: *mut Span, objects: &[*mut u8]) {
 }
 
 impl Central {
-    /// Finds a span for thread cache `owner` (0: a thread without one, for
-    /// one batch) to own: the head of the partial list if
-    /// it has at least `threshold` free objects, else the spare, else a new
-    /// span, else any span on the partial list; takes it off its list,
-    /// marks it owned and returns it (null when there is none and the OS
-    /// refuses memory).
-    fn adopt(&mut self, class: usize, threshold: usize, owner: u16) -> *mut Span {
-        let head = self.partial.first();
+    /// Takes a span for `owner` off its list without making one: the
+    /// partial list's ready span for `owner` (see [`Central::ready_span`]),
+    /// else the spare; null if neither.
+    fn take_existing(&mut self, threshold: usize, owner: u16) -> *mut Span {
         let ready = self.ready_span(threshold, owner);
-        let span = if !ready.is_null() {
+        if !ready.is_null() {
             // SAFETY: `ready_span` found it on the partial list.
             unsafe { self.remove_partial(ready) };
-            ready
-        } else if !self.spare.is_empty() {
-            let spare = self.spare.first();
+            return ready;
+        }
+        let spare = self.spare.first();
+        if !spare.is_null() {
             // SAFETY: the spare is on this class's spare list.
             unsafe { self.spare.remove(spare) };
-            spare
-        } else {
-            let fresh = new_span(class);
-            if !fresh.is_null() {
-                self.spans += 1;
-                fresh
-            } else if !head.is_null() {
-                // SAFETY: as above.
-                unsafe { self.remove_partial(head) };
-                head
-            } else {
-                return ptr::null_mut();
-            }
-        };
-        // SAFETY: the span is off every list; we hold its class lock.
-        unsafe {
-            (*span).in_partial = false;
-            (*span).owned = true;
-            (*span).owner = owner;
-            pagemap::set_owner((*span).base, (*span).npages, span, owner, true);
         }
-        span
+        spare
     }
 
     /// A span on the partial list ready for `owner` to take over: among
@@ -416,7 +467,7 @@ impl Central {
             // record through raw pointers, are changed after it ends (one
             // discipline: never a live reference while the record is
             // reached another way).
-            let (owned, empty, was_in_partial, nfree) = {
+            let (away, empty, was_in_partial, nfree) = {
                 // SAFETY: a non-null page-map entry points to a span record,
                 // which lives forever; a record of this class is guarded by
                 // our lock, and no other reference to it is live.
@@ -436,12 +487,13 @@ impl Central {
                         fatal(format_args!("free of {addr:#x}, which is not the start of an allocated object"))
                     }
                 }
-                (s.owned, s.is_empty(), s.in_partial, s.nfree as usize)
+                (s.owned || s.releasing, s.is_empty(), s.in_partial, s.nfree as usize)
             };
             self.handed_out -= 1;
-            if owned {
+            if away {
                 // The owner takes the object at its next refill; an owned
-                // span stays with its owner even when wholly free.
+                // span stays with its owner even when wholly free. A span
+                // out for deep release finds its list when it comes back.
                 continue;
             }
             if empty {
@@ -572,14 +624,21 @@ pub fn deep_idle_ms() -> u64 {
 /// stopped (or the head of the partial list), looks at up to
 /// [`DEEP_SPANS_PER_STEP`] spans and releases the OS pages in them that
 /// hold no handed-out object, in one batch of up to
-/// [`os::MAX_RELEASE_RANGES`] ranges. Spans
-/// that handed out objects within [`deep_idle_ms`] of `now_ms` are passed
-/// over, unless `force`.
+/// [`os::MAX_RELEASE_RANGES`] ranges. Spans that handed out objects
+/// within [`deep_idle_ms`] of `now_ms` are passed over, unless `force`.
 ///
-/// The class lock is held across the release: nothing can hand out an
-/// object on a page while it is being released. A free into the span
-/// needs the lock too, but would touch no page anyway (the free state is
-/// out of band).
+/// No system call is made under the class lock (Go learned this the hard
+/// way: `madvise` under its heap lock tripled a server's p99 allocation
+/// latency). Under the lock the step only chooses: each span with pages to
+/// release is taken off the partial list and marked
+/// [`Span::releasing`], so no one can hand out an object on those pages,
+/// and it waits on the class's releasing list. The lock is dropped for the
+/// `madvise`; frees into those spans meanwhile only clear bits (they
+/// touch no page: the free state is out of band). Then the lock is taken
+/// again to record what was released and put the spans back on the list
+/// they now belong to. The lock work is bounded: at most
+/// [`DEEP_SPANS_PER_STEP`] spans looked at and [`os::MAX_RELEASE_RANGES`]
+/// ranges recorded per hold.
 pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
     const MAX_RANGES: usize = os::MAX_RELEASE_RANGES;
     let os_page = os::page_size();
@@ -589,63 +648,148 @@ pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
     // For each range: the span it lies in and its bits in `released`.
     let mut owners = [(ptr::null_mut::<Span>(), 0u64); MAX_RANGES];
     let mut nranges = 0;
-    let mut central = CENTRAL[class].0.lock();
-    let mut span = if central.deep_active { central.deep_cursor } else { central.partial.first() };
-    let mut looked = 0;
-    while !span.is_null() && looked < DEEP_SPANS_PER_STEP {
-        // SAFETY: spans on the partial list (and the cursor, kept on it)
-        // are live records of this class, guarded by our lock.
-        let s = unsafe { &mut *span };
-        if !force && now_ms.saturating_sub(s.refilled_ms) < idle_ms {
-            // Counted only if it would give something back once idle, so
-            // that a busy program's spans do not keep passes coming.
-            if s.releasable_pages(os_page) != 0 {
-                step.skipped_recent += 1;
+    {
+        let mut central = CENTRAL[class].0.lock();
+        let held_since = os::monotonic_ns();
+        if FORK_PENDING.load(Ordering::Relaxed) {
+            // A fork waits for the spans out for release: take none.
+            return step;
+        }
+        let mut span = if central.deep_active { central.deep_cursor } else { central.partial.first() };
+        let mut looked = 0;
+        while !span.is_null() && looked < DEEP_SPANS_PER_STEP {
+            // SAFETY: spans on the partial list (and the cursor, kept on
+            // it) are live records of this class, guarded by our lock.
+            let (next, mask, recent) = unsafe {
+                let s = &*span;
+                (s.next, s.releasable_pages(os_page), !force && now_ms.saturating_sub(s.refilled_ms) < idle_ms)
+            };
+            if recent {
+                // Counted only if it would give something back once idle,
+                // so that a busy program's spans do not keep passes coming.
+                if mask != 0 {
+                    step.skipped_recent += 1;
+                }
+            } else if mask != 0 {
+                if nranges + deep::count_runs(mask) > MAX_RANGES {
+                    break;
+                }
+                for (first, count) in deep::runs(mask) {
+                    // SAFETY: as above.
+                    ranges[nranges] = (unsafe { (*span).base } + first * os_page, count * os_page);
+                    owners[nranges] = (span, deep::run_mask(first, count));
+                    nranges += 1;
+                }
+                // SAFETY: the span is on this class's partial list, and no
+                // reference to it is live; off it, it waits on the
+                // releasing list (its links are free).
+                unsafe {
+                    central.remove_partial(span);
+                    (*span).in_partial = false;
+                    (*span).releasing = true;
+                    central.releasing.push_back(span);
+                }
             }
             looked += 1;
-            span = s.next;
-            continue;
+            span = next;
         }
-        let mask = s.releasable_pages(os_page);
-        if nranges + deep::count_runs(mask) > MAX_RANGES {
-            break;
-        }
-        for (first, count) in deep::runs(mask) {
-            ranges[nranges] = (s.base + first * os_page, count * os_page);
-            owners[nranges] = (span, deep::run_mask(first, count));
-            nranges += 1;
-        }
-        looked += 1;
-        span = s.next;
+        central.deep_cursor = span;
+        central.deep_active = !span.is_null();
+        step.done = span.is_null();
+        note_deep_hold(os::monotonic_ns().saturating_sub(held_since));
     }
-    central.deep_cursor = span;
-    central.deep_active = !span.is_null();
-    step.done = span.is_null();
-    if nranges > 0 {
-        let mut ok = [false; MAX_RANGES];
-        // SAFETY: every range lies in a span of this class and holds only
-        // free objects (or the span's tail), which cannot be handed out
-        // while we hold the class lock; no one else reads or writes them.
-        unsafe { os::release_many(&ranges[..nranges], &mut ok[..nranges]) };
-        let mut last: *mut Span = ptr::null_mut();
-        for ((&(_, bytes), &(owner, bits)), &done) in ranges[..nranges].iter().zip(&owners[..nranges]).zip(&ok) {
-            if !done {
-                continue;
-            }
-            // SAFETY: as above; the owner is still on the list (we held
-            // the lock throughout).
-            unsafe { (*owner).released |= bits };
-            central.released += bytes;
-            scavenge::note_released_in_use(bytes);
-            step.released += bytes;
-            if owner != last {
-                step.spans += 1;
-                last = owner;
-            }
-        }
+    if nranges == 0 {
+        return step;
     }
+    let mut ok = [false; MAX_RANGES];
+    // SAFETY: every range lies in a span of this class marked releasing
+    // and holds only free objects (or the span's tail): no one hands out
+    // an object of a releasing span, and a free writes nothing into the
+    // object, so no one reads or writes these pages until the spans are
+    // put back below.
+    unsafe { os::release_many(&ranges[..nranges], &mut ok[..nranges]) };
+    let mut central = CENTRAL[class].0.lock();
+    let held_since = os::monotonic_ns();
+    // A span's ranges are consecutive; it goes back after its last.
+    let mut i = 0;
+    while i < nranges {
+        let owner = owners[i].0;
+        let mut any = false;
+        while i < nranges && owners[i].0 == owner {
+            if ok[i] {
+                // SAFETY: the owner is a live record of this class on our
+                // releasing list, guarded by the lock we hold.
+                unsafe { (*owner).released |= owners[i].1 };
+                let bytes = ranges[i].1;
+                central.released += bytes;
+                scavenge::note_released_in_use(bytes);
+                step.released += bytes;
+                any = true;
+            }
+            i += 1;
+        }
+        step.spans += usize::from(any);
+        // SAFETY: as above; no reference to it is live.
+        unsafe { central.return_released(owner) };
+    }
+    note_deep_hold(os::monotonic_ns().saturating_sub(held_since));
     step
 }
+
+impl Central {
+    /// Puts a span that deep release took out back where it belongs now:
+    /// the page heap (or the spares) if every object was freed meanwhile,
+    /// else the partial list, at the front if it is ready for an owner.
+    ///
+    /// # Safety
+    ///
+    /// `span` is a live record of this class on the releasing list, with
+    /// no live reference to it.
+    unsafe fn return_released(&mut self, span: *mut Span) {
+        // SAFETY: the contract.
+        let (class, nfree, empty) = unsafe {
+            self.releasing.remove(span);
+            (*span).releasing = false;
+            ((*span).class as usize, (*span).nfree as usize, (*span).is_empty())
+        };
+        if empty {
+            // SAFETY: wholly free, unowned, on no list.
+            unsafe { self.retire_empty(span) };
+        } else {
+            // It had free objects when it was taken out, and no one handed
+            // any out since: it belongs on the partial list.
+            debug_assert!(nfree > 0);
+            // SAFETY: on no list; the partial list is ours.
+            unsafe {
+                (*span).in_partial = true;
+                if nfree >= ready_threshold(class) {
+                    self.partial.push_front(span);
+                } else {
+                    self.partial.push_back(span);
+                }
+            }
+        }
+    }
+}
+
+/// The longest class-lock hold of a deep-release step so far, in
+/// nanoseconds (monotonic clock).
+static DEEP_LONGEST_HOLD_NS: AtomicU64 = AtomicU64::new(0);
+
+fn note_deep_hold(ns: u64) {
+    DEEP_LONGEST_HOLD_NS.fetch_max(ns, Ordering::Relaxed);
+}
+
+/// The longest class-lock hold of a deep-release step so far, in
+/// nanoseconds.
+pub fn deep_longest_hold_ns() -> u64 {
+    DEEP_LONGEST_HOLD_NS.load(Ordering::Relaxed)
+}
+
+/// Set while a `fork()` waits for the spans out of their class lock's
+/// sight (being made, or out for deep release; see [`lock_for_fork`]):
+/// no one starts making or releasing another, so the wait ends.
+static FORK_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Makes the next [`deep_release_step`] of `class` start from the head of
 /// its list.
@@ -695,14 +839,35 @@ unsafe fn release_span(span: *mut Span) {
 }
 
 /// Takes every class lock and keeps them, before `fork()`.
+///
+/// Spans out of the lock's sight would be lost in the child, where the
+/// thread that has them does not exist: spans out for deep release (their
+/// `madvise` running with the lock dropped) with their free objects, and
+/// spans being made (their pages taken from the page heap, not yet
+/// counted). So, as the page heap does for its own releases, this waits
+/// with the lock dropped until a class has none out; meanwhile no one
+/// starts another ([`FORK_PENDING`]), so the wait lasts one batch or one
+/// span at most. Those threads need no lock that the fork holds by then
+/// (the page heap's and the record pool's come after the class locks).
 pub(crate) fn lock_for_fork() {
+    FORK_PENDING.store(true, Ordering::Relaxed);
     for c in &CENTRAL {
-        c.0.hold_for_fork();
+        loop {
+            let central = c.0.lock();
+            if central.releasing.is_empty() && central.making == 0 {
+                core::mem::forget(central);
+                break;
+            }
+            drop(central);
+            // SAFETY: `sched_yield` has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
     }
 }
 
 /// Releases the locks taken by [`lock_for_fork`].
 pub(crate) fn unlock_after_fork() {
+    FORK_PENDING.store(false, Ordering::Relaxed);
     for c in &CENTRAL {
         // SAFETY: `lock_for_fork` held it on this thread.
         unsafe { c.0.release_after_fork() };

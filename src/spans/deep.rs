@@ -156,45 +156,61 @@ impl Survey {
 
 /// One call from the background scavenger: goes on with the current pass
 /// (or starts one if it is due), releasing up to about `max_bytes`.
+///
+/// The pass lock is held only to read and move the pass along, never
+/// across a step (whose `madvise` runs with no lock held at all). A
+/// [`release_all`] between two steps restarts the pass; this call then
+/// stops, and the next one starts afresh.
 fn work(now_ns: u64, max_bytes: usize) -> DeepOutcome {
     if !supported() {
         return DeepOutcome::Idle;
     }
-    let mut pass = PASS.lock();
-    if !pass.active {
-        let survey = survey();
-        if !survey.over_goal() {
-            return DeepOutcome::Idle;
+    let (mut class, started) = {
+        let mut pass = PASS.lock();
+        if !pass.active {
+            let survey = survey();
+            if !survey.over_goal() {
+                return DeepOutcome::Idle;
+            }
+            let frees = survey.give_backs;
+            let due = now_ns.saturating_sub(pass.started_ns) >= PASS_NS;
+            let may_find = frees != pass.frees_at_start || pass.skipped_recent > 0;
+            if !due || !may_find {
+                return DeepOutcome::Later;
+            }
+            *pass = Pass { active: true, class: 0, started_ns: now_ns, frees_at_start: frees, skipped_recent: 0 };
         }
-        let frees = survey.give_backs;
-        let due = now_ns.saturating_sub(pass.started_ns) >= PASS_NS;
-        let may_find = frees != pass.frees_at_start || pass.skipped_recent > 0;
-        if !due || !may_find {
-            return DeepOutcome::Later;
-        }
-        *pass = Pass { active: true, class: 0, started_ns: now_ns, frees_at_start: frees, skipped_recent: 0 };
-    }
+        (pass.class, pass.started_ns)
+    };
     let (mut released, mut spans) = (0, 0);
+    let mut more = true;
     // A few steps a call, so the scavenger can measure and pace the work.
     for _ in 0..8 {
-        let step = central::deep_release_step(pass.class, false, os::coarse_ms());
+        let step = central::deep_release_step(class, false, os::coarse_ms());
         released += step.released;
         spans += step.spans;
-        pass.skipped_recent += step.skipped_recent;
         SPANS_TOTAL.fetch_add(step.spans as u64, Ordering::Relaxed);
+        let mut pass = PASS.lock();
+        if !pass.active || pass.started_ns != started || pass.class != class {
+            // Restarted meanwhile (by `release_all`).
+            break;
+        }
+        pass.skipped_recent += step.skipped_recent;
         if step.done {
             pass.class += 1;
             if pass.class == NUM_CLASSES {
                 pass.active = false;
+                more = false;
                 break;
             }
         }
+        class = pass.class;
         if released >= max_bytes {
             break;
         }
     }
     RELEASED_TOTAL.fetch_add(released, Ordering::Relaxed);
-    DeepOutcome::Worked { released, spans, more: pass.active }
+    DeepOutcome::Worked { released, spans, more }
 }
 
 /// Releases every free OS page inside every span now, used or not (for
@@ -203,11 +219,11 @@ fn release_all() -> usize {
     if !supported() {
         return 0;
     }
-    // Hold the pass lock so the background thread's pass does not run
-    // alongside; this one starts from each list's head and finishes it,
-    // and the background thread starts afresh afterwards.
-    let mut pass = PASS.lock();
-    pass.active = false;
+    // The background thread's pass starts afresh afterwards; this one
+    // starts from each list's head and finishes it. (Should the two run
+    // side by side, they share each class's cursor under its lock, and
+    // a span one of them has out is off the list for the other.)
+    PASS.lock().active = false;
     let mut released = 0;
     for class in 0..NUM_CLASSES {
         central::deep_restart(class);
@@ -225,36 +241,19 @@ fn release_all() -> usize {
 }
 
 /// Gives a wholly free span's pages back to the page heap when some of its
-/// OS pages were released by deep release. Heap pages released in full go
-/// back as released; partly released ones are released in full first (the
-/// page heap tracks whole heap pages), and the rest go back as free.
+/// OS pages were released by deep release. Heap pages whose OS pages were
+/// all released go back as released; the others go back as free and
+/// resident, even those partly released (the page heap tracks whole heap
+/// pages): their released part is counted as retained until the
+/// scavenger releases them again, which costs it next to nothing. This
+/// runs under the class lock, so it makes no system call.
 ///
 /// The span's page-map entries must already be cleared: nothing refers to
 /// its memory.
 pub fn free_partly_released(base: usize, npages: usize, released: u64) {
-    let os_page = os::page_size();
-    let per_page = PAGE_SIZE / os_page;
+    let per_page = PAGE_SIZE / os::page_size();
     let full = if per_page >= 64 { u64::MAX } else { (1u64 << per_page) - 1 };
-    let bits_of = |h: usize| (released >> (h * per_page)) & full;
-    let mut partial = [(0usize, 0usize); sizeclass::MAX_SPAN_PAGES];
-    let mut which = [0usize; sizeclass::MAX_SPAN_PAGES];
-    let mut n = 0;
-    for h in 0..npages {
-        let bits = bits_of(h);
-        if bits != 0 && bits != full {
-            partial[n] = (base + h * PAGE_SIZE, PAGE_SIZE);
-            which[n] = h;
-            n += 1;
-        }
-    }
-    let mut ok = [false; sizeclass::MAX_SPAN_PAGES];
-    if n > 0 {
-        // SAFETY: the span is wholly free and unreachable (the caller
-        // cleared its page-map entries and it is on no list): we own its
-        // pages until they go back to the heap below.
-        unsafe { os::release_many(&partial[..n], &mut ok[..n]) };
-    }
-    let is_released = |h: usize| bits_of(h) == full || which[..n].iter().zip(&ok[..n]).any(|(&w, &k)| w == h && k);
+    let is_released = |h: usize| (released >> (h * per_page)) & full == full;
     let mut h = 0;
     while h < npages {
         let state = is_released(h);
@@ -278,6 +277,8 @@ pub struct DeepStats {
     pub released_total: usize,
     /// Spans that had pages released, in all.
     pub spans_total: u64,
+    /// The longest a step held a class lock, in nanoseconds.
+    pub longest_hold_ns: u64,
 }
 
 /// Deep release's cumulative figures.
@@ -285,6 +286,7 @@ pub fn stats() -> DeepStats {
     DeepStats {
         released_total: RELEASED_TOTAL.load(Ordering::Relaxed),
         spans_total: SPANS_TOTAL.load(Ordering::Relaxed),
+        longest_hold_ns: central::deep_longest_hold_ns(),
     }
 }
 

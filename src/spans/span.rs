@@ -63,6 +63,12 @@ pub struct Span {
     /// lock (see [`super::central`]), with the page map's entries, where
     /// frees on other threads read it without the lock.
     pub owned: bool,
+    /// Small: whether deep release has taken the span off its list to
+    /// release some of its free OS pages with the class lock dropped (see
+    /// [`super::central::deep_release_step`]): no one hands out its
+    /// objects meanwhile; frees into it only clear their bits, and the
+    /// span goes back to a list when the release is recorded.
+    pub releasing: bool,
     /// Small: the id of the thread cache that owns the span, or last did
     /// (0: none); kept in the page map's entries too.
     pub owner: u16,
@@ -114,6 +120,7 @@ impl Span {
         self.kind = SpanKind::Small;
         self.in_partial = false;
         self.owned = false;
+        self.releasing = false;
         self.owner = 0;
         self.nobjects = nobjects as u16;
         self.nfree = nobjects as u32;
@@ -148,6 +155,7 @@ impl Span {
         self.kind = SpanKind::Large;
         self.in_partial = false;
         self.owned = false;
+        self.releasing = false;
         self.owner = 0;
         self.nobjects = 0;
         self.nfree = 0;
@@ -475,14 +483,19 @@ static POOL: Mutex<Pool> = Mutex::new(Pool { free: ptr::null_mut(), made: 0 });
 pub fn alloc_record() -> *mut Span {
     let mut pool = POOL.lock();
     if pool.free.is_null() {
+        // New records come from persistent memory, which may map a block:
+        // with the pool's lock dropped (no system call under it).
+        drop(pool);
         let Some(block) = persistent::alloc_array::<Span>(RECORDS_PER_REFILL) else {
             return ptr::null_mut();
         };
         let block = block.as_ptr();
+        pool = POOL.lock();
         for i in 0..RECORDS_PER_REFILL {
             // SAFETY: the block holds RECORDS_PER_REFILL zeroed records
-            // (all-zero is a valid `Span`: null links, kind Idle); we link
-            // them through `next`.
+            // (all-zero is a valid `Span`: null links, kind Idle), ours
+            // alone; we link them through `next`, ahead of whatever the
+            // free list gained meanwhile.
             unsafe { (*block.add(i)).next = if i + 1 < RECORDS_PER_REFILL { block.add(i + 1) } else { pool.free } };
         }
         pool.free = block;
