@@ -212,6 +212,7 @@ fn emulated_page_size(kernel: usize) -> Option<usize> {
 /// range (or refuse an unaligned address). Does nothing otherwise.
 #[inline]
 fn check_aligned(addr: usize, len: usize, call: &str) {
+    check_no_lock_held(call);
     #[cfg(feature = "testing")]
     if EMULATED.load(Ordering::Relaxed) {
         let page = page_size();
@@ -307,6 +308,7 @@ pub(crate) fn parse_decimal(bytes: &[u8]) -> Option<usize> {
 }
 
 fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, OsError> {
+    check_no_lock_held("mmap");
     #[cfg(feature = "testing")]
     if EMULATED.load(Ordering::Relaxed) && hint == 0 {
         return mmap_emulated(size, prot, flags);
@@ -428,17 +430,6 @@ pub unsafe fn map_ready(addr: usize, size: usize) -> Result<(), OsError> {
     Ok(())
 }
 
-/// Returns ready memory to the reserved state (no access, no physical
-/// pages), used to undo a [`map_ready`] that is no longer wanted.
-///
-/// # Safety
-///
-/// The caller owns `[addr, addr + size)` and nothing refers into it.
-pub unsafe fn unmap_ready(addr: usize, size: usize) -> Result<(), OsError> {
-    // SAFETY: forwarded from the caller.
-    unsafe { fault(addr, size) }
-}
-
 /// Hands the physical pages of `[addr, addr + size)` back to the kernel; the
 /// range stays mapped and ready. Uses the [`release_mode`] in force; a range
 /// that refuses `MADV_FREE` gets `MADV_DONTNEED` instead.
@@ -449,7 +440,6 @@ pub unsafe fn unmap_ready(addr: usize, size: usize) -> Result<(), OsError> {
 /// are lost (`MADV_DONTNEED`) or may be lost at any time (`MADV_FREE`).
 pub unsafe fn release(addr: usize, size: usize) -> Result<(), OsError> {
     check_aligned(addr, size, "madvise");
-    check_no_lock_held("madvise");
     let advice = release_advice();
     // SAFETY: the caller owns the range and holds nothing in it.
     if unsafe { libc::madvise(addr as *mut libc::c_void, size, advice) } == 0 {

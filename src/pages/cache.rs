@@ -456,7 +456,7 @@ pub fn alloc(npages: usize, align_pages: usize) -> Option<(PageRun, usize)> {
         // space.
         None => {
             count_heap_take();
-            HEAP.lock().alloc_growing(npages, align_pages, RunUse::Span)
+            super::heap::alloc_growing(npages, align_pages, RunUse::Span)
         }
     }
 }

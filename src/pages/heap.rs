@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::os;
 use crate::scavenge::index::ScavengeIndex;
-use crate::sync::Mutex;
+use crate::sync::{Mutex, MutexGuard};
 
 use super::cache::{self, Block, Pending};
 use super::ranges::AddrRange;
@@ -50,7 +50,10 @@ pub struct PageHeap {
     /// Pages handed out for [`RunUse::Arena`].
     arena_pages: usize,
     /// Reserved address space `[base, limit)` not yet given to `pages`.
+    /// Changed only by the thread that grows the heap (see `growing`).
     reserve: AddrRange,
+    /// Whether a thread is growing the heap (see [`alloc_growing`]).
+    growing: bool,
 }
 
 /// A snapshot of the page heap's counters, taken under the heap lock so
@@ -86,6 +89,7 @@ impl PageHeap {
             large_pages: 0,
             arena_pages: 0,
             reserve: AddrRange { base: 0, limit: 0 },
+            growing: false,
         }
     }
 
@@ -94,25 +98,13 @@ impl PageHeap {
         &mut self.pages
     }
 
-    /// Allocates `npages` pages aligned to `align_pages` pages for `usage`,
-    /// growing the heap if no free run fits; also returns how many bytes the
-    /// heap grew by to serve it. `None` means the OS refused more memory.
-    pub fn alloc_growing(&mut self, npages: usize, align_pages: usize, usage: RunUse) -> Option<(PageRun, usize)> {
-        if let Some(run) = self.pages.alloc_aligned(npages, align_pages) {
-            self.count(npages, usage, true);
-            self.publish();
-            return Some((run, 0));
-        }
-        // Growing by the run plus its worst-case alignment slack always
-        // leaves room, wherever the new space lands.
-        let slack = (align_pages.max(1) - 1).checked_mul(PAGE_SIZE)?;
-        let need = npages.checked_mul(PAGE_SIZE)?.checked_add(slack)?;
-        let before = self.pages.mapped_bytes();
-        self.grow(need)?;
+    /// Allocates `npages` pages aligned to `align_pages` pages for `usage`
+    /// from the free pages the heap has (see [`alloc_growing`] for growth).
+    pub fn alloc(&mut self, npages: usize, align_pages: usize, usage: RunUse) -> Option<PageRun> {
         let run = self.pages.alloc_aligned(npages, align_pages)?;
         self.count(npages, usage, true);
         self.publish();
-        Some((run, self.pages.mapped_bytes() - before))
+        Some(run)
     }
 
     /// Gives `[base, base + npages * PAGE_SIZE)`, allocated for `usage`,
@@ -215,78 +207,158 @@ impl PageHeap {
             page_cache: 0,
         }
     }
+}
 
-    /// Adds at least `bytes` of new address space to the page allocator:
-    /// an eighth of what the heap already maps (at most
-    /// [`MAX_GROWTH_STEP`]) if that is more, and if the OS grants it.
-    ///
-    /// Growing geometrically keeps a heap that climbs to gigabytes from
-    /// taking the heap lock for an `mprotect` every 4 MiB: each such call
-    /// also write-locks the mapping, stalling other threads' page faults on
-    /// it. The extra pages are fresh (never touched, counted as released),
-    /// so they cost neither RSS nor retained memory, only address space
-    /// that was reserved anyway and some chunk metadata.
-    fn grow(&mut self, bytes: usize) -> Option<()> {
-        let need = bytes.checked_next_multiple_of(CHUNK_BYTES)?;
-        let step = (self.pages.mapped_bytes() / 8).min(MAX_GROWTH_STEP).next_multiple_of(CHUNK_BYTES);
-        if step > need && self.grow_exactly(step).is_some() {
-            return Some(());
+/// The heap lock's guard.
+type HeapGuard = MutexGuard<'static, PageHeap>;
+
+/// Allocates `npages` pages aligned to `align_pages` pages for `usage` from
+/// the process heap, growing it if no free run fits; also returns how many
+/// bytes the heap grew by to serve it. `None` means the OS refused more
+/// memory.
+///
+/// Growth makes system calls (reserving address space, making it ready,
+/// mapping metadata), and none is made under the heap lock: one thread at
+/// a time grows (the `growing` flag, set under the lock), working out
+/// under the lock what to map, mapping it with the lock dropped, and
+/// recording it under the lock again (see [`crate::pages::GrowthNeeds`]).
+/// Meanwhile every other thread allocates and frees as usual; one that
+/// also needs the heap to grow waits for that growth, then tries again
+/// (the new space may serve it).
+pub fn alloc_growing(npages: usize, align_pages: usize, usage: RunUse) -> Option<(PageRun, usize)> {
+    let mut heap = HEAP.lock();
+    loop {
+        if let Some(run) = heap.alloc(npages, align_pages, usage) {
+            return Some((run, 0));
         }
-        self.grow_exactly(need)
-    }
-
-    /// Adds `bytes` (a multiple of the chunk size) of new address space to
-    /// the page allocator.
-    fn grow_exactly(&mut self, bytes: usize) -> Option<()> {
-        if self.reserve.size() < bytes {
-            self.extend_reserve(bytes)?;
+        if heap.growing || fork_pending() {
+            drop(heap);
+            // SAFETY: `sched_yield` has no preconditions.
+            unsafe { libc::sched_yield() };
+            heap = HEAP.lock();
+            continue;
         }
-        let base = self.reserve.base;
-        // SAFETY: `[base, base + bytes)` is reserved address space that we
-        // own and that nothing uses yet.
-        unsafe { os::map_ready(base, bytes) }.ok()?;
-        // On failure the range stays reserved (and ready, which is harmless)
-        // for a later try.
-        self.pages.grow(base, bytes).ok()?;
-        self.reserve.base += bytes;
-        Some(())
+        // Growing by the run plus its worst-case alignment slack always
+        // leaves room, wherever the new space lands.
+        let slack = (align_pages.max(1) - 1).checked_mul(PAGE_SIZE)?;
+        let need = npages.checked_mul(PAGE_SIZE)?.checked_add(slack)?;
+        let before = heap.pages.mapped_bytes();
+        heap.growing = true;
+        let grew;
+        (heap, grew) = grow(heap, need);
+        heap.growing = false;
+        grew?;
+        // Under the same lock hold as the growth's record: the new space is
+        // still free.
+        let run = heap.alloc(npages, align_pages, usage)?;
+        return Some((run, heap.pages.mapped_bytes() - before));
     }
+}
 
-    /// Makes `self.reserve` at least `bytes` long, preferably by reserving
-    /// right after it.
-    fn extend_reserve(&mut self, bytes: usize) -> Option<()> {
-        let missing = bytes - self.reserve.size();
-        if self.reserve.limit != 0 {
-            for want in [RESERVATION_BYTES.max(missing.next_multiple_of(CHUNK_BYTES)), missing] {
-                if os::reserve_at(self.reserve.limit, want).is_ok() {
-                    self.reserve.limit += want;
-                    return Some(());
-                }
+/// Adds at least `bytes` of new address space to the page allocator: an
+/// eighth of what the heap already maps (at most [`MAX_GROWTH_STEP`]) if
+/// that is more, and if the OS grants it. The caller set `growing`; the
+/// lock is dropped for the system calls and held again on return.
+///
+/// Growing geometrically keeps a heap that climbs to gigabytes from
+/// growing every 4 MiB: each `mprotect` also write-locks the mapping,
+/// stalling other threads' page faults on it. The extra pages are fresh
+/// (never touched, counted as released), so they cost neither RSS nor
+/// retained memory, only address space that was reserved anyway and some
+/// chunk metadata.
+fn grow(heap: HeapGuard, bytes: usize) -> (HeapGuard, Option<()>) {
+    let Some(need) = bytes.checked_next_multiple_of(CHUNK_BYTES) else {
+        return (heap, None);
+    };
+    let step = (heap.pages.mapped_bytes() / 8).min(MAX_GROWTH_STEP).next_multiple_of(CHUNK_BYTES);
+    let mut heap = heap;
+    if step > need {
+        let grew;
+        (heap, grew) = grow_exactly(heap, step);
+        if grew.is_some() {
+            return (heap, grew);
+        }
+    }
+    grow_exactly(heap, need)
+}
+
+/// Adds `bytes` (a multiple of the chunk size) of new address space to the
+/// page allocator, as [`grow`] does.
+fn grow_exactly(mut heap: HeapGuard, bytes: usize) -> (HeapGuard, Option<()>) {
+    if heap.reserve.size() < bytes {
+        let extended;
+        (heap, extended) = extend_reserve(heap, bytes);
+        if extended.is_none() {
+            return (heap, None);
+        }
+    }
+    let base = heap.reserve.base;
+    let needs = match heap.pages.growth_needs(base, bytes) {
+        Ok(needs) => needs,
+        Err(_) => return (heap, None),
+    };
+    drop(heap);
+    // SAFETY: `[base, base + bytes)` is reserved address space that we own
+    // (only the growing thread hands it out) and that nothing uses yet.
+    let maps = unsafe { os::map_ready(base, bytes) }.ok().and_then(|()| needs.map().ok());
+    // On failure the range stays reserved (and perhaps ready, which is
+    // harmless) for a later try.
+    let mut heap = HEAP.lock();
+    let Some(maps) = maps else {
+        return (heap, None);
+    };
+    heap.pages.grow_mapped(maps);
+    heap.reserve.base += bytes;
+    (heap, Some(()))
+}
+
+/// Makes the reserve at least `bytes` long, preferably by reserving right
+/// after it; with the lock dropped for the system calls.
+fn extend_reserve(heap: HeapGuard, bytes: usize) -> (HeapGuard, Option<()>) {
+    let old = heap.reserve;
+    let missing = bytes - old.size();
+    drop(heap);
+    if old.limit != 0 {
+        for want in [RESERVATION_BYTES.max(missing.next_multiple_of(CHUNK_BYTES)), missing] {
+            if os::reserve_at(old.limit, want).is_ok() {
+                let mut heap = HEAP.lock();
+                heap.reserve.limit += want;
+                return (heap, Some(()));
             }
         }
-        // Somewhere else. The rest of the old reservation goes to the page
-        // allocator as free pages first, so that no address space is lost.
-        if self.reserve.size() != 0 {
-            let old = self.reserve;
-            // SAFETY: reserved by us and unused, as in `grow`.
-            if unsafe { os::map_ready(old.base, old.size()) }.is_ok() && self.pages.grow(old.base, old.size()).is_ok() {
-                self.reserve = AddrRange::new(old.limit, old.limit);
-            }
-        }
-        for want in [RESERVATION_BYTES.max(bytes), bytes] {
-            if let Ok(p) = os::reserve(want, CHUNK_BYTES) {
-                let base = p.as_ptr() as usize;
-                if self.reserve.size() != 0 {
-                    // Could not hand the old remainder over; give it back.
-                    // SAFETY: reserved by us and never handed out.
-                    unsafe { os::unmap(self.reserve.base, self.reserve.size()) };
-                }
-                self.reserve = AddrRange::new(base, base + want);
-                return Some(());
-            }
-        }
-        None
     }
+    // Somewhere else.
+    let mut fresh = None;
+    for want in [RESERVATION_BYTES.max(bytes), bytes] {
+        if let Ok(p) = os::reserve(want, CHUNK_BYTES) {
+            fresh = Some(AddrRange::new(p.as_ptr() as usize, p.as_ptr() as usize + want));
+            break;
+        }
+    }
+    let Some(fresh) = fresh else {
+        return (HEAP.lock(), None);
+    };
+    // The rest of the old reservation goes to the page allocator as free
+    // pages first, so that no address space is lost; if it cannot, it is
+    // given back.
+    let mut heap = HEAP.lock();
+    if old.size() != 0 {
+        let needs = heap.pages.growth_needs(old.base, old.size());
+        drop(heap);
+        // SAFETY: reserved by us and never handed out.
+        let maps = needs.ok().filter(|_| unsafe { os::map_ready(old.base, old.size()) }.is_ok());
+        let maps = maps.and_then(|needs| needs.map().ok());
+        if maps.is_none() {
+            // SAFETY: as above; nothing refers to it.
+            unsafe { os::unmap(old.base, old.size()) };
+        }
+        heap = HEAP.lock();
+        if let Some(maps) = maps {
+            heap.pages.grow_mapped(maps);
+        }
+    }
+    heap.reserve = fresh;
+    (heap, Some(()))
 }
 
 impl Default for PageHeap {
@@ -316,8 +388,9 @@ pub static HEAP: Mutex<PageHeap> = Mutex::new(PageHeap::new());
 /// A release in flight (runs taken out of the heap while their `madvise`
 /// runs with the lock dropped, see `scavenge::release`) would leave the
 /// child with pages that no thread of it owns: marked in use by nobody,
-/// and never free again. So this waits, with the lock dropped, until none
-/// is in flight. The releasing thread needs only this lock to finish
+/// and never free again; a growth in flight (see [`alloc_growing`]) would
+/// leave it with the `growing` flag set for good. So this waits, with the
+/// lock dropped, until neither is in flight. The releasing thread needs only this lock to finish
 /// (the caller holds the span layer's locks, and no release waits on
 /// those), and a release takes a bounded batch, so the wait is short.
 pub(crate) fn lock_for_fork() {
@@ -327,7 +400,7 @@ pub(crate) fn lock_for_fork() {
     FORKING.store(true, Ordering::Relaxed);
     loop {
         let mut heap = HEAP.lock();
-        if heap.pages().pages_releasing() == 0 {
+        if heap.pages().pages_releasing() == 0 && !heap.growing {
             core::mem::forget(heap);
             return;
         }
@@ -337,9 +410,9 @@ pub(crate) fn lock_for_fork() {
     }
 }
 
-/// Set while a `fork()` waits for releases in flight: no new release
-/// batch begins (read under the heap lock by `scavenge::release`), so the
-/// wait ends.
+/// Set while a `fork()` waits for releases and growth in flight: no new
+/// release batch or growth begins (read under the heap lock by
+/// `scavenge::release` and [`alloc_growing`]), so the wait ends.
 static FORKING: AtomicBool = AtomicBool::new(false);
 
 /// Whether a `fork()` is waiting for the heap (see [`lock_for_fork`]).

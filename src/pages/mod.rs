@@ -165,6 +165,131 @@ fn level_reservation_bytes(entries: usize) -> usize {
     (entries * core::mem::size_of::<Summary>()).next_multiple_of(os::page_size())
 }
 
+/// The byte range, from the start of level `level`'s array, that holds
+/// the summaries for address range `r`, widened to whole blocks and whole
+/// OS pages.
+fn summary_offsets_for(level: usize, r: AddrRange) -> AddrRange {
+    let (lo, hi) = addrs_to_summary_range(level, r.base, r.limit);
+    let (lo, hi) = block_align_summary_range(level, lo, hi);
+    let size = core::mem::size_of::<Summary>();
+    let page = os::page_size();
+    AddrRange::new((lo * size) & !(page - 1), (hi * size).next_multiple_of(page))
+}
+
+/// The most chunk-table blocks one growth may need; each covers
+/// `CHUNKS_L2` chunks (32 GiB of address space).
+const MAX_GROWTH_BLOCKS: usize = 8;
+
+/// What adding a range to a page allocator needs mapped first: the
+/// summary arrays and the scavenge index (reserved on the first growth,
+/// then made ready where the range needs them), chunk-table blocks, and a
+/// larger range list if it is full.
+///
+/// The process heap grows in three steps so that no system call is made
+/// under its lock (Go maps these under its heap lock; a thread that only
+/// wants a free page should not wait for the kernel):
+/// [`PageAlloc::growth_needs`] finds them under the lock,
+/// [`GrowthNeeds::map`] maps them with the lock dropped, and
+/// [`PageAlloc::grow_mapped`] records the range under the lock again. One
+/// thread grows at a time (see `heap::alloc_growing`), so nothing the
+/// first step saw changes before the last.
+#[derive(Clone, Copy)]
+pub struct GrowthNeeds {
+    /// The new range, in whole chunks.
+    range: AddrRange,
+    /// Each summary level's array (0: not reserved yet).
+    level_bases: [usize; SUMMARY_LEVELS],
+    /// The bytes of each level's array to make ready, from its start.
+    summaries: [AddrRange; SUMMARY_LEVELS],
+    /// The index's storage (0: not reserved yet).
+    index_storage: usize,
+    /// The bytes of the index's storage to make ready, from its start.
+    index_ready: AddrRange,
+    /// Chunk-table slots that need a block.
+    blocks: [usize; MAX_GROWTH_BLOCKS],
+    nblocks: usize,
+    /// The range list's new capacity, if it is full (0: it has room).
+    ranges_cap: usize,
+}
+
+/// [`GrowthNeeds`] mapped, ready for [`PageAlloc::grow_mapped`].
+pub struct GrowthMaps {
+    needs: GrowthNeeds,
+    blocks: [Option<NonNull<ChunkBlock>>; MAX_GROWTH_BLOCKS],
+    ranges: Option<NonNull<AddrRange>>,
+}
+
+impl GrowthNeeds {
+    /// Makes the system calls: reserves what is not reserved yet and makes
+    /// ready what the range needs. On failure, gives back what it mapped
+    /// of its own (made-ready pages of arrays that existed stay ready:
+    /// harmless, and tiny).
+    pub fn map(mut self) -> Result<GrowthMaps, OutOfMemory> {
+        let page = os::page_size();
+        let mut reserved = [0usize; SUMMARY_LEVELS];
+        let mut new_index = 0;
+        let mut maps = GrowthMaps { needs: self, blocks: [None; MAX_GROWTH_BLOCKS], ranges: None };
+        let ok: Result<(), OutOfMemory> = (|| {
+            for l in 0..SUMMARY_LEVELS {
+                if self.level_bases[l] == 0 {
+                    let p = os::reserve(level_reservation_bytes(LEVEL_ENTRIES[l]), page).map_err(|_| OutOfMemory)?;
+                    self.level_bases[l] = p.as_ptr() as usize;
+                    reserved[l] = self.level_bases[l];
+                }
+                let need = self.summaries[l];
+                if need.size() != 0 {
+                    // SAFETY: the bytes lie inside level l's reservation,
+                    // which the allocator owns; none of them is read until
+                    // the range is recorded, and making ready bytes that
+                    // already are changes nothing.
+                    unsafe { os::map_ready(self.level_bases[l] + need.base, need.size()) }
+                        .map_err(|_| OutOfMemory)?;
+                }
+            }
+            if self.index_storage == 0 {
+                let p = os::reserve(INDEX_RESERVATION, page).map_err(|_| OutOfMemory)?;
+                self.index_storage = p.as_ptr() as usize;
+                new_index = self.index_storage;
+            }
+            let r = self.index_ready;
+            // SAFETY: inside the index's reservation, as above.
+            unsafe { os::map_ready(self.index_storage + r.base, r.size()) }.map_err(|_| OutOfMemory)?;
+            for i in 0..self.nblocks {
+                let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(page);
+                maps.blocks[i] = Some(os::alloc_ready(bytes).map_err(|_| OutOfMemory)?.cast());
+            }
+            if self.ranges_cap != 0 {
+                maps.ranges = Some(
+                    crate::persistent::alloc_array::<AddrRange>(self.ranges_cap).ok_or(OutOfMemory)?,
+                );
+            }
+            Ok(())
+        })();
+        if ok.is_err() {
+            for (l, &base) in reserved.iter().enumerate() {
+                if base != 0 {
+                    // SAFETY: reserved just above; nothing refers to it.
+                    unsafe { os::unmap(base, level_reservation_bytes(LEVEL_ENTRIES[l])) };
+                }
+            }
+            if new_index != 0 {
+                // SAFETY: as above.
+                unsafe { os::unmap(new_index, INDEX_RESERVATION) };
+            }
+            for block in maps.blocks.iter().flatten() {
+                let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(page);
+                // SAFETY: mapped just above; nothing refers to it.
+                unsafe { os::unmap(block.as_ptr() as usize, bytes) };
+            }
+            // Persistent memory is never freed: a failed growth's range
+            // list array (at most a few KiB) is abandoned.
+            return Err(OutOfMemory);
+        }
+        maps.needs = self;
+        Ok(maps)
+    }
+}
+
 /// Growing the heap failed: the OS refused memory for the page heap's own
 /// metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,44 +525,16 @@ impl PageAlloc {
         unsafe { *lvl.base.add(idx) = s }
     }
 
-    /// Reserves the summary arrays (address space only).
-    fn reserve_levels(&mut self) -> Result<(), OutOfMemory> {
-        if !self.levels[0].base.is_null() {
-            return Ok(());
-        }
-        for (level, entries) in self.levels.iter_mut().zip(LEVEL_ENTRIES) {
-            let bytes = level_reservation_bytes(entries);
-            match os::reserve(bytes, os::page_size()) {
-                Ok(p) => level.base = p.as_ptr().cast(),
-                Err(_) => {
-                    self.release_levels();
-                    return Err(OutOfMemory);
-                }
-            }
-        }
-        Ok(())
-    }
-
+    /// Gives back the summary arrays' reservations (when dropped).
     fn release_levels(&mut self) {
         for (level, entries) in self.levels.iter_mut().zip(LEVEL_ENTRIES) {
             if !level.base.is_null() {
-                // SAFETY: the reservation was made by `reserve_levels` and is
-                // owned by `self`; nothing else points into it.
+                // SAFETY: the reservation was made for this allocator and
+                // is owned by `self`; nothing else points into it.
                 unsafe { os::unmap(level.base as usize, level_reservation_bytes(entries)) };
                 *level = Level { base: core::ptr::null_mut(), len: 0 };
             }
         }
-    }
-
-    /// The page-aligned byte range of level `level`'s array that holds the
-    /// summaries for address range `r`, widened to whole blocks.
-    fn summary_bytes_for(&self, level: usize, r: AddrRange) -> AddrRange {
-        let (lo, hi) = addrs_to_summary_range(level, r.base, r.limit);
-        let (lo, hi) = block_align_summary_range(level, lo, hi);
-        let size = core::mem::size_of::<Summary>();
-        let base = self.levels[level].base as usize;
-        let page = os::page_size();
-        AddrRange::new(base + ((lo * size) & !(page - 1)), base + (hi * size).next_multiple_of(page))
     }
 
     /// Adds `[base, base + size)` (rounded out to whole chunks) to the heap
@@ -445,9 +542,22 @@ impl PageAlloc {
     /// touched, so they hold no physical memory.
     ///
     /// The range must not overlap address space the heap already owns. The
-    /// caller makes the memory itself ready; this only records it.
+    /// caller makes the memory itself ready; this only records it (and
+    /// maps the metadata it needs, on this thread: the process heap does
+    /// the three steps separately, see [`GrowthNeeds`]).
+    #[cfg(any(test, feature = "testing"))]
     pub fn grow(&mut self, base: usize, size: usize) -> Result<(), OutOfMemory> {
-        let limit = (base + size).next_multiple_of(CHUNK_BYTES);
+        let maps = self.growth_needs(base, size)?.map()?;
+        self.grow_mapped(maps);
+        Ok(())
+    }
+
+    /// What adding `[base, base + size)` (rounded out to whole chunks)
+    /// needs mapped first (see [`GrowthNeeds`]). Fails for a range outside
+    /// the heap's address bits or one that needs absurdly many chunk-table
+    /// blocks; stops the process for one that overlaps the heap.
+    pub fn growth_needs(&self, base: usize, size: usize) -> Result<GrowthNeeds, OutOfMemory> {
+        let limit = base.checked_add(size).ok_or(OutOfMemory)?.next_multiple_of(CHUNK_BYTES);
         let base = base & !(CHUNK_BYTES - 1);
         if base >= limit || limit > 1 << HEAP_ADDR_BITS {
             return Err(OutOfMemory);
@@ -458,24 +568,84 @@ impl PageAlloc {
         if (succ > 0 && ranges[succ - 1].limit > base) || ranges.get(succ).is_some_and(|r| r.base < limit) {
             fatal(format_args!("page heap: grow of [{base:#x}, {limit:#x}) overlaps the heap"));
         }
-
-        // Every fallible step comes first, so that a failure leaves the heap
-        // as it was.
-        self.reserve_levels()?;
-        self.in_use.reserve_one().map_err(|_| OutOfMemory)?;
-        for ci in chunk_index(base)..chunk_index(limit) {
-            let slot = ci >> CHUNKS_L2_BITS;
+        let mut needs = GrowthNeeds {
+            range: new,
+            level_bases: [0; SUMMARY_LEVELS],
+            summaries: [AddrRange::default(); SUMMARY_LEVELS],
+            index_storage: self.index.storage_addr(),
+            index_ready: AddrRange::default(),
+            blocks: [0; MAX_GROWTH_BLOCKS],
+            nblocks: 0,
+            ranges_cap: self.in_use.capacity_needed(),
+        };
+        for l in 0..SUMMARY_LEVELS {
+            needs.level_bases[l] = self.levels[l].base as usize;
+            // The parts the neighbours made ready are ready already.
+            let mut need = summary_offsets_for(l, new);
+            if succ > 0 {
+                need = need.subtract(summary_offsets_for(l, ranges[succ - 1]));
+            }
+            if let Some(&next) = ranges.get(succ) {
+                need = need.subtract(summary_offsets_for(l, next));
+            }
+            needs.summaries[l] = need;
+        }
+        // The index bytes for every chunk between the lowest and the
+        // highest the heap will own (making ready bytes that already are
+        // changes nothing).
+        let (first, last) = (chunk_index(base), chunk_index(limit) - 1);
+        let (lo, hi) = match self.index.bounds() {
+            Some((min, max)) => (min.min(first), (max - 1).max(last)),
+            None => (first, last),
+        };
+        let page = os::page_size();
+        needs.index_ready = AddrRange::new((lo / 8) & !(page - 1), (hi / 8 + 1).next_multiple_of(page));
+        for slot in (first >> CHUNKS_L2_BITS)..=(last >> CHUNKS_L2_BITS) {
             if self.chunks[slot].is_none() {
-                let bytes = core::mem::size_of::<ChunkBlock>().next_multiple_of(os::page_size());
-                let block = os::alloc_ready(bytes).map_err(|_| OutOfMemory)?;
-                self.chunks[slot] = Some(block.cast());
+                if needs.nblocks == MAX_GROWTH_BLOCKS {
+                    return Err(OutOfMemory);
+                }
+                needs.blocks[needs.nblocks] = slot;
+                needs.nblocks += 1;
             }
         }
-        let index_ready = self.make_index_ready(chunk_index(base), chunk_index(limit) - 1)?;
-        self.make_summaries_ready(new, succ)?;
-        self.index_bytes = index_ready;
+        Ok(needs)
+    }
 
-        // From here on nothing can fail.
+    /// Records a range whose metadata [`GrowthNeeds::map`] mapped: makes
+    /// no system call, so the process heap calls it under its lock. The
+    /// needs must have been found by this allocator, and nothing but this
+    /// call may have grown it since.
+    pub fn grow_mapped(&mut self, maps: GrowthMaps) {
+        let needs = &maps.needs;
+        let new = needs.range;
+        let (base, limit) = (new.base, new.limit);
+        for l in 0..SUMMARY_LEVELS {
+            let lvl = &mut self.levels[l];
+            debug_assert!(lvl.base.is_null() || lvl.base as usize == needs.level_bases[l]);
+            lvl.base = needs.level_bases[l] as *mut Summary;
+            self.summary_bytes += needs.summaries[l].size();
+            let (_, hi) = addrs_to_summary_range(l, base, limit);
+            let (_, hi) = block_align_summary_range(l, 0, hi);
+            lvl.len = lvl.len.max(hi);
+        }
+        if !self.index.has_storage() {
+            // SAFETY: the reservation lives as long as `self` (released in
+            // `Drop`), holds one byte per 8 chunks of the address space, and
+            // each byte is made ready (zeroed) before `grow` covers it.
+            unsafe { self.index.set_storage(needs.index_storage as *const core::sync::atomic::AtomicU8) };
+        }
+        self.index_bytes = needs.index_ready.size();
+        for (&slot, &block) in needs.blocks[..needs.nblocks].iter().zip(&maps.blocks) {
+            debug_assert!(self.chunks[slot].is_none());
+            self.chunks[slot] = block;
+        }
+        if let Some(storage) = maps.ranges {
+            // SAFETY: fresh persistent storage for `ranges_cap` entries,
+            // more than the list holds.
+            unsafe { self.in_use.adopt_storage(storage, needs.ranges_cap) };
+        }
+
         if self.in_use.is_empty() || chunk_index(base) < self.start {
             self.start = chunk_index(base);
         }
@@ -493,74 +663,6 @@ impl PageAlloc {
         self.pages_scavenged += npages;
         self.update(base, npages, true, false);
         self.index.grow(chunk_index(base), chunk_index(limit) - 1);
-        Ok(())
-    }
-
-    /// Makes ready the index bytes for every chunk between the lowest and
-    /// the highest the heap will own once `[first, last]` is added, and
-    /// returns how many bytes that is. The index storage is reserved on the
-    /// first call.
-    fn make_index_ready(&mut self, first: usize, last: usize) -> Result<usize, OutOfMemory> {
-        if !self.index.has_storage() {
-            let p = os::reserve(INDEX_RESERVATION, os::page_size()).map_err(|_| OutOfMemory)?;
-            // SAFETY: the reservation lives as long as `self` (released in
-            // `Drop`), holds one byte per 8 chunks of the address space, and
-            // each byte is made ready (zeroed) below before `grow` covers it.
-            unsafe { self.index.set_storage(p.as_ptr().cast()) };
-        }
-        let (lo, hi) = match self.index.bounds() {
-            Some((min, max)) => (min.min(first), (max - 1).max(last)),
-            None => (first, last),
-        };
-        let page = os::page_size();
-        let storage = self.index.storage_addr();
-        let from = (storage + lo / 8) & !(page - 1);
-        let to = (storage + hi / 8 + 1).next_multiple_of(page);
-        // SAFETY: the range lies inside the index reservation, owned by
-        // `self`; making ready bytes that already are changes nothing.
-        unsafe { os::map_ready(from, to - from) }.map_err(|_| OutOfMemory)?;
-        Ok(to - from)
-    }
-
-    /// Makes ready the parts of each summary level that range `new` needs
-    /// and that its neighbours in `in_use` (at `succ - 1` and `succ`) have
-    /// not already made ready.
-    fn make_summaries_ready(&mut self, new: AddrRange, succ: usize) -> Result<(), OutOfMemory> {
-        let mut done: [AddrRange; SUMMARY_LEVELS] = [AddrRange::default(); SUMMARY_LEVELS];
-        for l in 0..SUMMARY_LEVELS {
-            let mut need = self.summary_bytes_for(l, new);
-            let ranges = self.in_use.as_slice();
-            if succ > 0 {
-                need = need.subtract(self.summary_bytes_for(l, ranges[succ - 1]));
-            }
-            if let Some(&next) = ranges.get(succ) {
-                need = need.subtract(self.summary_bytes_for(l, next));
-            }
-            if need.size() != 0 {
-                // SAFETY: `need` lies inside level l's reservation, owned by
-                // `self`, and no part of it was ready (the neighbours' parts
-                // were subtracted), so nothing in it is in use.
-                if unsafe { os::map_ready(need.base, need.size()) }.is_err() {
-                    for d in &done[..l] {
-                        if d.size() != 0 {
-                            // SAFETY: `d` was made ready just above by this
-                            // call and nothing reads it yet.
-                            let _ = unsafe { os::unmap_ready(d.base, d.size()) };
-                            self.summary_bytes -= d.size();
-                        }
-                    }
-                    return Err(OutOfMemory);
-                }
-                self.summary_bytes += need.size();
-                done[l] = need;
-            }
-        }
-        for l in 0..SUMMARY_LEVELS {
-            let (_, hi) = addrs_to_summary_range(l, new.base, new.limit);
-            let (_, hi) = block_align_summary_range(l, 0, hi);
-            self.levels[l].len = self.levels[l].len.max(hi);
-        }
-        Ok(())
     }
 
     /// Recomputes the summaries above pages `[base, base + npages)` after

@@ -199,18 +199,39 @@ impl AddrRanges {
 
     /// Makes sure the next `add` cannot fail for lack of storage.
     pub fn reserve_one(&mut self) -> Result<(), OutOfMetadata> {
-        if self.len < self.cap {
-            return Ok(());
+        let cap = self.capacity_needed();
+        if cap != 0 {
+            let new = persistent::alloc_array::<AddrRange>(cap).ok_or(OutOfMetadata)?;
+            // SAFETY: fresh persistent storage for `cap` entries.
+            unsafe { self.adopt_storage(new, cap) };
         }
-        let cap = (self.cap * 2).max(INITIAL_CAPACITY);
-        let new = persistent::alloc_array::<AddrRange>(cap).ok_or(OutOfMetadata)?;
+        Ok(())
+    }
+
+    /// The capacity the list must grow to before the next `add` can be
+    /// sure to succeed, or 0 if it has room.
+    pub fn capacity_needed(&self) -> usize {
+        if self.len < self.cap {
+            0
+        } else {
+            (self.cap * 2).max(INITIAL_CAPACITY)
+        }
+    }
+
+    /// Moves the entries to `new`, storage for `cap` entries.
+    ///
+    /// # Safety
+    ///
+    /// `new` is persistent storage for `cap` entries, used by nothing
+    /// else, and `cap` is more than the list holds.
+    pub unsafe fn adopt_storage(&mut self, new: NonNull<AddrRange>, cap: usize) {
+        debug_assert!(cap > self.len);
         // SAFETY: the new array has room for `cap > len` entries and does not
         // overlap the old one; the old array is abandoned (persistent memory
         // is never freed).
         unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr(), new.as_ptr(), self.len) };
         self.ptr = new;
         self.cap = cap;
-        Ok(())
     }
 }
 

@@ -245,7 +245,7 @@ mod imp {
             cache::alloc(npages, align_pages)?
         } else {
             count_heap_take();
-            HEAP.lock().alloc_growing(npages, align_pages, usage)?
+            heap::alloc_growing(npages, align_pages, usage)?
         };
         if run.scavenged_bytes > 0 {
             window::note_refaulted(run.scavenged_bytes);
