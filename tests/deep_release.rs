@@ -437,5 +437,5 @@ fn background_release_while_working() {
 fn background_deep_release_beside_working_threads() {
     let test = "background_deep_release_beside_working_threads";
     support::as_child(test, |_| background_release_while_working());
-    in_child(test, "background", &[("SCAVALLOC_SCAVENGE_PERCENT", "25")], Duration::from_secs(300));
+    in_child(test, "background", &[], Duration::from_secs(300));
 }

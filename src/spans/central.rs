@@ -597,15 +597,21 @@ pub struct DeepStep {
     pub released: usize,
     /// Spans that had pages released.
     pub spans: usize,
-    /// Spans with pages to give back passed over because objects were
-    /// handed out from them less than [`deep_idle_ms`] ago.
+    /// Spans passed over because objects were handed out from them less
+    /// than [`deep_idle_ms`] ago, counted from the first that had pages to
+    /// give back (0: none had; only whether it is 0 is used).
     pub skipped_recent: usize,
     /// Whether the pass over this class's list is complete.
     pub done: bool,
 }
 
-/// Spans looked at per lock hold.
+/// Spans looked at per lock hold, at most.
 const DEEP_SPANS_PER_STEP: usize = 256;
+
+/// The time a step may spend choosing spans under the class lock: it stops
+/// looking once past it (checked every 16 spans), so that a class busy with
+/// allocations never waits long for deep release.
+const DEEP_HOLD_BUDGET_NS: u64 = 10_000;
 
 /// How long a span must go without handing out objects before deep
 /// release takes pages from it: a burst that comes back within this time
@@ -658,19 +664,28 @@ pub fn deep_release_step(class: usize, force: bool, now_ms: u64) -> DeepStep {
         let mut span = if central.deep_active { central.deep_cursor } else { central.partial.first() };
         let mut looked = 0;
         while !span.is_null() && looked < DEEP_SPANS_PER_STEP {
+            if looked % 16 == 15 && os::monotonic_ns().saturating_sub(held_since) > DEEP_HOLD_BUDGET_NS {
+                break;
+            }
             // SAFETY: spans on the partial list (and the cursor, kept on
             // it) are live records of this class, guarded by our lock.
-            let (next, mask, recent) = unsafe {
-                let s = &*span;
-                (s.next, s.releasable_pages(os_page), !force && now_ms.saturating_sub(s.refilled_ms) < idle_ms)
-            };
-            if recent {
+            let s = unsafe { &*span };
+            let next = s.next;
+            if !force && now_ms.saturating_sub(s.refilled_ms) < idle_ms {
                 // Counted only if it would give something back once idle,
-                // so that a busy program's spans do not keep passes coming.
-                if mask != 0 {
+                // so that a busy program's spans do not keep passes coming;
+                // only whether there is one matters, so the pages of the
+                // rest are not worked out (a step looks at many in-use
+                // spans in a busy class).
+                if step.skipped_recent > 0 || s.releasable_pages(os_page) != 0 {
                     step.skipped_recent += 1;
                 }
-            } else if mask != 0 {
+                looked += 1;
+                span = next;
+                continue;
+            }
+            let mask = s.releasable_pages(os_page);
+            if mask != 0 {
                 if nranges + deep::count_runs(mask) > MAX_RANGES {
                     break;
                 }

@@ -33,6 +33,7 @@
 
 mod cprogs;
 mod dispatch;
+mod latency;
 mod locks;
 mod memory;
 mod report;
@@ -62,8 +63,38 @@ use workloads::Scale;
 static GLOBAL: Dispatch = Dispatch;
 
 /// The memory workloads, after the throughput ones in `workloads::ALL`.
-pub const MEMORY_WORKLOADS: [&str; 6] =
-    ["fragmentation", "burst_idle_whole", "burst_idle_scattered", "burst_again", "periodic_bursts", "idle_pool"];
+pub const MEMORY_WORKLOADS: [&str; 8] = [
+    "fragmentation",
+    "burst_idle_whole",
+    "burst_idle_scattered",
+    "burst_again",
+    "periodic_bursts",
+    "idle_pool",
+    "alloc_latency",
+    "alloc_latency_off",
+];
+
+/// Environment a workload's children get on top of their backend's: the
+/// latency workload has scavalloc's scavenger release hard (a quarter of
+/// the machine), and runs once more on scavalloc with it off.
+fn workload_env(workload: &str) -> &'static [(&'static str, &'static str)] {
+    match workload {
+        "alloc_latency" => &[("SCAVALLOC_SCAVENGE_PERCENT", "25")],
+        "alloc_latency_off" => &[("SCAVALLOC_BACKGROUND", "0")],
+        _ => &[],
+    }
+}
+
+/// Whether `workload` runs on `backend`: the scavenger-off baseline of the
+/// latency workload only on scavalloc, and the latency workloads not on
+/// scavalloc without deep release (its scavenger still runs).
+fn runs_on(workload: &str, backend: Backend) -> bool {
+    match workload {
+        "alloc_latency_off" => backend == Backend::Scavalloc,
+        "alloc_latency" => backend != Backend::ScavallocNoDeep,
+        _ => true,
+    }
+}
 
 /// One result line of a child, for the driver.
 pub fn emit(key: &str, value: impl Display) {
@@ -208,6 +239,7 @@ fn child(name: &str, scale: Scale) {
             "burst_again" => measured(&mut || memory::burst_again(scale)),
             "periodic_bursts" => measured(&mut || memory::periodic_bursts(scale)),
             "idle_pool" => measured(&mut || memory::idle_pool(scale)),
+            "alloc_latency" | "alloc_latency_off" => measured(&mut || latency::alloc_latency(scale)),
             _ => usage(&format!("no workload {name:?}")),
         }
     }
@@ -232,7 +264,8 @@ fn run_child(workload: &'static str, backend: Backend, scale: Scale, out: &Path)
     cmd.args(["--child", workload])
         .env(dispatch::VAR, backend.name())
         .env("CRITERION_HOME", out.join("criterion"))
-        .envs(backend.env().iter().copied());
+        .envs(backend.env().iter().copied())
+        .envs(workload_env(workload).iter().copied());
     if scale == Scale::Smoke {
         cmd.arg("--smoke");
     }
@@ -287,7 +320,7 @@ fn driver(o: Options) {
     let (c_workloads, rust_workloads): (Vec<&'static str>, Vec<&'static str>) =
         o.workloads.iter().partition(|w| cprogs::ALL.iter().any(|c| c.name == **w));
     for &w in &rust_workloads {
-        for &b in &o.backends {
+        for &b in o.backends.iter().filter(|&&b| runs_on(w, b)) {
             let r = run_child(w, b, o.scale, &out);
             progress(&r);
             records.push(r);

@@ -63,6 +63,11 @@ pub fn check(records: &[Record]) -> Result<(), String> {
             positive(r, "first_ns")?;
             positive(r, "second_ns")?;
         }
+        if r.workload.starts_with("alloc_latency") {
+            positive(r, "ops")?;
+            positive(r, "op_p50_ns")?;
+            positive(r, "op_max_ns")?;
+        }
         if r.workload == "periodic_bursts" {
             positive(r, "burst_ns_0")?;
             positive(r, "mean_rss")?;
@@ -303,6 +308,45 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale, skipped:
                 mib(r.get("mean_rss")),
                 ratio(r.get("mean_rss"), sys_mean),
                 mib(r.get("peak_rss"))
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    if records.iter().any(|r| r.workload == "alloc_latency") {
+        let _ = writeln!(
+            out,
+            "## Allocation latency while memory is given back\n\n512 MiB of 64 B-1 KiB objects, half freed \
+             every tenth kept, half freed whole; then for 6 s two threads free and allocate 16 B-4 KiB objects \
+             in batches of 256 with a 1 ms sleep between, each call timed alone. scavalloc's scavenger releases \
+             hard meanwhile (`SCAVALLOC_SCAVENGE_PERCENT=25`); the last row is scavalloc with its background \
+             thread off (`SCAVALLOC_BACKGROUND=0`): the same work with nothing released. Allocations and frees \
+             together; the ratios are against that last row.\n\n\
+             | allocator | calls | p50 | p99 | p99.9 | p99.99 | max | p99.9 / off | max / off | released meanwhile (MiB) |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let off = find(records, "alloc_latency_off", Backend::Scavalloc);
+        let ratio = |r: &Record, key: &str| {
+            off.and_then(|o| o.get(key)).zip(r.get(key)).map_or("-".into(), |(o, v)| format!("{:.2}", v / o))
+        };
+        let rows = backends
+            .iter()
+            .filter_map(|&b| find(records, "alloc_latency", b).map(|r| (b.name().to_string(), r)))
+            .chain(off.map(|r| ("scavalloc, background off".to_string(), r)));
+        for (name, r) in rows {
+            let ns = |k: &str| duration(r.get(k).unwrap_or(f64::NAN));
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                2.0 * r.get("ops").unwrap_or(f64::NAN),
+                ns("op_p50_ns"),
+                ns("op_p99_ns"),
+                ns("op_p999_ns"),
+                ns("op_p9999_ns"),
+                ns("op_max_ns"),
+                ratio(r, "op_p999_ns"),
+                ratio(r, "op_max_ns"),
+                r.get("released_during").map_or("-".into(), |v| format!("{:.1}", v / MIB))
             );
         }
         let _ = writeln!(out);
