@@ -130,12 +130,15 @@ fn usage(problem: &str) -> ! {
         "usage: compare [--smoke] [--write-readme] [--only w1,w2,...] \
          [--alloc system,scavalloc,scavalloc-nodeep,jemalloc,mimalloc]"
     );
-    eprintln!("workloads: {}", all_workloads().join(", "));
+    eprintln!("workloads: {} (and, only when named: {})", all_workloads().join(", "), OPT_IN_WORKLOADS.join(", "));
     std::process::exit(2)
 }
 
-/// Every workload: the Rust throughput ones, the memory ones, the C
-/// programs.
+/// Workloads run only when named (`--only`): they take minutes each.
+pub const OPT_IN_WORKLOADS: [&str; 1] = ["burst_idle_thp"];
+
+/// Every workload run by default: the Rust throughput ones, the memory
+/// ones, the C programs.
 fn all_workloads() -> Vec<&'static str> {
     workloads::ALL.iter().map(|w| w.name).chain(MEMORY_WORKLOADS).chain(cprogs::ALL.iter().map(|w| w.name)).collect()
 }
@@ -153,7 +156,12 @@ fn parse_options(args: &[String]) -> Options {
                 let list = it.next().unwrap_or_else(|| usage("--only needs a list"));
                 o.workloads = list
                     .split(',')
-                    .map(|n| *all.iter().find(|w| **w == n).unwrap_or_else(|| usage(&format!("no workload {n:?}"))))
+                    .map(|n| {
+                        *all.iter()
+                            .chain(&OPT_IN_WORKLOADS)
+                            .find(|w| **w == n)
+                            .unwrap_or_else(|| usage(&format!("no workload {n:?}")))
+                    })
                     .collect();
             }
             "--alloc" => {
@@ -239,6 +247,7 @@ fn child(name: &str, scale: Scale) {
             "burst_again" => measured(&mut || memory::burst_again(scale)),
             "periodic_bursts" => measured(&mut || memory::periodic_bursts(scale)),
             "idle_pool" => measured(&mut || memory::idle_pool(scale)),
+            "burst_idle_thp" => measured(&mut || memory::burst_idle_thp(scale)),
             "alloc_latency" | "alloc_latency_off" => measured(&mut || latency::alloc_latency(scale)),
             _ => usage(&format!("no workload {name:?}")),
         }

@@ -160,6 +160,7 @@ fn scavalloc_bound(pattern: Pattern, rss: usize, live: usize, base: usize) {
     emit("bound_met", u8::from(rss <= bound));
     emit("retained_5s", s.mapped - s.heap_released);
     emit("in_use_5s", s.heap_in_use);
+    emit("metadata_5s", s.metadata);
 }
 
 /// A burst of 512 MiB of 64 B-4 KiB objects, nine in ten freed at random,
@@ -332,4 +333,72 @@ pub fn periodic_bursts(scale: Scale) {
     emit("live", live);
     emit("mean_rss", mean as usize);
     emit("peak_rss", peak_rss());
+}
+
+/// `AnonHugePages` of the process: memory mapped with transparent huge
+/// pages (from `/proc/self/smaps_rollup`).
+fn anon_huge_pages() -> usize {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Whether khugepaged puts released memory back: the scattered burst-idle
+/// pattern (every tenth object kept, so releases are 4 KiB pages inside
+/// what may have been huge pages), then minutes of idle with RSS and
+/// `AnonHugePages` sampled every second. With transparent huge pages in
+/// `always` mode a heap's 2 MiB-aligned ranges fault in as huge pages;
+/// releasing a page inside one splits it, and khugepaged, which collapses
+/// any 2 MiB range with at most `max_ptes_none` (511 by default) pages
+/// missing, would fault the released pages back in: RSS creeping up while
+/// the program idles. Opt-in (`--only burst_idle_thp`): it idles for three
+/// minutes per allocator. Reports the THP mode in force.
+pub fn burst_idle_thp(scale: Scale) {
+    let (burst, idle) = match scale {
+        Scale::Full => (512 * MIB, Duration::from_secs(180)),
+        Scale::Smoke => (16 * MIB, Duration::from_secs(4)),
+    };
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let always = mode.contains("[always]");
+    emit("thp_always", u8::from(always));
+    let base = rss();
+    let mut objects = support::burst(burst);
+    let mut i = 0;
+    objects.retain(|_| {
+        i += 1;
+        i % 10 == 0
+    });
+    let (live, touched) = live_and_pages(&objects);
+    emit("base_rss", base);
+    emit("live", live);
+    emit("live_pages", touched);
+    let start = Instant::now();
+    let mut next = Duration::ZERO;
+    let (mut low, mut last) = (usize::MAX, 0);
+    // RSS and huge pages at these seconds into the idle (the last one at
+    // the end of a shorter smoke run).
+    let marks = [0, 5, 10, 30, 60, 120, 180];
+    while next <= idle {
+        let now = start.elapsed();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+        let r = rss();
+        emit("sample", format!("{:.3} {r}", start.elapsed().as_secs_f64()));
+        let second = next.as_secs();
+        if marks.contains(&second) || next + Duration::from_secs(1) > idle {
+            emit(&format!("rss_at_{second}"), r);
+            emit(&format!("huge_at_{second}"), anon_huge_pages());
+        }
+        low = low.min(r);
+        last = r;
+        next += Duration::from_secs(1);
+    }
+    emit("rss_low", low);
+    emit("rss_end", last);
+    emit("huge_end", anon_huge_pages());
+    emit("peak_rss", peak_rss());
+    assert!(objects.iter().all(|o| o.iter().all(|&b| b == o[0])), "a live object changed");
 }

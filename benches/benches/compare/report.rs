@@ -73,7 +73,14 @@ pub fn check(records: &[Record]) -> Result<(), String> {
             positive(r, "mean_rss")?;
         }
         if r.workload.starts_with("burst_idle") || r.workload == "idle_pool" {
-            positive(r, if r.workload == "idle_pool" { "rss_end" } else { "rss_5s" })?;
+            positive(
+                r,
+                if r.workload.starts_with("burst_idle_") && r.workload != "burst_idle_thp" {
+                    "rss_5s"
+                } else {
+                    "rss_end"
+                },
+            )?;
             if r.samples.len() < 5 || r.samples.iter().any(|s| !(s.0.is_finite() && s.1 > 0.0)) {
                 return Err(format!("{} on {}: bad RSS timeline {:?}", r.workload, r.backend.name(), r.samples));
             }
@@ -347,6 +354,37 @@ pub fn markdown(records: &[Record], backends: &[Backend], scale: Scale, skipped:
                 ratio(r, "op_p999_ns"),
                 ratio(r, "op_max_ns"),
                 r.get("released_during").map_or("-".into(), |v| format!("{:.1}", v / MIB))
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    if records.iter().any(|r| r.workload == "burst_idle_thp") {
+        let always = records.iter().any(|r| r.workload == "burst_idle_thp" && r.get("thp_always") == Some(1.0));
+        let _ = writeln!(
+            out,
+            "## Huge pages after a scattered burst\n\n512 MiB of 16 B-4 KiB objects and some of 64-256 KiB, every \
+             tenth kept, then 3 minutes of idle, with transparent huge pages in `{}` mode. RSS / `AnonHugePages` \
+             in MiB at times into the idle: does khugepaged fault released pages back in?\n\n\
+             | allocator | 0 s | 10 s | 60 s | 120 s | 180 s | lowest RSS | end / lowest |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            if always { "always" } else { "madvise" }
+        );
+        for &b in backends {
+            let Some(r) = find(records, "burst_idle_thp", b) else { continue };
+            let at =
+                |t: u32| format!("{} / {}", mib(r.get(&format!("rss_at_{t}"))), mib(r.get(&format!("huge_at_{t}"))));
+            let growth = r.get("rss_end").zip(r.get("rss_low")).map_or("-".into(), |(e, l)| format!("{:.2}", e / l));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {growth} |",
+                b.name(),
+                at(0),
+                at(10),
+                at(60),
+                at(120),
+                at(180),
+                mib(r.get("rss_low"))
             );
         }
         let _ = writeln!(out);
