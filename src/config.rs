@@ -33,6 +33,11 @@ pub struct Config {
     /// together may hold before the scavenger trims the largest (see
     /// `spans::cache::trim`).
     pub cache_budget: usize,
+    /// `SCAVALLOC_THP=1`: let the kernel back the heap with transparent
+    /// huge pages (off by default: in the kernel's `always` mode,
+    /// khugepaged would fault released memory back in; see
+    /// `os::set_huge_pages`).
+    pub huge_pages: bool,
 }
 
 impl Config {
@@ -44,6 +49,7 @@ impl Config {
         arena_quarantine: 64 << 30,
         check: false,
         cache_budget: crate::spans::cache::trim::DEFAULT_BUDGET,
+        huge_pages: false,
     };
 }
 
@@ -55,6 +61,7 @@ pub fn get() -> &'static Config {
     CONFIG.call_once(|| {
         let config = from_lookup(os::getenv);
         os::set_release_mode(config.release_mode);
+        os::set_huge_pages(config.huge_pages);
         config
     })
 }
@@ -84,6 +91,9 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
             None => bad_value("SCAVALLOC_CACHE_BUDGET", v, "32MiB", crate::spans::cache::trim::DEFAULT_BUDGET),
         };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_THP") {
+        c.huge_pages = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_THP", v, "0", false));
     }
     if let Some(v) = lookup(c"SCAVALLOC_CHECK") {
         c.check = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_CHECK", v, "0", false));
@@ -248,6 +258,7 @@ mod tests {
                 b"SCAVALLOC_CACHE_BUDGET" => Some(b"a little"),
                 b"SCAVALLOC_PRESSURE_PERCENT" => Some(b"plenty"),
                 b"SCAVALLOC_WINDOW_MAX" => Some(b"0"),
+                b"SCAVALLOC_THP" => Some(b"huge"),
                 _ => None,
             }
         };
@@ -278,6 +289,11 @@ mod tests {
             (name.to_bytes() == b"SCAVALLOC_CHECK").then_some(&b"1"[..])
         };
         assert!(from_lookup(on).check);
+        assert!(!c.huge_pages, "a bad THP flag falls back to off");
+        let thp = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
+            (name.to_bytes() == b"SCAVALLOC_THP").then_some(&b"1"[..])
+        };
+        assert!(from_lookup(thp).huge_pages);
         let off = |name: &core::ffi::CStr| -> Option<&'static [u8]> {
             (name.to_bytes() == b"SCAVALLOC_DEEP_RELEASE").then_some(&b"sometimes"[..])
         };

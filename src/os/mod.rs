@@ -311,7 +311,9 @@ fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, 
     check_no_lock_held("mmap");
     #[cfg(feature = "testing")]
     if EMULATED.load(Ordering::Relaxed) && hint == 0 {
-        return mmap_emulated(size, prot, flags);
+        let p = mmap_emulated(size, prot, flags)?;
+        keep_huge_pages_out(p.as_ptr() as usize, size.next_multiple_of(page_size()));
+        return Ok(p);
     }
     check_aligned(hint, size, "mmap");
     // SAFETY: an anonymous mapping without MAP_FIXED never replaces existing
@@ -320,7 +322,40 @@ fn mmap(hint: usize, size: usize, prot: i32, flags: i32) -> Result<NonNull<u8>, 
     if p == libc::MAP_FAILED {
         return Err(OsError::last());
     }
+    keep_huge_pages_out(p as usize, size);
     NonNull::new(p.cast()).ok_or(OsError { errno: libc::ENOMEM })
+}
+
+/// Whether the kernel may back scavalloc's mappings with transparent huge
+/// pages (`SCAVALLOC_THP=1`); by default it may not.
+static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
+
+/// Lets the kernel use transparent huge pages for the mappings made from
+/// now on, or not (set once by the configuration at start-up).
+pub fn set_huge_pages(allowed: bool) {
+    HUGE_PAGES.store(allowed, Ordering::Relaxed);
+}
+
+/// Marks a fresh mapping `MADV_NOHUGEPAGE`, unless huge pages are allowed.
+///
+/// With transparent huge pages in `always` mode, the kernel backs a heap's
+/// 2 MiB-aligned ranges with huge pages, and khugepaged collapses any
+/// 2 MiB range that has at most `max_ptes_none` (511 by default) of its
+/// pages missing back into a huge page: it faults the pages the scavenger
+/// released back in, and RSS creeps up while the program idles (measured:
+/// from 107 MiB to 322 MiB in three minutes after a scattered burst, and
+/// still climbing). Go hit the same in 1.21. Marking the whole mapping once,
+/// when it is made, keeps it one VMA (marking ranges as they are released
+/// would split the mapping into thousands); in `madvise` mode, the common
+/// default, the mark changes nothing, since nothing asks for huge pages.
+fn keep_huge_pages_out(addr: usize, size: usize) {
+    if HUGE_PAGES.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: the range is a mapping this module just made; the advice
+    // only sets a flag on it and touches no memory. A kernel without
+    // transparent huge pages refuses it (EINVAL), which is fine.
+    unsafe { libc::madvise(addr as *mut libc::c_void, size, libc::MADV_NOHUGEPAGE) };
 }
 
 /// An anonymous mapping as a kernel with the emulated page size would make
@@ -623,6 +658,9 @@ pub unsafe fn fault(addr: usize, size: usize) -> Result<(), OsError> {
     if p == libc::MAP_FAILED {
         return Err(OsError::last());
     }
+    // A new mapping: marked like the one it replaced, so that the two
+    // stay one VMA once it is made ready again.
+    keep_huge_pages_out(addr, size);
     Ok(())
 }
 

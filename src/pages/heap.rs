@@ -8,7 +8,8 @@
 //! new reservation is first tried directly after the previous one so that
 //! the heap stays one contiguous range. Memory given to the page allocator
 //! is made readable and writable at once but is never touched here, so it
-//! costs no physical memory until an allocation writes to it.
+//! costs no physical memory until an allocation writes to it. None of
+//! these system calls is made under the heap lock (see [`alloc_growing`]).
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

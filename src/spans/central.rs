@@ -20,6 +20,11 @@
 //! back, so a refill takes over a span only when it yields a batch worth a
 //! lock round trip.
 //!
+//! No system call is made under a class lock: a new span is made with the
+//! lock dropped ([`adopt`]; a `fork()` waits for those in flight), and
+//! deep release takes the spans it releases from off the list and makes
+//! the `madvise` with the lock dropped ([`deep_release_step`]).
+//!
 //! Lock order: a central lock may be held while taking the heap lock, never
 //! the other way round.
 
@@ -394,14 +399,27 @@ impl Central {
             // SAFETY: the contract: off every list, unreferenced.
             unsafe { self.retire_empty(span) };
         } else if nfree > 0 {
-            // SAFETY: as above; the span goes on the partial list.
-            unsafe {
-                (*span).in_partial = true;
-                if nfree >= ready_threshold(class) {
-                    self.partial.push_front(span);
-                } else {
-                    self.partial.push_back(span);
-                }
+            // SAFETY: as above.
+            unsafe { self.push_partial(span, nfree, ready_threshold(class)) };
+        }
+    }
+
+    /// Puts `span`, with `nfree` free objects, on the partial list: at the
+    /// front if that makes it ready for an owner (`threshold`), else at
+    /// the back, where it waits for more frees.
+    ///
+    /// # Safety
+    ///
+    /// `span` is a live, unowned record of this class on no list, with no
+    /// live reference to it.
+    unsafe fn push_partial(&mut self, span: *mut Span, nfree: usize, threshold: usize) {
+        // SAFETY: the contract; the partial list is ours.
+        unsafe {
+            (*span).in_partial = true;
+            if nfree >= threshold {
+                self.partial.push_front(span);
+            } else {
+                self.partial.push_back(span);
             }
         }
     }
@@ -513,14 +531,7 @@ impl Central {
                 // whose threshold is one object).
                 // SAFETY: the span was full, so on no list; no reference to
                 // it is live.
-                unsafe {
-                    (*span).in_partial = true;
-                    if nfree >= threshold {
-                        self.partial.push_front(span);
-                    } else {
-                        self.partial.push_back(span);
-                    }
-                }
+                unsafe { self.push_partial(span, nfree, threshold) };
             } else if nfree == threshold && threshold > 1 {
                 // Just became ready: to the front, where refills look.
                 // SAFETY: the span is on this class's list; no reference to
@@ -774,15 +785,8 @@ impl Central {
             // It had free objects when it was taken out, and no one handed
             // any out since: it belongs on the partial list.
             debug_assert!(nfree > 0);
-            // SAFETY: on no list; the partial list is ours.
-            unsafe {
-                (*span).in_partial = true;
-                if nfree >= ready_threshold(class) {
-                    self.partial.push_front(span);
-                } else {
-                    self.partial.push_back(span);
-                }
-            }
+            // SAFETY: on no list, with no live reference to it.
+            unsafe { self.push_partial(span, nfree, ready_threshold(class)) };
         }
     }
 }

@@ -31,6 +31,11 @@
 //!   page fault, paced by the same CPU budget.
 //! * A new pass is started only if something could have changed: objects
 //!   were freed since the last pass began, or it passed over spans in use.
+//! * The class lock is held only to choose and to record, never across the
+//!   `madvise` (see [`central::deep_release_step`]), and a step chooses
+//!   for at most 10 µs: threads allocating from a class deep release works
+//!   on do not wait for the kernel. The longest hold so far is in the
+//!   statistics (`deep_longest_hold_ns`).
 //!
 //! # Huge pages
 //!

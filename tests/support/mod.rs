@@ -334,7 +334,7 @@ pub fn run_child(test: &str, case: &str, timeout: Duration) -> ChildOutput {
 /// The scavenger's settings, removed from a child's environment unless the
 /// test sets them, so that a setting in the environment of `cargo test`
 /// cannot change what a child checks.
-const SETTINGS: [&str; 10] = [
+const SETTINGS: [&str; 11] = [
     "MEMORY_PRESSURE_WATCH",
     "MEMORY_PRESSURE_WRITE",
     "SCAVALLOC_BACKGROUND",
@@ -345,6 +345,7 @@ const SETTINGS: [&str; 10] = [
     "SCAVALLOC_SCAVTRACE",
     "SCAVALLOC_RELEASE",
     "SCAVALLOC_STATS",
+    "SCAVALLOC_THP",
 ];
 
 /// [`run_child`] with extra environment variables.

@@ -102,22 +102,7 @@ pub fn burst_idle(pattern: Pattern, scale: Scale) {
         Scale::Smoke => (16 * MIB, Duration::from_millis(500), Duration::from_millis(50)),
     };
     let base = rss();
-    // The scavenger tests' own burst.
-    let mut objects = support::burst(burst);
-    match pattern {
-        Pattern::Whole => drop(objects.drain(..objects.len() / 10 * 9)),
-        Pattern::Scattered => {
-            let mut i = 0;
-            objects.retain(|_| {
-                i += 1;
-                i % 10 == 0
-            });
-        }
-    }
-    let (live, touched) = live_and_pages(&objects);
-    emit("base_rss", base);
-    emit("live", live);
-    emit("live_pages", touched);
+    let (objects, live) = thinned_burst(burst, pattern, base);
 
     let start = Instant::now();
     let cpu_start = process_cpu();
@@ -143,6 +128,28 @@ pub fn burst_idle(pattern: Pattern, scale: Scale) {
     emit("rss_5s", at_5s.unwrap_or(0));
     emit("peak_rss", peak_rss());
     assert!(objects.iter().all(|o| o.iter().all(|&b| b == o[0])), "a live object changed");
+}
+
+/// The scavenger tests' own burst of `bytes`, nine in ten freed as
+/// `pattern` says; reports `base` (the RSS before it), the live bytes and
+/// the pages they touch, and returns the objects kept and their bytes.
+fn thinned_burst(bytes: usize, pattern: Pattern, base: usize) -> (Vec<Box<[u8]>>, usize) {
+    let mut objects = support::burst(bytes);
+    match pattern {
+        Pattern::Whole => drop(objects.drain(..objects.len() / 10 * 9)),
+        Pattern::Scattered => {
+            let mut i = 0;
+            objects.retain(|_| {
+                i += 1;
+                i % 10 == 0
+            });
+        }
+    }
+    let (live, touched) = live_and_pages(&objects);
+    emit("base_rss", base);
+    emit("live", live);
+    emit("live_pages", touched);
+    (objects, live)
 }
 
 /// The scavenger issue's bound on RSS 5 s into the idle, from scavalloc's
@@ -363,17 +370,7 @@ pub fn burst_idle_thp(scale: Scale) {
     let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     let always = mode.contains("[always]");
     emit("thp_always", u8::from(always));
-    let base = rss();
-    let mut objects = support::burst(burst);
-    let mut i = 0;
-    objects.retain(|_| {
-        i += 1;
-        i % 10 == 0
-    });
-    let (live, touched) = live_and_pages(&objects);
-    emit("base_rss", base);
-    emit("live", live);
-    emit("live_pages", touched);
+    let (objects, _) = thinned_burst(burst, Pattern::Scattered, rss());
     let start = Instant::now();
     let mut next = Duration::ZERO;
     let (mut low, mut last) = (usize::MAX, 0);
