@@ -19,7 +19,7 @@
 //!   50 ms between them. The kernel charges more per page freed this way:
 //!   pages freed in one long call go back through free lists the call
 //!   itself keeps warm, while a slice after a pause starts cold (measured:
-//!   1.4-1.5x the unpaced price). A scavenger that must pace itself can do
+//!   1.3-2.4x the unpaced price). A scavenger that must pace itself can do
 //!   no better than this floor.
 //!
 //! Scenarios: whole spans free (the first 90% in allocation order);
