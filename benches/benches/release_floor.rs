@@ -203,34 +203,9 @@ const PACED_PAUSE: Duration = Duration::from_millis(50);
 /// [`PACED_PAUSE`] between slices (a range longer than a slice is cut).
 /// Returns the CPU time of the `madvise` calls alone.
 fn replay_paced(ranges: &[(usize, usize)], merged: &[(usize, usize)]) -> u64 {
-    let low = lowest(ranges);
-    let span = ranges.iter().map(|&(a, l)| a + l).max().unwrap_or(low) - low;
-    // SAFETY: an anonymous private mapping at an address the kernel picks.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            span.max(1),
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(base, libc::MAP_FAILED, "a replay mapping of {span} bytes");
-    let base = base as usize;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    for &(a, l) in merged {
-        for p in (base + a..base + a + l).step_by(page) {
-            // SAFETY: inside the mapping.
-            unsafe { (p as *mut u8).write_volatile(1) };
-        }
-    }
-    let mut scratch = vec![0u8; EVICT_BYTES];
-    for line in scratch.chunks_mut(64) {
-        line[0] = line[0].wrapping_add(1);
-    }
-    std::hint::black_box(&scratch);
+    let map = ReplayMapping::new(ranges);
+    map.fault_in(ranges);
+    evict_caches(&mut vec![0u8; EVICT_BYTES], 0);
     let (mut total, mut in_slice) = (0, 0);
     for &(a, l) in merged {
         let mut off = 0;
@@ -238,7 +213,7 @@ fn replay_paced(ranges: &[(usize, usize)], merged: &[(usize, usize)]) -> u64 {
             let n = (l - off).min(PACED_SLICE - in_slice);
             let start = support::thread_cpu_ns();
             // SAFETY: inside the mapping, which only this child uses.
-            unsafe { libc::madvise((base + a + off) as *mut libc::c_void, n, libc::MADV_DONTNEED) };
+            unsafe { libc::madvise((map.base + a + off) as *mut libc::c_void, n, libc::MADV_DONTNEED) };
             total += support::thread_cpu_ns() - start;
             off += n;
             in_slice += n;
@@ -248,9 +223,64 @@ fn replay_paced(ranges: &[(usize, usize)], merged: &[(usize, usize)]) -> u64 {
             }
         }
     }
-    // SAFETY: the mapping made above, no longer used.
-    unsafe { libc::munmap(base as *mut libc::c_void, span.max(1)) };
     total
+}
+
+/// A fresh private mapping laid out like a log's ranges (the lowest logged
+/// address at `base`), unmapped when dropped.
+struct ReplayMapping {
+    base: usize,
+    low: usize,
+    len: usize,
+}
+
+impl ReplayMapping {
+    fn new(ranges: &[(usize, usize)]) -> Self {
+        let low = lowest(ranges);
+        let len = (ranges.iter().map(|&(a, l)| a + l).max().unwrap_or(low) - low).max(1);
+        // SAFETY: an anonymous private mapping at an address the kernel picks.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "a replay mapping of {len} bytes");
+        ReplayMapping { base: base as usize, low, len }
+    }
+
+    /// Writes one byte in every page of every range, so all are resident.
+    fn fault_in(&self, ranges: &[(usize, usize)]) {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        for &(a, l) in ranges {
+            let start = self.base + a - self.low;
+            for p in (start..start + l).step_by(page) {
+                // SAFETY: inside the mapping.
+                unsafe { (p as *mut u8).write_volatile(1) };
+            }
+        }
+    }
+}
+
+impl Drop for ReplayMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made by `new`, no longer used.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Walks `scratch`, a buffer far larger than any last-level cache, so that
+/// what was touched before has left the caches.
+fn evict_caches(scratch: &mut [u8], round: u8) {
+    for line in scratch.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(round + 1);
+    }
+    std::hint::black_box(&scratch);
 }
 
 fn lowest(ranges: &[(usize, usize)]) -> usize {
@@ -279,43 +309,16 @@ fn merge(ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
 /// structures have left the caches: releasing them right after the
 /// fault-in would make the floor look cheaper than it is.)
 fn replay(ranges: &[(usize, usize)], release: impl Fn(usize)) -> u64 {
-    let low = lowest(ranges);
-    let span = ranges.iter().map(|&(a, l)| a + l).max().unwrap_or(low) - low;
-    // SAFETY: an anonymous private mapping at an address the kernel picks.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            span.max(1),
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(base, libc::MAP_FAILED, "a replay mapping of {span} bytes");
-    let base = base as usize;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let map = ReplayMapping::new(ranges);
     let mut best = u64::MAX;
     let mut scratch = vec![0u8; EVICT_BYTES];
     for round in 0..3 {
-        for &(a, l) in ranges {
-            for p in (base + a - low..base + a - low + l).step_by(page) {
-                // SAFETY: inside the mapping.
-                unsafe { (p as *mut u8).write_volatile(1) };
-            }
-        }
-        // Walk a buffer far larger than any last-level cache.
-        for line in scratch.chunks_mut(64) {
-            line[0] = line[0].wrapping_add(round as u8 + 1);
-        }
-        std::hint::black_box(&scratch);
+        map.fault_in(ranges);
+        evict_caches(&mut scratch, round);
         let start = support::thread_cpu_ns();
-        release(base);
+        release(map.base);
         best = best.min(support::thread_cpu_ns() - start);
     }
-    // SAFETY: the mapping made above, no longer used.
-    unsafe { libc::munmap(base as *mut libc::c_void, span.max(1)) };
     best
 }
 
