@@ -121,6 +121,10 @@ pub struct Stats {
     /// The longest a step of deep release held a class lock (ns): it
     /// chooses and records under the lock, and releases without it.
     pub deep_longest_hold_ns: u64,
+    /// Deep release's class-lock holds by length: entry `b` counts holds
+    /// under `2^b` microseconds and at least `2^(b-1)` (the last entry,
+    /// 16 ms and longer). See [`Stats::deep_hold_bound_us`].
+    pub deep_hold_histogram: [u64; 16],
     /// CPU time the background scavenger spent on deep release (ns; part of
     /// `scavenger_cpu_ns`).
     pub deep_cpu_ns: u64,
@@ -189,6 +193,26 @@ impl Stats {
             .saturating_sub(self.span_released)
             .saturating_sub(self.arena_quarantined)
     }
+
+    /// Deep release's class-lock holds so far, and the bound in
+    /// microseconds (a power of two) under which at least `share` of them
+    /// (0 to 1) stayed; 0 bound when there were none. Holds of 16 ms and
+    /// more share the last bucket, whose bound is the longest hold.
+    pub fn deep_hold_bound_us(&self, share: f64) -> (u64, u64) {
+        let holds: u64 = self.deep_hold_histogram.iter().sum();
+        let need = (holds as f64 * share).ceil() as u64;
+        let mut seen = 0;
+        for (b, &n) in self.deep_hold_histogram.iter().enumerate() {
+            seen += n;
+            if n > 0 && seen >= need {
+                if b == self.deep_hold_histogram.len() - 1 {
+                    return (holds, self.deep_longest_hold_ns.div_ceil(1000));
+                }
+                return (holds, 1 << b);
+            }
+        }
+        (holds, 0)
+    }
 }
 
 /// Takes a snapshot of the allocator's figures.
@@ -225,6 +249,7 @@ pub fn stats() -> Stats {
         released_deep: deep.released_total,
         deep_spans: deep.spans_total,
         deep_longest_hold_ns: deep.longest_hold_ns,
+        deep_hold_histogram: deep.hold_histogram,
         deep_cpu_ns: bg.deep_cpu_ns,
         arena_pages: 0,
         arenas: arenas.arenas,
@@ -322,14 +347,17 @@ pub fn print(s: &Stats) {
         let _ = write!(line, "  {name:<30} {:>12.2} MiB", mib(bytes));
         line.emit_line();
     }
-    let mut line = LineBuf::<192>::new();
+    let (holds, p99) = s.deep_hold_bound_us(0.99);
+    let mut line = LineBuf::<256>::new();
     let _ = write!(
         line,
-        "  scavenger: {:.1} ms CPU ({:.1} ms deep, {} spans, lock held {:.1} us at most) in {} batches, ratio {:.4}, {} limit overruns",
+        "  scavenger: {:.1} ms CPU ({:.1} ms deep, {} spans, lock held {:.1} us at most, 99% of {} holds under {} us) in {} batches, ratio {:.4}, {} limit overruns",
         s.scavenger_cpu_ns as f64 / 1e6,
         s.deep_cpu_ns as f64 / 1e6,
         s.deep_spans,
         s.deep_longest_hold_ns as f64 / 1e3,
+        holds,
+        p99,
         s.scavenger_batches,
         s.sleep_ratio,
         s.limit_overruns
@@ -433,5 +461,35 @@ mod tests {
         s.heap_released = 80 << 20;
         s.arena_quarantined = 1 << 20;
         assert_eq!(s.retained(), 0);
+    }
+
+    /// The hold bound against a naive sort of the same holds: the smallest
+    /// power of two of microseconds at or above the hold at the share's
+    /// rank.
+    #[test]
+    fn deep_hold_bound_matches_sorted_holds() {
+        let holds_us: Vec<u64> = (0..1000u64).map(|i| (i * 7919) % 300).chain([5000, 40_000]).collect();
+        let mut s = stats();
+        s.deep_hold_histogram = [0; 16];
+        s.deep_longest_hold_ns = 40_000_000;
+        for &us in &holds_us {
+            let b = ((u64::BITS - us.leading_zeros()) as usize).min(15);
+            s.deep_hold_histogram[b] += 1;
+        }
+        let mut sorted = holds_us.clone();
+        sorted.sort_unstable();
+        for share in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            let rank = ((sorted.len() as f64 * share).ceil() as usize).max(1) - 1;
+            let at = sorted[rank];
+            let (n, bound) = s.deep_hold_bound_us(share);
+            assert_eq!(n, sorted.len() as u64);
+            // The bucket's bound is the next power of two above the hold
+            // (holds of 16 ms and more share the last bucket, bounded by
+            // the longest).
+            let want = if at >= 1 << 14 { 40_000 } else { 1u64 << (u64::BITS - at.leading_zeros()) };
+            assert_eq!(bound, want, "share {share}: hold at rank {rank} is {at} us");
+        }
+        s.deep_hold_histogram = [0; 16];
+        assert_eq!(s.deep_hold_bound_us(0.999), (0, 0));
     }
 }

@@ -792,18 +792,46 @@ impl Central {
     }
 }
 
-/// The longest class-lock hold of a deep-release step so far, in
-/// nanoseconds (monotonic clock).
-static DEEP_LONGEST_HOLD_NS: AtomicU64 = AtomicU64::new(0);
+/// How long deep-release steps held a class lock: the longest hold, and a
+/// histogram of all holds in powers of two of microseconds (bucket `b`
+/// counts holds under `2^b` us that are not under `2^(b-1)` us; the last
+/// bucket takes the rest). The longest hold alone says little on a machine
+/// whose CPUs stall for tens of microseconds on their own (interrupts, a
+/// hypervisor): the histogram shows how often a hold was long.
+struct HoldTimes {
+    longest_ns: AtomicU64,
+    buckets: [AtomicU64; HOLD_BUCKETS],
+}
+
+/// Buckets of [`HoldTimes`]: the last starts at 2^14 us (16 ms).
+pub const HOLD_BUCKETS: usize = 16;
+
+static DEEP_HOLDS: HoldTimes = HoldTimes {
+    longest_ns: AtomicU64::new(0),
+    buckets: [const { AtomicU64::new(0) }; HOLD_BUCKETS],
+};
 
 fn note_deep_hold(ns: u64) {
-    DEEP_LONGEST_HOLD_NS.fetch_max(ns, Ordering::Relaxed);
+    DEEP_HOLDS.longest_ns.fetch_max(ns, Ordering::Relaxed);
+    DEEP_HOLDS.buckets[hold_bucket(ns)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The bucket of a hold of `ns` nanoseconds: the bit length of its whole
+/// microseconds.
+fn hold_bucket(ns: u64) -> usize {
+    ((u64::BITS - (ns / 1000).leading_zeros()) as usize).min(HOLD_BUCKETS - 1)
 }
 
 /// The longest class-lock hold of a deep-release step so far, in
 /// nanoseconds.
 pub fn deep_longest_hold_ns() -> u64 {
-    DEEP_LONGEST_HOLD_NS.load(Ordering::Relaxed)
+    DEEP_HOLDS.longest_ns.load(Ordering::Relaxed)
+}
+
+/// Deep release's class-lock holds so far, by [`hold_bucket`]: entry `b`
+/// counts the holds under `2^b` us (and at least `2^(b-1)` us).
+pub fn deep_hold_histogram() -> [u64; HOLD_BUCKETS] {
+    core::array::from_fn(|b| DEEP_HOLDS.buckets[b].load(Ordering::Relaxed))
 }
 
 /// Set while a `fork()` waits for the spans out of their class lock's

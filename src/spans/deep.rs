@@ -284,6 +284,8 @@ pub struct DeepStats {
     pub spans_total: u64,
     /// The longest a step held a class lock, in nanoseconds.
     pub longest_hold_ns: u64,
+    /// All holds by length (see [`central::deep_hold_histogram`]).
+    pub hold_histogram: [u64; central::HOLD_BUCKETS],
 }
 
 /// Deep release's cumulative figures.
@@ -292,6 +294,7 @@ pub fn stats() -> DeepStats {
         released_total: RELEASED_TOTAL.load(Ordering::Relaxed),
         spans_total: SPANS_TOTAL.load(Ordering::Relaxed),
         longest_hold_ns: central::deep_longest_hold_ns(),
+        hold_histogram: central::deep_hold_histogram(),
     }
 }
 
