@@ -18,7 +18,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::spans::{self, cache, sizeclass};
-use crate::{config, pages, persistent, scavenge, stats};
+use crate::{config, pages, persistent, profile, scavenge, stats};
 
 /// The scavalloc global allocator.
 ///
@@ -85,6 +85,11 @@ fn checking() -> bool {
 unsafe impl GlobalAlloc for Scavalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if profile::due(layout.size()) {
+            if let Some(p) = profile::alloc_sampled(layout.size(), layout.align(), false) {
+                return p;
+            }
+        }
         if !checking() {
             let p = fast_pop(&layout);
             if !p.is_null() {
@@ -112,6 +117,11 @@ unsafe impl GlobalAlloc for Scavalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if profile::due(layout.size()) {
+            if let Some(p) = profile::alloc_sampled(layout.size(), layout.align(), true) {
+                return p;
+            }
+        }
         if !checking() {
             let p = fast_pop(&layout);
             if !p.is_null() {
@@ -134,9 +144,39 @@ unsafe impl GlobalAlloc for Scavalloc {
                 }
             }
         }
+        // A move (or growth) counts as an allocation of the new size.
+        if profile::due(new_size) {
+            if let Some(new) = profile::alloc_sampled(new_size, layout.align(), false) {
+                // SAFETY: forwarded from the caller; `new` is a fresh
+                // object of `new_size` bytes (or null).
+                return unsafe { move_to(ptr, layout, new, new_size) };
+            }
+        }
         // SAFETY: forwarded from the caller.
         unsafe { realloc_slow(ptr, layout, new_size) }
     }
+}
+
+/// A `realloc` that the heap profiler sampled: the object moves to `new`
+/// (null: out of memory, and the old one stays).
+///
+/// # Safety
+///
+/// `GlobalAlloc::realloc`'s contract for `ptr` and `layout`; `new` is null
+/// or a fresh object of at least `new_size` bytes aligned as `layout`.
+#[cold]
+#[inline(never)]
+unsafe fn move_to(ptr: *mut u8, layout: Layout, new: *mut u8, new_size: usize) -> *mut u8 {
+    if !new.is_null() {
+        // SAFETY: distinct live objects, the old one of `layout.size()`
+        // bytes, the new one of at least `new_size`; the old one is freed
+        // by the path it was allocated on.
+        unsafe {
+            core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+            Scavalloc.dealloc(ptr, layout);
+        }
+    }
+    new
 }
 
 /// A small object's free past the fast path (an object of another span
@@ -325,6 +365,10 @@ fn init_slow() {
         // SAFETY: `print_stats_at_exit` is an `extern "C" fn()`.
         unsafe { libc::atexit(print_stats_at_exit) };
     }
+    if config::get().profile.dump_path.is_some() && config::get().profile.rate != 0 {
+        // SAFETY: `dump_profile_at_exit` is an `extern "C" fn()`.
+        unsafe { libc::atexit(dump_profile_at_exit) };
+    }
     HANDLERS.store(HANDLERS_DONE, Ordering::Release);
 }
 
@@ -335,10 +379,15 @@ extern "C" fn fork_prepare() {
     spans::lock_for_fork();
     pages::heap::lock_for_fork();
     persistent::lock_for_fork();
+    // Leaf locks, never held while another is taken: last.
+    spans::sampled::lock_for_fork();
+    profile::lock_for_fork();
 }
 
 /// After `fork()` in the parent: release them.
 extern "C" fn fork_parent() {
+    profile::unlock_after_fork();
+    spans::sampled::unlock_after_fork();
     persistent::unlock_after_fork();
     pages::heap::unlock_after_fork();
     spans::unlock_after_fork();
@@ -372,6 +421,11 @@ pub fn release_all() -> usize {
 
 extern "C" fn print_stats_at_exit() {
     stats::print(&stats::stats());
+}
+
+/// At exit, with `SCAVALLOC_PROF_DUMP` set: the heap profile.
+extern "C" fn dump_profile_at_exit() {
+    profile::dump_at_exit();
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct Config {
     /// khugepaged would fault released memory back in; see
     /// `os::set_huge_pages`).
     pub huge_pages: bool,
+    /// The heap profiler's settings: `SCAVALLOC_PROF_RATE`,
+    /// `SCAVALLOC_PROF_MAX`, `SCAVALLOC_PROF_SEED`, `SCAVALLOC_PROF_DUMP`,
+    /// `SCAVALLOC_PROF_SIGNAL`.
+    pub profile: crate::profile::Settings,
 }
 
 impl Config {
@@ -50,6 +54,7 @@ impl Config {
         check: false,
         cache_budget: crate::spans::cache::trim::DEFAULT_BUDGET,
         huge_pages: false,
+        profile: crate::profile::Settings::DEFAULT,
     };
 }
 
@@ -97,6 +102,34 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
     }
     if let Some(v) = lookup(c"SCAVALLOC_CHECK") {
         c.check = parse_flag(v).unwrap_or_else(|| bad_value("SCAVALLOC_CHECK", v, "0", false));
+    }
+    let p = &mut c.profile;
+    if let Some(v) = lookup(c"SCAVALLOC_PROF_RATE") {
+        p.rate = match parse_bytes(v).and_then(|b| usize::try_from(b).ok()) {
+            Some(b) if b <= 1 << 40 => b,
+            _ => bad_value("SCAVALLOC_PROF_RATE", v, "512KiB", crate::profile::DEFAULT_RATE),
+        };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_PROF_MAX") {
+        p.max_stacks = match parse_uint(v, 1 << 24) {
+            Some(n) if n >= 1 => n as usize,
+            _ => bad_value("SCAVALLOC_PROF_MAX", v, "16384", crate::profile::DEFAULT_MAX_STACKS),
+        };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_PROF_SEED") {
+        p.seed = parse_uint(v, u64::MAX).unwrap_or_else(|| bad_value("SCAVALLOC_PROF_SEED", v, "0 (a fresh seed)", 0));
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_PROF_DUMP") {
+        p.dump_path = match v.trim_ascii() {
+            b"" => None,
+            path => Some(path),
+        };
+    }
+    if let Some(v) = lookup(c"SCAVALLOC_PROF_SIGNAL") {
+        p.signal = match parse_uint(v, 64) {
+            Some(n) if (1..=64).contains(&n) && ![libc::SIGKILL, libc::SIGSTOP].contains(&(n as i32)) => n as i32,
+            _ => bad_value("SCAVALLOC_PROF_SIGNAL", v, "none", 0),
+        };
     }
     let s = &mut c.scavenger;
     if let Some(v) = lookup(c"SCAVALLOC_SCAVENGE_PERCENT") {

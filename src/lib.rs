@@ -26,8 +26,8 @@
 //! # What is public
 //!
 //! Only what a program needs: [`Scavalloc`], [`Arena`], [`stats()`] with
-//! [`Stats`] and [`ClassStats`], [`release_all`] and
-//! [`flush_thread_cache`]. The layers are private to the crate, so safe
+//! [`Stats`] and [`ClassStats`], [`release_all`],
+//! [`flush_thread_cache`] and the heap profile ([`profile::write_pprof`]). The layers are private to the crate, so safe
 //! code cannot reach a thread cache, the page heap or the environment
 //! block and break the allocator's invariants:
 //!
@@ -102,6 +102,8 @@ on_supported_targets! {
     pub(crate) mod pages;
     #[cfg(not(loom))]
     pub(crate) mod persistent;
+    #[cfg(not(loom))]
+    pub mod profile;
     #[cfg(not(loom))]
     pub mod raw;
     #[cfg(not(loom))]

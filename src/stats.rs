@@ -91,8 +91,12 @@ pub struct Stats {
     pub large_allocated: usize,
     /// Live large objects (a count).
     pub large_objects: usize,
-    /// Memory holding the allocator's own metadata.
+    /// Memory holding the allocator's own metadata, including the heap
+    /// profile's table and the slots of its sampled small objects (see
+    /// `profile`).
     pub metadata: usize,
+    /// The heap profiler's figures.
+    pub profile: crate::profile::ProfileStats,
     /// Threads with a cache attached (a count).
     pub thread_caches: usize,
     /// What trimming thread caches (idle ones, and all of them beyond their
@@ -238,6 +242,7 @@ pub fn stats() -> Stats {
         large_allocated: 0,
         large_objects: 0,
         metadata: 0,
+        profile: crate::profile::stats(),
         thread_caches: 0,
         cache_trim: cache::trim::stats(),
         released_background: scavenge::released_by(Path::Background),
@@ -300,7 +305,11 @@ pub fn stats() -> Stats {
     s.page_cache = heap.page_cache;
     s.large_pages = heap.large;
     s.arena_pages = heap.arena;
-    s.metadata = heap.metadata + persistent::mapped_bytes() + pagemap::metadata_bytes(heap.mapped);
+    s.metadata = heap.metadata
+        + persistent::mapped_bytes()
+        + pagemap::metadata_bytes(heap.mapped)
+        + s.profile.table_bytes
+        + s.profile.sampled_bytes;
     s.thread_caches = cache::cache_counts().0;
     s
 }

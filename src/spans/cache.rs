@@ -53,6 +53,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 
 use super::sizeclass::{self, NUM_CLASSES};
 use super::pagemap;
+use super::sampled;
 use super::span::Span;
 use super::{central, large};
 use crate::persistent;
@@ -373,8 +374,13 @@ fn push_if(class: usize, object: *mut u8, also_keep: impl FnOnce(&ThreadCache) -
     let offset = (object as usize).wrapping_sub(bin.span_base.load(Ordering::Relaxed));
     // With room on the stack only a real cache (ids from 1): the shared
     // empty ones (id 0) never match an owner.
-    let kept =
-        n < bin.cap && (offset < bin.span_len.load(Ordering::Relaxed) || alone() || also_keep(cache));
+    // A single-threaded program keeps any object, except one the heap
+    // profiler sampled (never in the thread's own span): its free must
+    // reach the profile.
+    let kept = n < bin.cap
+        && (offset < bin.span_len.load(Ordering::Relaxed)
+            || (alone() && !sampled::contains(object as usize))
+            || also_keep(cache));
     if kept {
         // SAFETY: `n` is the stack's count and below its capacity, so this
         // is a real cache, `current()` is this thread's own, and we are
@@ -473,6 +479,10 @@ pub fn alloc_slow(class: usize) -> *mut u8 {
 /// is full.
 #[cold]
 pub fn dealloc_slow(class: usize, object: *mut u8) {
+    if sampled::contains(object as usize) {
+        sampled::free(object as usize, Some(class), "free");
+        return;
+    }
     let Some(cache) = attached_cache() else {
         central::give_back(class, &[object]);
         return;

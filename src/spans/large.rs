@@ -15,6 +15,7 @@ use crate::os;
 use crate::pages::heap::{RunUse, HEAP};
 use crate::pages::PAGE_SIZE;
 use crate::report::fatal;
+use crate::profile::table;
 use crate::scavenge;
 
 /// Bytes users asked for in large objects.
@@ -41,6 +42,21 @@ pub struct LargeAlloc {
     pub zeroed: bool,
 }
 
+/// Allocates a large object the heap profiler sampled, tagged `tag` so
+/// that its free is reported to the profile; zeroed if asked. Null when
+/// the OS refuses memory.
+pub fn alloc_sampled(size: usize, align: usize, zeroed: bool, tag: u32) -> *mut u8 {
+    let Some(a) = alloc(size, align, 0) else { return ptr::null_mut() };
+    if zeroed && !a.zeroed {
+        // SAFETY: a fresh large object of at least `size` bytes.
+        unsafe { ptr::write_bytes(a.ptr, 0, size) };
+    }
+    // SAFETY: the record of the object just allocated, which no one else
+    // knows of yet.
+    unsafe { (*pagemap::lookup(a.ptr as usize)).sample_tag = tag };
+    a.ptr
+}
+
 /// Allocates a large object of `size` bytes aligned to `align`, with
 /// `extra_pages` of room after it for growth in place. `None` when the OS
 /// refuses memory.
@@ -52,6 +68,7 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
         // SAFETY: a span of this thread's cache, now out of it: ours.
         if let Some(s) = unsafe { cached.as_mut() } {
             s.kind = SpanKind::Large;
+            s.sample_tag = 0;
             s.large_bytes = size;
             CACHED_PAGES.fetch_sub(npages, Ordering::Relaxed);
             LARGE_BYTES.fetch_add(size, Ordering::Relaxed);
@@ -113,6 +130,10 @@ fn record_of(ptr: *mut u8, what: &str) -> &'static mut span::Span {
 pub unsafe fn dealloc(ptr: *mut u8) {
     let s = record_of(ptr, "free");
     let (base, npages, bytes) = (s.base, s.npages, s.large_bytes);
+    if s.sample_tag != 0 {
+        table::note_free(s.sample_tag, bytes);
+        s.sample_tag = 0;
+    }
     LARGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
     // Marked first, so that a double free of a cached object is caught.
@@ -153,6 +174,11 @@ pub(crate) unsafe fn discard_cached(span: *mut span::Span) {
 /// `ptr` was returned by [`alloc`] and is live.
 pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
     let s = record_of(ptr, "realloc");
+    if s.sample_tag != 0 {
+        // A sampled object keeps the size it was sampled at: it moves
+        // instead (the profile sees a free and an allocation).
+        return false;
+    }
     let Some(need) = new_size.checked_add(PAGE_SIZE - 1).map(|b| b / PAGE_SIZE) else {
         return false;
     };

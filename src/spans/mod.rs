@@ -29,6 +29,7 @@ pub mod central;
 pub mod deep;
 pub mod large;
 pub mod pagemap;
+pub(crate) mod sampled;
 pub mod sizeclass;
 pub mod span;
 
@@ -142,6 +143,9 @@ enum Located {
     Small { span: *mut span::Span, class: usize, index: usize },
     /// The large object whose record is `span`, holding `bytes` of pages.
     Large { bytes: usize },
+    /// A live small object of `class` that the heap profiler sampled (in a
+    /// slot of its own, see [`sampled`]).
+    Sampled { class: usize },
 }
 
 /// Finds the object that starts at `ptr`; stops the process with one line
@@ -163,6 +167,9 @@ fn locate(ptr: *mut u8, what: &str) -> Located {
     let addr = ptr as usize;
     let span = pagemap::lookup(addr);
     if span.is_null() {
+        if sampled::contains(addr) {
+            return Located::Sampled { class: sampled::class_of(addr, what) };
+        }
         foreign(what, addr);
     }
     // SAFETY: a non-null page-map entry points to a span record, which
@@ -255,6 +262,7 @@ fn owner_slow(ptr: *mut u8, what: &str) -> Owner {
             Owner::Small(class)
         }
         Located::Large { bytes } => Owner::Large(bytes),
+        Located::Sampled { class } => Owner::Small(class),
     }
 }
 
@@ -410,6 +418,7 @@ unsafe fn dealloc_unsized_slow(ptr: *mut u8) {
         // SAFETY: the start of a large object that is not freed (`locate`
         // checked both; the caller promises no other thread frees it now).
         Located::Large { .. } => unsafe { large::dealloc(ptr) },
+        Located::Sampled { .. } => sampled::free(ptr as usize, None, "free"),
     }
 }
 
@@ -434,14 +443,15 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, size: usize, align: usize) {
             }
         }
         (Located::Large { .. }, None) => {}
+        (Located::Sampled { class: found }, Some(class)) if found == class => {}
         (located, _) => {
             let allocated = match located {
-                Located::Small { class, .. } => sizeclass::class_size(class),
+                Located::Small { class, .. } | Located::Sampled { class } => sizeclass::class_size(class),
                 Located::Large { bytes } => bytes,
             };
             crate::report::fatal(format_args!(
                 "free of {addr:#x} with a layout of {size} bytes aligned to {align}, but it was allocated as {} of {allocated} bytes (layout mismatch)",
-                if matches!(located, Located::Small { .. }) { "a small object" } else { "a large object" }
+                if matches!(located, Located::Large { .. }) { "a large object" } else { "a small object" }
             ))
         }
     }
@@ -462,6 +472,7 @@ pub fn check_live(ptr: *mut u8, size: usize, align: usize) {
             true
         }
         (Located::Large { .. }, None) => true,
+        (Located::Sampled { class: found }, Some(class)) => found == class,
         _ => false,
     };
     if !ok {

@@ -79,6 +79,9 @@ pub struct Span {
     /// 16 bits and loaded back in 32, which defeats store forwarding (a
     /// stall of a dozen cycles per object returned).
     pub nfree: u32,
+    /// Large: the heap profile's tag for the object if it was sampled (0:
+    /// not sampled; see `crate::profile`).
+    pub sample_tag: u32,
     /// Large: the bytes the user asked for.
     pub large_bytes: usize,
     /// Small: the OS pages of the span given back to the OS while the span
@@ -159,6 +162,7 @@ impl Span {
         self.owner = 0;
         self.nobjects = 0;
         self.nfree = 0;
+        self.sample_tag = 0;
         self.large_bytes = bytes;
         self.released = 0;
         self.refilled_ms = 0;

@@ -1,0 +1,306 @@
+//! Sampled heap profiles, written in pprof's format.
+//!
+//! Sampling is byte-based and Poisson, as in Go (`MemProfileRate`) and
+//! jemalloc (`lg_prof_sample`): each thread counts down a number of bytes
+//! drawn from an exponential distribution with mean `SCAVALLOC_PROF_RATE`
+//! (512 KiB by default, `0` turns profiling off); every allocation path
+//! subtracts its request from the count ([`due`]: a thread-local
+//! subtraction and a branch), and the allocation that takes it below zero
+//! is sampled: its call stack is walked ([`stack`]), counted in the
+//! profile's table ([`table`]) under its stack and size class, and the
+//! object is placed where a free will notice it (a slot of its own for a
+//! small object, `crate::spans::sampled`; a tag in the record of a large
+//! one). Nothing a program sees changes: sizes, alignment, usable sizes and
+//! contents are those of an unsampled object of the same request.
+//!
+//! [`write_pprof`] writes the table as a gzip-compressed `profile.proto`
+//! with Go's four sample types (`alloc_objects`, `alloc_space`,
+//! `inuse_objects`, `inuse_space`) and the process's executable mappings,
+//! which the usual tools (`go tool pprof`, the pprof web UI, Parca,
+//! Pyroscope, speedscope) symbolize themselves. `SCAVALLOC_PROF_DUMP=path`
+//! writes one at exit.
+//!
+//! This module belongs to the API layer: it takes objects from the span
+//! layer and records them in its table, which the span layer tells of
+//! frees.
+
+use core::cell::Cell;
+
+use crate::spans::{self, sizeclass};
+use crate::{config, report};
+
+pub(crate) mod maps;
+pub(crate) mod pprof;
+pub(crate) mod stack;
+pub(crate) mod table;
+
+/// The default mean sampling interval: 512 KiB, as Go and jemalloc.
+pub(crate) const DEFAULT_RATE: usize = 512 << 10;
+/// The default bound on the table's entries.
+pub(crate) const DEFAULT_MAX_STACKS: usize = 16384;
+
+/// The profiler's settings (see `crate::config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// `SCAVALLOC_PROF_RATE`: the mean bytes between samples; 0: off.
+    pub rate: usize,
+    /// `SCAVALLOC_PROF_MAX`: entries of the table.
+    pub max_stacks: usize,
+    /// `SCAVALLOC_PROF_SEED`: the sampling's random seed (0: a fresh one
+    /// per thread).
+    pub seed: u64,
+    /// `SCAVALLOC_PROF_DUMP`: where to write a profile at exit.
+    pub dump_path: Option<&'static [u8]>,
+    /// `SCAVALLOC_PROF_SIGNAL`: a signal on which the scavenger thread
+    /// writes a profile (0: none).
+    pub signal: i32,
+}
+
+impl Settings {
+    pub(crate) const DEFAULT: Settings =
+        Settings { rate: DEFAULT_RATE, max_stacks: DEFAULT_MAX_STACKS, seed: 0, dump_path: None, signal: 0 };
+}
+
+thread_local! {
+    /// Bytes this thread may still allocate before the next sample. Starts
+    /// at 0, so a thread's first allocation takes [`alloc_sampled`], which
+    /// arms it (or sets it out of reach when profiling is off).
+    static BYTES_LEFT: Cell<isize> = const { Cell::new(0) };
+    /// The thread's random state (0: not seeded yet).
+    static RANDOM: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts an allocation of `size` bytes; true when it is to be sampled
+/// (or the thread's count is not armed yet): the caller then tries
+/// [`alloc_sampled`].
+#[inline(always)]
+pub(crate) fn due(size: usize) -> bool {
+    BYTES_LEFT.with(|left| {
+        let now = left.get().wrapping_sub(size as isize);
+        left.set(now);
+        now < 0
+    })
+}
+
+/// Frames of the allocator's own that the stack walk finds first:
+/// [`alloc_sampled`] and the public entry point that called it
+/// (`__rust_alloc`, or C's `malloc`), into which the rest is inlined.
+const SKIP_FRAMES: usize = 2;
+
+/// Keys of large objects in the table: this plus the bit length of the
+/// size (one entry per power of two per stack; small objects are keyed by
+/// their class).
+const LARGE_KEY: u32 = 1 << 16;
+
+fn settings() -> &'static Settings {
+    &config::get().profile
+}
+
+/// The next interval, drawn from an exponential distribution of mean
+/// `rate` bytes (every allocation at rate 1).
+fn next_interval(rate: usize) -> isize {
+    if rate <= 1 {
+        return 0;
+    }
+    let mut x = RANDOM.with(Cell::get);
+    if x == 0 {
+        x = match settings().seed {
+            0 => fresh_seed(),
+            seed => seed,
+        } | 1;
+    }
+    // xorshift64*: 53 good bits for the uniform draw.
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    RANDOM.with(|r| r.set(x));
+    let u = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+    // -ln(1 - u) with u in [0, 1): never infinite.
+    let draw = -(-u).ln_1p() * rate as f64;
+    draw.min(isize::MAX as f64 / 2.0) as isize
+}
+
+/// A seed that differs between threads and runs: the thread's stack
+/// address and the clock.
+fn fresh_seed() -> u64 {
+    let marker = 0u8;
+    let addr = core::ptr::addr_of!(marker) as u64;
+    (addr.rotate_left(32) ^ crate::os::monotonic_ns()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The allocation [`due`] picked: samples it and returns the object, or
+/// `None` when it is not sampled after all (the thread's count was only
+/// being armed, profiling is off, or the table or the sampled objects'
+/// region is full), and the caller allocates as usual. A null `Some` is
+/// out of memory.
+///
+/// Never inlined, and it calls the stack walk directly: the walk skips a
+/// fixed number of frames ([`SKIP_FRAMES`]) to start at the program's own.
+#[cold]
+#[inline(never)]
+pub(crate) fn alloc_sampled(size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
+    let s = settings();
+    if s.rate == 0 {
+        BYTES_LEFT.with(|left| left.set(isize::MAX));
+        return None;
+    }
+    let first = RANDOM.with(Cell::get) == 0 && s.rate > 1;
+    let next = next_interval(s.rate);
+    if first {
+        // Arming the count: this allocation is not a sample (the count it
+        // would have crossed was never drawn).
+        BYTES_LEFT.with(|left| left.set(next));
+        return None;
+    }
+    // Sampling is paused while this runs (the C library may allocate to
+    // tell the stack's bounds), and armed again at the end.
+    BYTES_LEFT.with(|left| left.set(isize::MAX));
+    crate::api::ensure_init();
+    let object = record_and_alloc(size, align, zeroed, s);
+    BYTES_LEFT.with(|left| left.set(next));
+    crate::scavenge::background::run_deferred();
+    object
+}
+
+/// The body of [`alloc_sampled`], its frames counted in [`SKIP_FRAMES`]
+/// through the `inline(always)`.
+#[inline(always)]
+fn record_and_alloc(size: usize, align: usize, zeroed: bool, s: &Settings) -> Option<*mut u8> {
+    if !table::make(s.max_stacks, s.rate) {
+        return None;
+    }
+    stack::learn_bounds();
+    let mut frames = [0usize; table::MAX_FRAMES];
+    let n = stack::capture(&mut frames, SKIP_FRAMES);
+    let class = spans::class_for(size, align);
+    let key = match class {
+        Some(class) => class as u32,
+        None => LARGE_KEY + (usize::BITS - size.leading_zeros()),
+    };
+    let tag = table::note_alloc(&frames[..n], key, size);
+    if tag == 0 {
+        return None;
+    }
+    let object = match class {
+        Some(class) => spans::sampled::alloc(class, size, tag, zeroed).map(|p| p.as_ptr()),
+        None => Some(spans::large::alloc_sampled(size, align, zeroed, tag)),
+    };
+    if object.is_none_or(|p| p.is_null()) {
+        // Not allocated here after all: the sample is taken back.
+        table::cancel(tag, size);
+        if object.is_none() {
+            table::note_dropped();
+        }
+    }
+    object
+}
+
+/// The profile's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileStats {
+    /// The mean sampling interval in bytes (0: profiling off).
+    pub rate: usize,
+    /// Entries (stack and size) in the profile's table.
+    pub stacks: usize,
+    /// Samples lost because the table or the sampled objects' region was
+    /// full.
+    pub dropped: u64,
+    /// Bytes of the table that may be resident.
+    pub table_bytes: usize,
+    /// Live sampled small objects (each in a slot of its own).
+    pub sampled_objects: usize,
+    /// Bytes of the sampled objects' slots, and of freed slots kept for
+    /// reuse, that may be resident.
+    pub sampled_bytes: usize,
+}
+
+/// The profile's figures now.
+pub fn stats() -> ProfileStats {
+    let (stacks, dropped) = table::usage();
+    let (sampled_objects, sampled_bytes) = spans::sampled::resident();
+    ProfileStats {
+        rate: settings().rate,
+        stacks,
+        dropped,
+        table_bytes: table::memory_bytes(),
+        sampled_objects,
+        sampled_bytes,
+    }
+}
+
+/// Writes the heap profile as of now to `out`: a gzip-compressed pprof
+/// `profile.proto` with the sample types `alloc_objects`, `alloc_space`,
+/// `inuse_objects` and `inuse_space` (the default), and the process's
+/// executable mappings, for `go tool pprof` and the like to symbolize.
+/// Figures are scaled to estimate every allocation, not only the samples.
+///
+/// The calling thread's own allocations are not sampled while it writes.
+pub fn write_pprof<W: std::io::Write>(out: &mut W) -> std::io::Result<()> {
+    let saved = BYTES_LEFT.with(|left| left.replace(isize::MAX));
+    let bytes = encode_profile();
+    BYTES_LEFT.with(|left| left.set(saved));
+    out.write_all(&bytes)
+}
+
+/// The profile as of now, gzip-compressed.
+fn encode_profile() -> Vec<u8> {
+    let mut rows = Vec::new();
+    loop {
+        let want = table::usage().0 + 64;
+        rows.reserve(want);
+        rows.clear();
+        if table::snapshot(&mut rows) <= rows.len() {
+            break;
+        }
+    }
+    let frames: Vec<Vec<u64>> = rows.iter().map(|r| r.frames.iter().map(|&f| f as u64).collect()).collect();
+    let samples: Vec<pprof::Sample<'_>> = rows
+        .iter()
+        .zip(&frames)
+        .map(|(row, frames)| {
+            let c = row.counts;
+            pprof::Sample {
+                frames,
+                values: [
+                    c.alloc_objects.round() as i64,
+                    c.alloc_bytes.round() as i64,
+                    (c.alloc_objects - c.freed_objects).max(0.0).round() as i64,
+                    (c.alloc_bytes - c.freed_bytes).max(0.0).round() as i64,
+                ],
+                object_size: (row.key < LARGE_KEY).then(|| sizeclass::class_size(row.key as usize) as i64),
+            }
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let meta = pprof::Meta { time_nanos: now, duration_nanos: 0, period: settings().rate as i64 };
+    pprof::gzip(&pprof::encode(&meta, &maps::executable_mappings(), &samples))
+}
+
+/// Writes a profile to the file at `path`; on failure, one warning line
+/// naming the path and the error.
+pub(crate) fn dump_to(path: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let result = std::fs::File::create(path).and_then(|mut f| write_pprof(&mut f));
+    if let Err(e) = &result {
+        report::warn(format_args!("could not write the heap profile to {}: {e}", path.display()));
+    }
+    result.is_ok()
+}
+
+/// At exit: the profile `SCAVALLOC_PROF_DUMP` asks for.
+pub(crate) fn dump_at_exit() {
+    if let Some(path) = settings().dump_path {
+        dump_to(path);
+    }
+}
+
+/// Takes the profile's locks before `fork()`.
+pub(crate) fn lock_for_fork() {
+    table::lock_for_fork();
+}
+
+/// Releases the locks of [`lock_for_fork`].
+pub(crate) fn unlock_after_fork() {
+    table::unlock_after_fork();
+}
