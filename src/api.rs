@@ -144,39 +144,9 @@ unsafe impl GlobalAlloc for Scavalloc {
                 }
             }
         }
-        // A move (or growth) counts as an allocation of the new size.
-        if profile::due(new_size) {
-            if let Some(new) = profile::alloc_sampled(new_size, layout.align(), false) {
-                // SAFETY: forwarded from the caller; `new` is a fresh
-                // object of `new_size` bytes (or null).
-                return unsafe { move_to(ptr, layout, new, new_size) };
-            }
-        }
         // SAFETY: forwarded from the caller.
         unsafe { realloc_slow(ptr, layout, new_size) }
     }
-}
-
-/// A `realloc` that the heap profiler sampled: the object moves to `new`
-/// (null: out of memory, and the old one stays).
-///
-/// # Safety
-///
-/// `GlobalAlloc::realloc`'s contract for `ptr` and `layout`; `new` is null
-/// or a fresh object of at least `new_size` bytes aligned as `layout`.
-#[cold]
-#[inline(never)]
-unsafe fn move_to(ptr: *mut u8, layout: Layout, new: *mut u8, new_size: usize) -> *mut u8 {
-    if !new.is_null() {
-        // SAFETY: distinct live objects, the old one of `layout.size()`
-        // bytes, the new one of at least `new_size`; the old one is freed
-        // by the path it was allocated on.
-        unsafe {
-            core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-            Scavalloc.dealloc(ptr, layout);
-        }
-    }
-    new
 }
 
 /// A small object's free past the fast path (an object of another span
@@ -365,6 +335,7 @@ fn init_slow() {
         // SAFETY: `print_stats_at_exit` is an `extern "C" fn()`.
         unsafe { libc::atexit(print_stats_at_exit) };
     }
+    profile::install_signal();
     if config::get().profile.dump_path.is_some() && config::get().profile.rate != 0 {
         // SAFETY: `dump_profile_at_exit` is an `extern "C" fn()`.
         unsafe { libc::atexit(dump_profile_at_exit) };

@@ -105,9 +105,11 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
     }
     let p = &mut c.profile;
     if let Some(v) = lookup(c"SCAVALLOC_PROF_RATE") {
-        p.rate = match parse_bytes(v).and_then(|b| usize::try_from(b).ok()) {
-            Some(b) if b <= 1 << 40 => b,
-            _ => bad_value("SCAVALLOC_PROF_RATE", v, "512KiB", crate::profile::DEFAULT_RATE),
+        p.rate = match (parse_flag(v), parse_bytes(v).and_then(|b| usize::try_from(b).ok())) {
+            (_, Some(b)) if b <= 1 << 40 => b,
+            (Some(true), _) => crate::profile::STANDARD_RATE,
+            (Some(false), _) => 0,
+            _ => bad_value("SCAVALLOC_PROF_RATE", v, "0 (off)", 0),
         };
     }
     if let Some(v) = lookup(c"SCAVALLOC_PROF_MAX") {

@@ -155,13 +155,6 @@ pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
             return ptr;
         }
     }
-    // A move (or growth) counts as an allocation of the new size.
-    if profile::due(new_size) {
-        if let Some(new) = profile::alloc_sampled(new_size.max(1), align, false) {
-            // SAFETY: forwarded; `new` is null or a fresh object.
-            return unsafe { move_to(ptr, owner, new, new_size) };
-        }
-    }
     // SAFETY: forwarded.
     unsafe { realloc_slow(ptr, owner, new_size, align) }
 }
@@ -189,26 +182,5 @@ unsafe fn realloc_slow(ptr: *mut u8, owner: spans::Owner, new_size: usize, align
         spans::hand_to_user(new);
     }
     background::run_deferred();
-    new
-}
-
-/// A `realloc` that the heap profiler sampled: the object moves to `new`
-/// (null: out of memory, and the old one stays).
-///
-/// # Safety
-///
-/// `ptr` is a live block from here, of the kind `owner` says; `new` is
-/// null or a fresh object of at least `new_size` bytes.
-#[cold]
-#[inline(never)]
-unsafe fn move_to(ptr: *mut u8, owner: spans::Owner, new: *mut u8, new_size: usize) -> *mut u8 {
-    if !new.is_null() {
-        // SAFETY: distinct live objects; the old one holds `usable` bytes,
-        // the new one at least `new_size`.
-        unsafe {
-            core::ptr::copy_nonoverlapping(ptr, new, owner.usable().min(new_size));
-            free(ptr);
-        }
-    }
     new
 }

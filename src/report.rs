@@ -102,6 +102,14 @@ pub fn warn(args: fmt::Arguments<'_>) {
     line.emit_line();
 }
 
+/// Writes `scavalloc: <args>` as one line to stderr: news the user asked
+/// for (a profile written on a signal).
+pub fn note(args: fmt::Arguments<'_>) {
+    let mut line = LineBuf::<512>::new();
+    let _ = fmt::write(&mut line, format_args!("scavalloc: {args}"));
+    line.emit_line();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

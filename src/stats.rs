@@ -74,7 +74,9 @@ pub struct Stats {
     pub page_cache: usize,
     /// Pages held by small-object spans.
     pub small_spans: usize,
-    /// Small objects handed to users (counted at their class size).
+    /// Small objects in spans handed to users (counted at their class
+    /// size). The few the heap profiler sampled live outside the spans and
+    /// are counted in `profile.sampled_allocated` instead.
     pub small_allocated: usize,
     /// Small objects free in thread caches.
     pub small_cached: usize,
@@ -178,10 +180,11 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Bytes allocated to users: small objects at their class size plus
+    /// Bytes allocated to users: small objects at their class size (those
+    /// in spans, and those the heap profiler sampled, kept apart) plus
     /// large objects at their requested size.
     pub fn allocated(&self) -> usize {
-        self.small_allocated + self.large_allocated
+        self.small_allocated + self.profile.sampled_allocated + self.large_allocated
     }
 
     /// Memory the OS may be holding for the heap: mapped minus what was

@@ -7,7 +7,8 @@
 //!
 //! Exports `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
 //! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`,
-//! `malloc_usable_size`, `malloc_trim` and `mallinfo2`/`mallinfo`, with
+//! `malloc_usable_size`, `malloc_trim` and `mallinfo2`/`mallinfo`, and
+//! `scavalloc_prof_dump` (the heap profile, written to a file), with
 //! glibc's semantics: `free(NULL)` does nothing, `realloc(NULL, n)` is
 //! `malloc(n)`, `realloc(p, 0)` frees `p` and returns null, `malloc(0)`
 //! returns a unique pointer, overflowing sizes and out of memory return
@@ -186,6 +187,32 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
 #[no_mangle]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     c_int::from(scavalloc_core::release_all() > 0)
+}
+
+/// Writes the heap profile as of now to the file `path`: a gzip-compressed
+/// pprof `profile.proto` (see the core crate's `profile::write_pprof`).
+/// Returns 0, or -1 with `errno` set (`EINVAL` for a null path, else the
+/// error of creating or writing the file).
+///
+/// # Safety
+///
+/// `path` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn scavalloc_prof_dump(path: *const core::ffi::c_char) -> c_int {
+    use std::os::unix::ffi::OsStrExt;
+    if path.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: the caller's promise.
+    let path = std::ffi::OsStr::from_bytes(unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes());
+    match std::fs::File::create(path).and_then(|mut f| scavalloc_core::profile::write_pprof(&mut f)) {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e.raw_os_error().unwrap_or(libc::EIO));
+            -1
+        }
+    }
 }
 
 /// glibc's `struct mallinfo2`.

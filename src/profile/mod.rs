@@ -3,7 +3,7 @@
 //! Sampling is byte-based and Poisson, as in Go (`MemProfileRate`) and
 //! jemalloc (`lg_prof_sample`): each thread counts down a number of bytes
 //! drawn from an exponential distribution with mean `SCAVALLOC_PROF_RATE`
-//! (512 KiB by default, `0` turns profiling off); every allocation path
+//! (off by default; `on` means 512 KiB, as Go and jemalloc sample); every allocation path
 //! subtracts its request from the count ([`due`]: a thread-local
 //! subtraction and a branch), and the allocation that takes it below zero
 //! is sampled: its call stack is walked ([`stack`]), counted in the
@@ -34,8 +34,9 @@ pub(crate) mod pprof;
 pub(crate) mod stack;
 pub(crate) mod table;
 
-/// The default mean sampling interval: 512 KiB, as Go and jemalloc.
-pub(crate) const DEFAULT_RATE: usize = 512 << 10;
+/// The sampling interval `SCAVALLOC_PROF_RATE` takes when set to `on`:
+/// 512 KiB, as Go and jemalloc.
+pub(crate) const STANDARD_RATE: usize = 512 << 10;
 /// The default bound on the table's entries.
 pub(crate) const DEFAULT_MAX_STACKS: usize = 16384;
 
@@ -57,8 +58,10 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// Off until its cost is measured on the comparison harness (see the
+    /// README): `SCAVALLOC_PROF_RATE=512KiB` (or `on`) turns it on.
     pub(crate) const DEFAULT: Settings =
-        Settings { rate: DEFAULT_RATE, max_stacks: DEFAULT_MAX_STACKS, seed: 0, dump_path: None, signal: 0 };
+        Settings { rate: 0, max_stacks: DEFAULT_MAX_STACKS, seed: 0, dump_path: None, signal: 0 };
 }
 
 thread_local! {
@@ -207,8 +210,11 @@ pub struct ProfileStats {
     pub dropped: u64,
     /// Bytes of the table that may be resident.
     pub table_bytes: usize,
-    /// Live sampled small objects (each in a slot of its own).
+    /// Live sampled small objects (each in a slot of its own, outside the
+    /// spans: not in `Stats::small_allocated`).
     pub sampled_objects: usize,
+    /// Their bytes at their class sizes (part of `Stats::allocated()`).
+    pub sampled_allocated: usize,
     /// Bytes of the sampled objects' slots, and of freed slots kept for
     /// reuse, that may be resident.
     pub sampled_bytes: usize,
@@ -217,13 +223,14 @@ pub struct ProfileStats {
 /// The profile's figures now.
 pub fn stats() -> ProfileStats {
     let (stacks, dropped) = table::usage();
-    let (sampled_objects, sampled_bytes) = spans::sampled::resident();
+    let (sampled_objects, sampled_allocated, sampled_bytes) = spans::sampled::resident();
     ProfileStats {
         rate: settings().rate,
         stacks,
         dropped,
         table_bytes: table::memory_bytes(),
         sampled_objects,
+        sampled_allocated,
         sampled_bytes,
     }
 }
@@ -293,6 +300,62 @@ pub(crate) fn dump_at_exit() {
     if let Some(path) = settings().dump_path {
         dump_to(path);
     }
+}
+
+/// The writer the background thread runs on `SCAVALLOC_PROF_SIGNAL`.
+pub(crate) static SIGNAL_DUMP: crate::scavenge::ProfileDump = crate::scavenge::ProfileDump { write: dump_on_signal };
+
+/// Profiles written on the signal so far.
+static SIGNAL_DUMPS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// On the background thread, after `SCAVALLOC_PROF_SIGNAL`: writes
+/// `<SCAVALLOC_PROF_DUMP, or scavalloc-heap>.<pid>.<n>.pb.gz` and says so
+/// on stderr in one line.
+fn dump_on_signal() {
+    let n = SIGNAL_DUMPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
+    let mut path = settings().dump_path.unwrap_or(b"scavalloc-heap").to_vec();
+    path.extend_from_slice(format!(".{}.{n}.pb.gz", std::process::id()).as_bytes());
+    if dump_to(&path) {
+        report::note(format_args!("heap profile written to {}", String::from_utf8_lossy(&path)));
+    }
+}
+
+/// With `SCAVALLOC_PROF_SIGNAL` set: installs its handler, which only asks
+/// the background thread for a profile (writing one in the handler could
+/// deadlock on any lock the interrupted code holds), and makes sure that
+/// thread runs. Called once, from the first slow path.
+pub(crate) fn install_signal() {
+    let s = settings();
+    if s.signal == 0 || s.rate == 0 {
+        return;
+    }
+    if !crate::scavenge::goals::background_enabled() {
+        report::warn(format_args!(
+            "SCAVALLOC_PROF_SIGNAL={} needs the background thread, which SCAVALLOC_BACKGROUND=0 turned off; no profile will be written on it",
+            s.signal
+        ));
+        return;
+    }
+    crate::scavenge::set_profile_dump(&SIGNAL_DUMP);
+    // SAFETY: a zeroed `sigaction` is valid; the handler is an `extern "C"
+    // fn(c_int)` that only does async-signal-safe things (an atomic add and
+    // a futex wake).
+    let ok = unsafe {
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(s.signal, &action, core::ptr::null_mut()) == 0
+    };
+    if !ok {
+        report::warn(format_args!("SCAVALLOC_PROF_SIGNAL={}: the signal cannot be caught", s.signal));
+        return;
+    }
+    crate::scavenge::background::start_for_profiles();
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    crate::scavenge::background::request_profile_dump();
 }
 
 /// Takes the profile's locks before `fork()`.

@@ -220,6 +220,29 @@ pub fn start_for_caches() {
     }
 }
 
+/// Heap profiles asked for by a signal and not yet written.
+static PROFILE_DUMPS_PENDING: AtomicU32 = AtomicU32::new(0);
+
+/// Asks the thread to write a heap profile (see
+/// [`super::set_profile_dump`]). Async-signal-safe: an atomic add and, if
+/// the thread is parked, a futex wake; a thread napping or pacing itself
+/// writes it when it wakes (within a quarter second or its pause).
+pub fn request_profile_dump() {
+    PROFILE_DUMPS_PENDING.fetch_add(1, Ordering::SeqCst);
+    if PARKER.is_parked() {
+        PARKER.wake();
+    }
+}
+
+/// Makes sure the thread runs (at the end of the next slow path), for a
+/// program that asks for profiles on a signal: that needs the thread even
+/// while nothing is to be released.
+pub fn start_for_profiles() {
+    if goals::background_enabled() && STATE.load(Ordering::Relaxed) == NOT_STARTED {
+        want(WANT_START);
+    }
+}
+
 /// Called by [`super::alloc_pages`] (often under a class lock) when the
 /// heap grew or took released pages back under a memory limit: notes that
 /// [`run_deferred`] must settle the releases owed
@@ -495,6 +518,12 @@ impl Scavenger {
 
     fn run(mut self) -> ! {
         loop {
+            if PROFILE_DUMPS_PENDING.load(Ordering::Relaxed) != 0 {
+                PROFILE_DUMPS_PENDING.store(0, Ordering::Relaxed);
+                if let Some(d) = super::profile_dump() {
+                    (d.write)();
+                }
+            }
             let now = os::monotonic_ns();
             if now.saturating_sub(self.last_tick) >= SLOT_NS || self.watcher.pending() {
                 self.tick(now);
@@ -776,7 +805,9 @@ impl Scavenger {
         };
         PARKER.park_unless_within(within, || {
             let goal = goal.min(goals::goal_for(scavenge::resident_in_use()));
-            scavenge::retained() > goal.saturating_add(os::page_size()) || nudged_lately()
+            scavenge::retained() > goal.saturating_add(os::page_size())
+                || nudged_lately()
+                || PROFILE_DUMPS_PENDING.load(Ordering::SeqCst) != 0
         });
     }
 

@@ -393,6 +393,29 @@ mod imp {
         unsafe { CACHE_TRIM.load(Ordering::Acquire).as_ref() }
     }
 
+    /// Writing a heap profile on a signal (`crate::profile`, which
+    /// installs it with [`set_profile_dump`]): the signal handler only
+    /// notes the request ([`background::request_profile_dump`]), and the
+    /// background thread writes the profile, outside any lock and outside
+    /// the handler.
+    pub struct ProfileDump {
+        /// Writes one profile.
+        pub write: fn(),
+    }
+
+    static PROFILE_DUMP: AtomicPtr<ProfileDump> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Installs the profile writer (once, at start-up).
+    pub fn set_profile_dump(d: &'static ProfileDump) {
+        PROFILE_DUMP.store(d as *const ProfileDump as *mut ProfileDump, Ordering::Release);
+    }
+
+    /// The profile writer, if installed.
+    pub fn profile_dump() -> Option<&'static ProfileDump> {
+        // SAFETY: only ever set from a `&'static ProfileDump`.
+        unsafe { PROFILE_DUMP.load(Ordering::Acquire).as_ref() }
+    }
+
     /// Releases every free page of the heap to the OS now (after giving the
     /// calling thread's cached objects back, so their spans can be freed);
     /// returns the bytes released. Like Go's `debug.FreeOSMemory`.

@@ -53,7 +53,11 @@ pub fn alloc_sampled(size: usize, align: usize, zeroed: bool, tag: u32) -> *mut 
     }
     // SAFETY: the record of the object just allocated, which no one else
     // knows of yet.
-    unsafe { (*pagemap::lookup(a.ptr as usize)).sample_tag = tag };
+    unsafe {
+        let record = pagemap::lookup(a.ptr as usize);
+        (*record).sample_tag = tag;
+        (*record).sample_bytes = size;
+    }
     a.ptr
 }
 
@@ -131,7 +135,7 @@ pub unsafe fn dealloc(ptr: *mut u8) {
     let s = record_of(ptr, "free");
     let (base, npages, bytes) = (s.base, s.npages, s.large_bytes);
     if s.sample_tag != 0 {
-        table::note_free(s.sample_tag, bytes);
+        table::note_free(s.sample_tag, s.sample_bytes);
         s.sample_tag = 0;
     }
     LARGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
@@ -174,11 +178,6 @@ pub(crate) unsafe fn discard_cached(span: *mut span::Span) {
 /// `ptr` was returned by [`alloc`] and is live.
 pub unsafe fn resize_in_place(ptr: *mut u8, new_size: usize) -> bool {
     let s = record_of(ptr, "realloc");
-    if s.sample_tag != 0 {
-        // A sampled object keeps the size it was sampled at: it moves
-        // instead (the profile sees a free and an allocation).
-        return false;
-    }
     let Some(need) = new_size.checked_add(PAGE_SIZE - 1).map(|b| b / PAGE_SIZE) else {
         return false;
     };

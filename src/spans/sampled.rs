@@ -88,8 +88,10 @@ struct Region {
     /// Freed slots whose pages were kept, and those pages' bytes.
     dirty: usize,
     dirty_bytes: usize,
-    /// Live sampled objects, and their slots' bytes that may be resident.
+    /// Live sampled objects, their bytes at their class sizes, and their
+    /// slots' bytes that may be resident.
     live: usize,
+    live_class_bytes: usize,
     live_bytes: usize,
 }
 
@@ -105,6 +107,7 @@ static SLOTS_LOCK: Mutex<Region> = Mutex::new(Region {
     dirty: 0,
     dirty_bytes: 0,
     live: 0,
+    live_class_bytes: 0,
     live_bytes: 0,
 });
 
@@ -152,15 +155,15 @@ pub(crate) fn alloc(class: usize, size: usize, tag: u32, zeroed: bool) -> Option
     }
     let base = BASE.load(Ordering::Acquire);
     let shift = SLOT_SHIFT.load(Ordering::Relaxed);
-    let (index, dirty) = {
+    let (index, used_before) = {
         let mut region = SLOTS_LOCK.lock();
-        let index = if region.nfree > 0 {
+        let (index, fresh) = if region.nfree > 0 {
             region.nfree -= 1;
             // SAFETY: `free` has `SLOTS` entries, `nfree` of them set.
-            unsafe { *region.free.add(region.nfree) as usize }
+            (unsafe { *region.free.add(region.nfree) as usize }, false)
         } else if region.fresh < SLOTS {
             region.fresh += 1;
-            region.fresh - 1
+            (region.fresh - 1, true)
         } else {
             return None;
         };
@@ -174,11 +177,14 @@ pub(crate) fn alloc(class: usize, size: usize, tag: u32, zeroed: bool) -> Option
             region.dirty_bytes -= kept;
         }
         region.live += 1;
+        region.live_class_bytes += sizeclass::class_size(class);
         region.live_bytes += resident;
-        (index, kept != 0)
+        // A slot used before holds old bytes: kept with its pages, or given
+        // back with `MADV_FREE`, which need not zero them.
+        (index, !fresh)
     };
     let object = (base + (index << shift)) as *mut u8;
-    if zeroed && dirty {
+    if zeroed && used_before {
         // SAFETY: the slot is ours alone now, and holds at least the
         // class's bytes.
         unsafe { ptr::write_bytes(object, 0, sizeclass::class_size(class)) };
@@ -214,7 +220,11 @@ pub(crate) fn class_of(addr: usize, what: &str) -> usize {
     let region = SLOTS_LOCK.lock();
     // SAFETY: the region exists (`addr` is in it) and `index < SLOTS`.
     let class = unsafe { (*region.slots.add(index)).class };
+    let never_used = index >= region.fresh;
     drop(region);
+    if never_used {
+        never_handed_out(what, addr);
+    }
     if class == FREE {
         double_free(what, addr);
     }
@@ -232,6 +242,10 @@ pub(crate) fn free(addr: usize, class: Option<usize>, what: &str) {
         // SAFETY: the region exists and `index < SLOTS`.
         let rec = unsafe { &mut *region.slots.add(index) };
         let slot = *rec;
+        if index >= region.fresh {
+            drop(region);
+            never_handed_out(what, addr);
+        }
         if slot.class == FREE {
             drop(region);
             double_free(what, addr);
@@ -245,6 +259,7 @@ pub(crate) fn free(addr: usize, class: Option<usize>, what: &str) {
         }
         rec.class = FREE;
         region.live -= 1;
+        region.live_class_bytes -= sizeclass::class_size(slot.class as usize);
         region.live_bytes -= slot.resident as usize;
         let keep = region.dirty < DIRTY_MAX;
         if keep {
@@ -275,15 +290,21 @@ pub(crate) fn free(addr: usize, class: Option<usize>, what: &str) {
 
 #[cold]
 #[inline(never)]
+fn never_handed_out(what: &str, addr: usize) -> ! {
+    fatal(format_args!("{what} of {addr:#x}, which is no live allocation of scavalloc (foreign pointer)"))
+}
+
+#[cold]
+#[inline(never)]
 fn double_free(what: &str, addr: usize) -> ! {
     fatal(format_args!("double free: {what} of {addr:#x}, a sampled object that is already free"))
 }
 
-/// Live sampled objects, and the bytes their slots and the kept freed
-/// slots may hold resident.
-pub(crate) fn resident() -> (usize, usize) {
+/// Live sampled objects, their bytes at their class sizes, and the bytes
+/// their slots and the kept freed slots may hold resident.
+pub(crate) fn resident() -> (usize, usize, usize) {
     let region = SLOTS_LOCK.lock();
-    (region.live, region.live_bytes + region.dirty_bytes)
+    (region.live, region.live_class_bytes, region.live_bytes + region.dirty_bytes)
 }
 
 /// Takes the region's lock before `fork()`.
@@ -312,7 +333,7 @@ mod tests {
     fn slots_are_reused_and_counted() {
         let class = 5;
         let size = sizeclass::class_size(class);
-        let (live0, _) = resident();
+        let (live0, _, _) = resident();
         let a = alloc(class, size, 0, false).expect("region").as_ptr() as usize;
         let b = alloc(class, size, 0, true).expect("region").as_ptr() as usize;
         assert!(contains(a) && contains(b) && a != b);

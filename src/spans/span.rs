@@ -80,8 +80,10 @@ pub struct Span {
     /// stall of a dozen cycles per object returned).
     pub nfree: u32,
     /// Large: the heap profile's tag for the object if it was sampled (0:
-    /// not sampled; see `crate::profile`).
+    /// not sampled; see `crate::profile`), and the size it was sampled at
+    /// (the profile keeps that size through resizes in place).
     pub sample_tag: u32,
+    pub sample_bytes: usize,
     /// Large: the bytes the user asked for.
     pub large_bytes: usize,
     /// Small: the OS pages of the span given back to the OS while the span
