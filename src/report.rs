@@ -87,9 +87,7 @@ impl<const N: usize> fmt::Write for LineBuf<N> {
 #[cold]
 #[inline(never)]
 pub fn fatal(args: fmt::Arguments<'_>) -> ! {
-    let mut line = LineBuf::<512>::new();
-    let _ = fmt::write(&mut line, format_args!("scavalloc: fatal: {args}"));
-    line.emit_line();
+    note(format_args!("fatal: {args}"));
     crate::os::abort()
 }
 
@@ -97,13 +95,12 @@ pub fn fatal(args: fmt::Arguments<'_>) -> ! {
 /// carries on.
 #[cold]
 pub fn warn(args: fmt::Arguments<'_>) {
-    let mut line = LineBuf::<512>::new();
-    let _ = fmt::write(&mut line, format_args!("scavalloc: warning: {args}"));
-    line.emit_line();
+    note(format_args!("warning: {args}"));
 }
 
 /// Writes `scavalloc: <args>` as one line to stderr: news the user asked
-/// for (a profile written on a signal).
+/// for (a profile written on a signal), and the body of [`warn`] and
+/// [`fatal`].
 pub fn note(args: fmt::Arguments<'_>) {
     let mut line = LineBuf::<512>::new();
     let _ = fmt::write(&mut line, format_args!("scavalloc: {args}"));

@@ -8,23 +8,12 @@ mod support;
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::time::{Duration, Instant};
 
-use support::{assert_pattern, page_size, rss, Pattern, Rng, ScavengerMeter};
+use support::{anon_huge, assert_pattern, page_size, rss, Pattern, Rng, ScavengerMeter};
 
 #[global_allocator]
 static GLOBAL: scavalloc::Scavalloc = scavalloc::Scavalloc;
 
 const MIB: usize = 1 << 20;
-
-/// Bytes of the process's anonymous memory mapped by transparent huge
-/// pages (`AnonHugePages` in `/proc/self/smaps_rollup`; 0 where THP is off
-/// or only on request, as scavalloc never asks).
-fn anon_huge() -> usize {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
 
 /// The statistics' identities, and that what they call released really is
 /// not resident: RSS stays under retained memory plus metadata plus what

@@ -86,12 +86,14 @@ fn site_totals(p: &Profile, f: usize) -> [i64; 4] {
     t
 }
 
-/// Allocates objects of `sizes` into `out` (whose room is reserved, so
-/// that nothing else here allocates).
-#[inline(never)]
-fn site_a(sizes: &[usize], out: &mut Vec<(*mut u8, Layout)>) {
+/// Allocates objects of `sizes` aligned to `align` into `out` (whose room
+/// is reserved, so that nothing else here allocates), each with its size's
+/// low byte written. Inlined into each site, so that the allocation's
+/// caller is the site itself.
+#[inline(always)]
+fn allocate(sizes: &[usize], align: usize, out: &mut Vec<(*mut u8, Layout)>) {
     for &size in sizes {
-        let l = Layout::from_size_align(size, 8).unwrap();
+        let l = Layout::from_size_align(size, align).unwrap();
         // SAFETY: a non-zero size.
         let p = unsafe { alloc(l) };
         assert!(!p.is_null());
@@ -101,18 +103,16 @@ fn site_a(sizes: &[usize], out: &mut Vec<(*mut u8, Layout)>) {
     }
 }
 
-/// The same as [`site_a`], as a second, distinct site.
+/// One allocation site: [`allocate`] at an alignment of 8.
+#[inline(never)]
+fn site_a(sizes: &[usize], out: &mut Vec<(*mut u8, Layout)>) {
+    allocate(sizes, 8, out);
+}
+
+/// A second, distinct site: [`allocate`] at an alignment of 16.
 #[inline(never)]
 fn site_b(sizes: &[usize], out: &mut Vec<(*mut u8, Layout)>) {
-    for &size in sizes {
-        let l = Layout::from_size_align(size, 16).unwrap();
-        // SAFETY: a non-zero size.
-        let p = unsafe { alloc(l) };
-        assert!(!p.is_null());
-        // SAFETY: `p` holds at least one byte.
-        unsafe { p.write(size as u8) };
-        out.push((black_box(p), l));
-    }
+    allocate(sizes, 16, out);
 }
 
 fn free_all(objects: &mut Vec<(*mut u8, Layout)>, keep: impl Fn(usize) -> bool) {

@@ -349,133 +349,17 @@ const CRC32_TABLE: [u32; 256] = {
 };
 
 #[cfg(test)]
+#[path = "../../tests/support/profile_proto.rs"]
+mod profile_proto;
+
+#[cfg(test)]
 mod tests {
-    //! Decodes what `encode` writes with prost, from message definitions
-    //! written here after profile.proto, and checks it field by field.
+    //! Decodes what `encode` writes with prost (the message definitions
+    //! the integration tests use too, written after profile.proto) and
+    //! checks it field by field.
 
+    use super::profile_proto::*;
     use super::*;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Profile {
-        #[prost(message, repeated, tag = "1")]
-        sample_type: Vec<ValueType>,
-        #[prost(message, repeated, tag = "2")]
-        sample: Vec<PbSample>,
-        #[prost(message, repeated, tag = "3")]
-        mapping: Vec<PbMapping>,
-        #[prost(message, repeated, tag = "4")]
-        location: Vec<Location>,
-        #[prost(message, repeated, tag = "5")]
-        function: Vec<Function>,
-        #[prost(string, repeated, tag = "6")]
-        string_table: Vec<String>,
-        #[prost(int64, tag = "7")]
-        drop_frames: i64,
-        #[prost(int64, tag = "8")]
-        keep_frames: i64,
-        #[prost(int64, tag = "9")]
-        time_nanos: i64,
-        #[prost(int64, tag = "10")]
-        duration_nanos: i64,
-        #[prost(message, optional, tag = "11")]
-        period_type: Option<ValueType>,
-        #[prost(int64, tag = "12")]
-        period: i64,
-        #[prost(int64, repeated, tag = "13")]
-        comment: Vec<i64>,
-        #[prost(int64, tag = "14")]
-        default_sample_type: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ValueType {
-        #[prost(int64, tag = "1")]
-        r#type: i64,
-        #[prost(int64, tag = "2")]
-        unit: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct PbSample {
-        #[prost(uint64, repeated, tag = "1")]
-        location_id: Vec<u64>,
-        #[prost(int64, repeated, tag = "2")]
-        value: Vec<i64>,
-        #[prost(message, repeated, tag = "3")]
-        label: Vec<Label>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Label {
-        #[prost(int64, tag = "1")]
-        key: i64,
-        #[prost(int64, tag = "2")]
-        str: i64,
-        #[prost(int64, tag = "3")]
-        num: i64,
-        #[prost(int64, tag = "4")]
-        num_unit: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct PbMapping {
-        #[prost(uint64, tag = "1")]
-        id: u64,
-        #[prost(uint64, tag = "2")]
-        memory_start: u64,
-        #[prost(uint64, tag = "3")]
-        memory_limit: u64,
-        #[prost(uint64, tag = "4")]
-        file_offset: u64,
-        #[prost(int64, tag = "5")]
-        filename: i64,
-        #[prost(int64, tag = "6")]
-        build_id: i64,
-        #[prost(bool, tag = "7")]
-        has_functions: bool,
-        #[prost(bool, tag = "8")]
-        has_filenames: bool,
-        #[prost(bool, tag = "9")]
-        has_line_numbers: bool,
-        #[prost(bool, tag = "10")]
-        has_inline_frames: bool,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Location {
-        #[prost(uint64, tag = "1")]
-        id: u64,
-        #[prost(uint64, tag = "2")]
-        mapping_id: u64,
-        #[prost(uint64, tag = "3")]
-        address: u64,
-        #[prost(message, repeated, tag = "4")]
-        line: Vec<Line>,
-        #[prost(bool, tag = "5")]
-        is_folded: bool,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Line {
-        #[prost(uint64, tag = "1")]
-        function_id: u64,
-        #[prost(int64, tag = "2")]
-        line: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Function {
-        #[prost(uint64, tag = "1")]
-        id: u64,
-        #[prost(int64, tag = "2")]
-        name: i64,
-        #[prost(int64, tag = "3")]
-        system_name: i64,
-        #[prost(int64, tag = "4")]
-        filename: i64,
-        #[prost(int64, tag = "5")]
-        start_line: i64,
-    }
 
     fn decode(bytes: &[u8]) -> Profile {
         <Profile as prost::Message>::decode(bytes).expect("encode wrote a valid profile.proto")

@@ -142,6 +142,17 @@ pub fn rss() -> usize {
     statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * page_size()
 }
 
+/// Bytes of the process's anonymous memory mapped by transparent huge
+/// pages (`AnonHugePages` in `/proc/self/smaps_rollup`; 0 where THP is off
+/// or only on request, as scavalloc never asks).
+pub fn anon_huge() -> usize {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// User plus system CPU time of the whole process, every thread.
 pub fn process_cpu() -> Duration {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();

@@ -342,16 +342,6 @@ pub fn periodic_bursts(scale: Scale) {
     emit("peak_rss", peak_rss());
 }
 
-/// `AnonHugePages` of the process: memory mapped with transparent huge
-/// pages (from `/proc/self/smaps_rollup`).
-fn anon_huge_pages() -> usize {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// Whether khugepaged puts released memory back: the scattered burst-idle
 /// pattern (every tenth object kept, so releases are 4 KiB pages inside
 /// what may have been huge pages), then minutes of idle with RSS and
@@ -387,7 +377,7 @@ pub fn burst_idle_thp(scale: Scale) {
         let second = next.as_secs();
         if marks.contains(&second) || next + Duration::from_secs(1) > idle {
             emit(&format!("rss_at_{second}"), r);
-            emit(&format!("huge_at_{second}"), anon_huge_pages());
+            emit(&format!("huge_at_{second}"), support::anon_huge());
         }
         low = low.min(r);
         last = r;
@@ -395,7 +385,7 @@ pub fn burst_idle_thp(scale: Scale) {
     }
     emit("rss_low", low);
     emit("rss_end", last);
-    emit("huge_end", anon_huge_pages());
+    emit("huge_end", support::anon_huge());
     emit("peak_rss", peak_rss());
     assert!(objects.iter().all(|o| o.iter().all(|&b| b == o[0])), "a live object changed");
 }
