@@ -293,11 +293,12 @@ fn background_off_starts_no_thread_and_release_all_brings_rss_down() {
 }
 
 /// Waves that would make the heap grow past 256 MiB with free pages in
-/// it: 200 MiB of 64-byte objects of which every other span's worth is
+/// it: 200 MiB of 64-byte objects of which those in every other span are
 /// freed (leaving one-page holes), then waves of large objects that cannot
 /// use one-page holes, freed and followed by a wave of 1-8 KiB objects, and
 /// large objects again. Retained memory is sampled every 2 MiB allocated.
 fn memory_limit_waves(limited: bool) {
+    const PAGE: usize = scavalloc::testing::PAGE_SIZE;
     let limit = 256 * MIB;
     let mut max_retained = 0;
     let mut next_sample = 0;
@@ -311,13 +312,15 @@ fn memory_limit_waves(limited: bool) {
         }
         b
     };
-    // Wave 1: 64-byte objects, 128 to a page; keep every other page's worth.
+    // Wave 1: 64-byte objects, 128 to a one-page span; keep those on every
+    // other page. Chosen by address, not by allocation order: an object the
+    // heap profiler samples lives outside the spans, which shifts every
+    // later object by one place, and choosing by order would then leave
+    // one object in every span instead of emptying half of them.
+    let class = scavalloc::testing::class_for(64, 8).unwrap();
+    assert_eq!(scavalloc::testing::class_objects(class), PAGE / 64, "a 64-byte span is one page");
     let mut small: Vec<Box<[u8]>> = (0..(200 * MIB / 64)).map(|_| alloc(64, 1)).collect();
-    let mut i = 0;
-    small.retain(|_| {
-        i += 1;
-        (i - 1) / 128 % 2 == 0
-    });
+    small.retain(|b| b.as_ptr() as usize / PAGE % 2 == 0);
     small.shrink_to_fit();
     let large_wave = |alloc: &mut dyn FnMut(usize, u8) -> Box<[u8]>, fill: u8| -> Vec<Box<[u8]>> {
         let (mut total, mut k, mut v) = (0, 0, Vec::new());
