@@ -17,10 +17,9 @@
 //! the example runs itself again with `SCAVALLOC_PROF_RATE=512KiB`.
 //!
 //! The profile holds addresses, not names: tools symbolize them from the
-//! executable (Go 1.19's `go tool pprof` misplaces the addresses of an
-//! executable linked by lld, as Rust's are: see the README's "Heap
-//! profiling"). Here each sample is given to a site by comparing its
-//! frames with the addresses of this file's own functions.
+//! executable (`go tool pprof`, as printed at the end). Here each sample
+//! is given to a site by comparing its frames with the addresses of this
+//! file's own functions.
 
 #[path = "../tests/support/profile_proto.rs"]
 mod profile_proto;

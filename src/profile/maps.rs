@@ -14,52 +14,67 @@ use std::os::unix::fs::FileExt;
 
 use super::pprof::Mapping;
 
-/// Executable file-backed mappings of this process, from /proc/self/maps,
-/// each with its file's GNU build id (empty if the file has none or cannot
-/// be read).
-///
-/// The main executable's mappings come first, as profile.proto wants
-/// (`mapping[0]` is the main binary); the rest stay in address order.
-/// Mappings that are not backed by a file on disk (`[vdso]`, anonymous JIT
-/// code) are left out: tools have no file to symbolize them from, and an
-/// allocation's stack does not pass through the vDSO.
-pub(crate) fn executable_mappings() -> Vec<Mapping> {
+/// The process's code, as a profile describes it: its executable mappings
+/// and where the allocator's entry points lie in them.
+pub(crate) struct Code {
+    /// Executable file-backed mappings, each with its file's GNU build id
+    /// (empty if the file has none or cannot be read).
+    ///
+    /// The main executable's mappings come first, as profile.proto wants
+    /// (`mapping[0]` is the main binary); the rest stay in address order.
+    /// Mappings that are not backed by a file on disk (`[vdso]`, anonymous
+    /// JIT code) are left out: tools have no file to symbolize them from,
+    /// and an allocation's stack does not pass through the vDSO.
+    pub mappings: Vec<Mapping>,
+    /// The address ranges of the allocator's entry points in those
+    /// mappings (see [`is_allocator_entry`]), for the profile to cut them
+    /// off the top of its stacks.
+    pub entries: Vec<core::ops::Range<u64>>,
+}
+
+impl Code {
+    /// How many of `frames` (innermost first) lie in the allocator's entry
+    /// points before the program's own first frame.
+    pub(crate) fn entry_frames(&self, frames: &[u64]) -> usize {
+        frames.iter().take_while(|&&f| self.entries.iter().any(|r| r.contains(&f))).count()
+    }
+}
+
+/// The process's code now, from /proc/self/maps and the mapped files.
+pub(crate) fn code() -> Code {
+    let mut code = Code { mappings: Vec::new(), entries: Vec::new() };
     let Ok(text) = std::fs::read_to_string("/proc/self/maps") else {
-        return Vec::new();
+        return code;
     };
     // A library usually has one executable mapping, but may have several:
-    // read each file's build id once.
-    let mut build_ids: HashMap<&str, String> = HashMap::new();
-    let mut mappings = Vec::new();
+    // read each file once.
+    let mut files: HashMap<&str, FileFacts> = HashMap::new();
     for line in text.lines() {
         let Some(entry) = parse_line(line) else { continue };
         if !entry.perms.contains('x') || !entry.path.starts_with('/') {
             continue;
         }
-        let build_id = if entry.deleted {
+        let facts = if entry.deleted {
             // The name now belongs to another file, or to none: only the
             // mapped file itself has the right build id. Opening it through
             // map_files needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE);
             // without it the build id stays empty.
-            build_id_of_path(&format!("/proc/self/map_files/{:x}-{:x}", entry.start, entry.end))
+            FileFacts::read(&format!("/proc/self/map_files/{:x}-{:x}", entry.start, entry.end))
         } else {
-            build_ids.entry(entry.path).or_insert_with(|| build_id_of_path(entry.path)).clone()
+            files.entry(entry.path).or_insert_with(|| FileFacts::read(entry.path)).clone()
         };
-        mappings.push(Mapping {
-            start: entry.start,
-            limit: entry.end,
-            offset: entry.offset,
-            file: entry.path.to_owned(),
-            build_id,
-        });
+        code.entries.extend(facts.entries_in(entry.start, entry.end, entry.offset));
+        let (start, offset) = segment_start(entry.start, entry.end, entry.offset, &facts.code_segments);
+        let m = Mapping { start, limit: entry.end, offset, file: entry.path.to_owned(), build_id: facts.build_id };
+        code.mappings.push(m);
     }
     if let Some(exe) = std::fs::read_link("/proc/self/exe").ok().and_then(|p| p.into_os_string().into_string().ok()) {
         let exe = exe.strip_suffix(DELETED).unwrap_or(&exe);
         // A stable sort: the executable's mappings first, the order
         // otherwise kept.
-        mappings.sort_by_key(|m| m.file != exe);
+        code.mappings.sort_by_key(|m| m.file != exe);
     }
-    mappings
+    code
 }
 
 /// What the kernel appends to the path of a mapped file that was unlinked.
@@ -110,13 +125,104 @@ fn next_field<'a>(rest: &mut &'a str) -> &'a str {
     field
 }
 
+/// What a profile needs of a mapped file.
+#[derive(Clone, Default)]
+struct FileFacts {
+    /// The GNU build id in lowercase hex; empty if there is none or the
+    /// file cannot be read.
+    build_id: String,
+    /// Its executable `PT_LOAD` segments.
+    code_segments: Vec<Segment>,
+    /// The virtual address ranges of the allocator's entry points among
+    /// its function symbols.
+    entries: Vec<core::ops::Range<u64>>,
+}
+
+/// An executable `PT_LOAD` segment: where it is in the file and at which
+/// virtual address it is linked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Segment {
+    offset: u64,
+    vaddr: u64,
+    size: u64,
+}
+
+impl FileFacts {
+    fn read(path: &str) -> FileFacts {
+        let Ok(file) = File::open(path) else {
+            return FileFacts::default();
+        };
+        let read_at: ReadAt<'_> = &|buf, offset| file.read_exact_at(buf, offset).is_ok();
+        FileFacts {
+            build_id: build_id(read_at).map(|id| hex(&id)).unwrap_or_default(),
+            code_segments: code_segments(read_at),
+            entries: function_ranges(read_at, is_allocator_entry),
+        }
+    }
+
+    /// The run-time address ranges of the allocator's entry points that
+    /// the mapping of `start..end` at file offset `offset` holds.
+    fn entries_in(&self, start: u64, end: u64, offset: u64) -> impl Iterator<Item = core::ops::Range<u64>> + '_ {
+        // A segment the mapping shows, and the virtual address it links the
+        // mapping's first byte at (a segment's address and file offset are
+        // equal modulo the page size, so any shown segment gives the same).
+        let len = end - start;
+        let linked = self
+            .code_segments
+            .iter()
+            .find(|s| s.offset < offset + len && offset < s.offset + s.size)
+            .map(|s| (s.vaddr + offset).wrapping_sub(s.offset));
+        self.entries.iter().filter_map(move |r| {
+            let at = linked?;
+            let (lo, hi) = (r.start.wrapping_sub(at).wrapping_add(start), r.end.wrapping_sub(at).wrapping_add(start));
+            (lo >= start && hi <= end && lo < hi).then_some(lo..hi)
+        })
+    }
+}
+
+/// Whether the function named `name` (as the symbol table spells it) is
+/// one of the allocator's own, which a sampled allocation's stack passes
+/// through on its way in: the compiler's global allocator shims
+/// (`__rust_alloc`, `__rust_alloc_zeroed`, `__rust_realloc`, mangled or
+/// not), the C library's entry points, and any function of the `scavalloc`
+/// crate (`9scavalloc` is how both Rust manglings spell the crate's name).
+///
+/// The stack walk cannot count these frames: whether the shim and the
+/// allocator's fast path have a frame of their own, or were inlined into
+/// the program's function, is the compiler's choice (and LTO's), so the
+/// profile cuts them off by name when it is written.
+fn is_allocator_entry(name: &[u8]) -> bool {
+    const C_ENTRIES: [&[u8]; 9] =
+        [b"malloc", b"calloc", b"realloc", b"reallocarray", b"aligned_alloc", b"posix_memalign", b"memalign", b"valloc", b"pvalloc"];
+    let contains = |needle: &[u8]| name.windows(needle.len()).any(|w| w == needle);
+    C_ENTRIES.contains(&name) || contains(b"__rust_alloc") || contains(b"__rust_realloc") || contains(b"9scavalloc")
+}
+
+/// The start address and file offset a profile gives the mapping of
+/// `start..end` at file offset `offset`: those of the code segment that
+/// begins inside its first page, if one does, else the mapping's own.
+///
+/// The kernel maps whole pages, so a segment whose file offset is not
+/// page-aligned (lld places the code segment right after the read-only
+/// data, mid-page) is mapped from the page boundary below it. Tools that
+/// compute the load address from the mapping's file offset (the
+/// standalone pprof) are right either way; tools that take the segment's
+/// address for the mapping's start (Go 1.19's `go tool pprof`) misplace
+/// every address by the segment's offset in its page unless the mapping
+/// starts where the segment does. Both agree once it does.
+fn segment_start(start: u64, end: u64, offset: u64, segments: &[Segment]) -> (u64, u64) {
+    let first_page = (end.saturating_sub(start)).min(crate::os::page_size() as u64);
+    segments
+        .iter()
+        .find(|s| s.offset > offset && s.offset - offset < first_page && s.size > 0)
+        .map_or((start, offset), |s| (start + (s.offset - offset), s.offset))
+}
+
 /// The GNU build id of the ELF file at `path` in lowercase hex; empty if
 /// there is none or the file cannot be read.
+#[cfg(test)]
 fn build_id_of_path(path: &str) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::new();
-    };
-    build_id(&|buf, offset| file.read_exact_at(buf, offset).is_ok()).map(|id| hex(&id)).unwrap_or_default()
+    FileFacts::read(path).build_id
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -139,7 +245,16 @@ const PHDR_SIZE: usize = 56;
 const SHDR_SIZE: usize = 64;
 const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
+const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
+const SHT_SYMTAB: u32 = 2;
+const SHT_DYNSYM: u32 = 11;
+const STT_FUNC: u8 = 2;
+const SYM_SIZE: usize = 24;
+/// A symbol or string table larger than this is a corrupt file (the
+/// largest programs' are tens of MiB).
+const MAX_SYMBOLS: u64 = 1 << 30;
 const SHT_NOTE: u32 = 7;
 const NT_GNU_BUILD_ID: u32 = 3;
 /// No program or section header table or note area a linker writes comes
@@ -153,21 +268,8 @@ const MAX_TABLE: u64 = 1 << 20;
 /// Looks in the PT_NOTE segments first, which the loader maps and strip
 /// keeps, then in the SHT_NOTE sections.
 fn build_id(read_at: ReadAt<'_>) -> Option<Vec<u8>> {
-    let mut ehdr = [0u8; EHDR_SIZE];
-    if !read_at(&mut ehdr, 0) {
-        return None;
-    }
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != ELFCLASS64 || ehdr[5] != ELFDATA2LSB {
-        return None;
-    }
-    let phoff = u64_at(&ehdr, 0x20);
-    let shoff = u64_at(&ehdr, 0x28);
-    let phentsize = u16_at(&ehdr, 0x36);
-    let phnum = u16_at(&ehdr, 0x38);
-    let shentsize = u16_at(&ehdr, 0x3a);
-    let shnum = u16_at(&ehdr, 0x3c);
-
-    let segments = table(read_at, phoff, phentsize, phnum, PHDR_SIZE)?;
+    let h = Header::read(read_at)?;
+    let segments = table(read_at, h.phoff, h.phentsize, h.phnum, PHDR_SIZE)?;
     for phdr in &segments {
         // p_type at 0, p_offset at 8, p_filesz at 32, p_align at 48.
         if u32_at(phdr, 0) == PT_NOTE {
@@ -178,7 +280,7 @@ fn build_id(read_at: ReadAt<'_>) -> Option<Vec<u8>> {
     }
     // More than 0xff00 sections keep their count elsewhere (section 0's
     // sh_size); such files have their notes in segments anyway.
-    let sections = table(read_at, shoff, shentsize, shnum, SHDR_SIZE)?;
+    let sections = table(read_at, h.shoff, h.shentsize, h.shnum, SHDR_SIZE)?;
     for shdr in &sections {
         // sh_type at 4, sh_offset at 24, sh_size at 32, sh_addralign at 48.
         if u32_at(shdr, 4) == SHT_NOTE {
@@ -188,6 +290,101 @@ fn build_id(read_at: ReadAt<'_>) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// The executable `PT_LOAD` segments of a 64-bit little-endian ELF file;
+/// empty if it is another kind or cannot be read.
+fn code_segments(read_at: ReadAt<'_>) -> Vec<Segment> {
+    let Some(h) = Header::read(read_at) else { return Vec::new() };
+    let Some(segments) = table(read_at, h.phoff, h.phentsize, h.phnum, PHDR_SIZE) else { return Vec::new() };
+    // p_type at 0, p_flags at 4, p_offset at 8, p_vaddr at 16, p_filesz
+    // at 32.
+    segments
+        .iter()
+        .filter(|phdr| u32_at(phdr, 0) == PT_LOAD && u32_at(phdr, 4) & PF_X != 0)
+        .map(|phdr| Segment { offset: u64_at(phdr, 8), vaddr: u64_at(phdr, 16), size: u64_at(phdr, 32) })
+        .collect()
+}
+
+/// The virtual address ranges of the function symbols of a 64-bit
+/// little-endian ELF file whose names `wanted` picks, from its symbol table
+/// and its dynamic one (a stripped file keeps only the latter); empty if
+/// it has neither or cannot be read.
+fn function_ranges(read_at: ReadAt<'_>, wanted: fn(&[u8]) -> bool) -> Vec<core::ops::Range<u64>> {
+    let Some(h) = Header::read(read_at) else { return Vec::new() };
+    let Some(sections) = table(read_at, h.shoff, h.shentsize, h.shnum, SHDR_SIZE) else { return Vec::new() };
+    let mut ranges = Vec::new();
+    for shdr in &sections {
+        // sh_type at 4, sh_offset at 24, sh_size at 32, sh_link at 40.
+        if !matches!(u32_at(shdr, 4), SHT_SYMTAB | SHT_DYNSYM) {
+            continue;
+        }
+        let Some(strings) = sections.get(u32_at(shdr, 40) as usize) else { continue };
+        let (Some(symbols), Some(names)) = (
+            read_all(read_at, u64_at(shdr, 24), u64_at(shdr, 32)),
+            read_all(read_at, u64_at(strings, 24), u64_at(strings, 32)),
+        ) else {
+            continue;
+        };
+        // Each symbol: st_name (u32), st_info (u8), st_other, st_shndx,
+        // st_value (u64) at 8, st_size (u64) at 16.
+        for sym in symbols.chunks_exact(SYM_SIZE) {
+            let (value, size) = (u64_at(sym, 8), u64_at(sym, 16));
+            if sym[4] & 0xf != STT_FUNC || value == 0 || size == 0 {
+                continue;
+            }
+            let name = names.get(u32_at(sym, 0) as usize..).unwrap_or_default();
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if wanted(name) {
+                ranges.push(value..value.saturating_add(size));
+            }
+        }
+    }
+    ranges.sort_by_key(|r| r.start);
+    ranges.dedup();
+    ranges
+}
+
+/// `size` bytes at `offset`, if they can be read and are not beyond any
+/// symbol table a linker writes.
+fn read_all(read_at: ReadAt<'_>, offset: u64, size: u64) -> Option<Vec<u8>> {
+    if size > MAX_SYMBOLS {
+        return None;
+    }
+    let mut bytes = vec![0u8; size as usize];
+    read_at(&mut bytes, offset).then_some(bytes)
+}
+
+/// Where an ELF64 little-endian file's header tables are.
+struct Header {
+    phoff: u64,
+    phentsize: u16,
+    phnum: u16,
+    shoff: u64,
+    shentsize: u16,
+    shnum: u16,
+}
+
+impl Header {
+    /// The file's header; `None` if it is not a 64-bit little-endian ELF
+    /// file or cannot be read.
+    fn read(read_at: ReadAt<'_>) -> Option<Header> {
+        let mut ehdr = [0u8; EHDR_SIZE];
+        if !read_at(&mut ehdr, 0) {
+            return None;
+        }
+        if ehdr[..4] != *b"\x7fELF" || ehdr[4] != ELFCLASS64 || ehdr[5] != ELFDATA2LSB {
+            return None;
+        }
+        Some(Header {
+            phoff: u64_at(&ehdr, 0x20),
+            shoff: u64_at(&ehdr, 0x28),
+            phentsize: u16_at(&ehdr, 0x36),
+            phnum: u16_at(&ehdr, 0x38),
+            shentsize: u16_at(&ehdr, 0x3a),
+            shnum: u16_at(&ehdr, 0x3c),
+        })
+    }
 }
 
 /// The `count` entries of a header table at `offset`, each cut to the
@@ -287,7 +484,7 @@ mod tests {
 
     #[test]
     fn own_executable_is_mapped_with_its_build_id() {
-        let mappings = executable_mappings();
+        let mappings = code().mappings;
         let exe = exe();
         assert_eq!(mappings.first().map(|m| m.file.as_str()), Some(exe.as_str()), "the executable comes first");
         let own: Vec<&Mapping> = mappings.iter().filter(|m| m.file == exe).collect();
@@ -312,9 +509,56 @@ mod tests {
         }
     }
 
+    /// The allocator's own functions (all of this crate's, here) are entry
+    /// points to cut off a stack; the standard library's and the C
+    /// library's are not.
+    #[test]
+    fn allocator_entry_points_are_found_by_name() {
+        let code = code();
+        let ours = code_in_this_binary as *const () as usize as u64;
+        let std_fn = std::process::id as *const () as usize as u64;
+        let libc_fn = libc::getpid as *const () as usize as u64;
+        assert!(code.entries.iter().any(|r| r.contains(&ours)), "{ours:#x} not among {:x?}", code.entries.len());
+        assert!(!code.entries.iter().any(|r| r.contains(&std_fn)));
+        assert!(!code.entries.iter().any(|r| r.contains(&libc_fn)));
+        assert_eq!(code.entry_frames(&[ours, ours + 1, std_fn, ours]), 2);
+        assert_eq!(code.entry_frames(&[std_fn, ours]), 0);
+
+        for name in ["__rust_alloc", "_RNvCs5g6fQ4dS9aW_7___rustc12___rust_alloc", "__rust_alloc_zeroed", "__rust_realloc"] {
+            assert!(is_allocator_entry(name.as_bytes()), "{name}");
+        }
+        for name in ["malloc", "calloc", "posix_memalign", "_ZN9scavalloc3api5alloc17h0123456789abcdefE"] {
+            assert!(is_allocator_entry(name.as_bytes()), "{name}");
+        }
+        for name in ["mallocx", "my_malloc", "_ZN3std2rt10lang_start17h0123456789abcdefE", "__rust_dealloc", ""] {
+            assert!(!is_allocator_entry(name.as_bytes()), "{name}");
+        }
+    }
+
+    /// A mapping that begins on the page below a mid-page code segment
+    /// (as lld lays out executables) is given the segment's own start and
+    /// offset; a segment that starts the mapping leaves it alone.
+    #[test]
+    fn mapping_starts_at_its_code_segment() {
+        let page = crate::os::page_size() as u64;
+        let seg = Segment { offset: 0x24560, vaddr: 0x25560, size: 0x1000 };
+        let start = 0x5555_0002_5000;
+        assert_eq!(segment_start(start, start + 4 * page, 0x24000, &[seg]), (start + 0x560, 0x24560));
+        let aligned = Segment { offset: 0x24000, vaddr: 0x25000, size: 0x1000 };
+        assert_eq!(segment_start(start, start + 4 * page, 0x24000, &[aligned]), (start, 0x24000));
+        // A segment further on is another mapping's.
+        let later = Segment { offset: 0x24000 + 2 * page, vaddr: 0x25000 + 2 * page, size: 0x1000 };
+        assert_eq!(segment_start(start, start + 4 * page, 0x24000, &[later]), (start, 0x24000));
+
+        // Entry points are placed by the same link address.
+        let facts = FileFacts { build_id: String::new(), code_segments: vec![seg], entries: [0x25600..0x25700].into() };
+        let placed: Vec<_> = facts.entries_in(start, start + 4 * page, 0x24000).collect();
+        assert_eq!(placed, vec![start + 0x600..start + 0x700]);
+    }
+
     #[test]
     fn libc_has_a_build_id() {
-        let mappings = executable_mappings();
+        let mappings = code().mappings;
         let is_libc = |m: &&Mapping| {
             let name = m.file.rsplit('/').next().unwrap_or("");
             name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")

@@ -85,10 +85,13 @@ pub(crate) fn due(size: usize) -> bool {
     })
 }
 
-/// Frames of the allocator's own that the stack walk finds first:
-/// [`alloc_sampled`] and the public entry point that called it
-/// (`__rust_alloc`, or C's `malloc`), into which the rest is inlined.
-const SKIP_FRAMES: usize = 2;
+/// Frames of the allocator's own that the stack walk always finds first:
+/// the one in [`alloc_sampled`] (never inlined). The entry point that
+/// called it may be a function of its own (`__rust_alloc`, C's `malloc`)
+/// or inlined into the program's: that is the compiler's choice, so those
+/// frames are cut off by address when a profile is written
+/// (`maps::Code::entry_frames`).
+const SKIP_FRAMES: usize = 1;
 
 /// Keys of large objects in the table: this plus the bit length of the
 /// size (one entry per power of two per stack; small objects are keyed by
@@ -260,7 +263,16 @@ fn encode_profile() -> Vec<u8> {
             break;
         }
     }
-    let frames: Vec<Vec<u64>> = rows.iter().map(|r| r.frames.iter().map(|&f| f as u64).collect()).collect();
+    let code = maps::code();
+    // The walk starts in the allocator; its entry points are cut off here,
+    // by address, since how many frames they took is the compiler's choice.
+    let frames: Vec<Vec<u64>> = rows
+        .iter()
+        .map(|r| {
+            let frames: Vec<u64> = r.frames.iter().map(|&f| f as u64).collect();
+            frames[code.entry_frames(&frames)..].to_vec()
+        })
+        .collect();
     let samples: Vec<pprof::Sample<'_>> = rows
         .iter()
         .zip(&frames)
@@ -280,7 +292,7 @@ fn encode_profile() -> Vec<u8> {
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     let meta = pprof::Meta { time_nanos: now, duration_nanos: 0, period: settings().rate as i64 };
-    pprof::gzip(&pprof::encode(&meta, &maps::executable_mappings(), &samples))
+    pprof::gzip(&pprof::encode(&meta, &code.mappings, &samples))
 }
 
 /// Writes a profile to the file at `path`; on failure, one warning line
