@@ -320,7 +320,7 @@ fn memory_limit_waves(limited: bool) {
     let class = scavalloc::testing::class_for(64, 8).unwrap();
     assert_eq!(scavalloc::testing::class_objects(class), PAGE / 64, "a 64-byte span is one page");
     let mut small: Vec<Box<[u8]>> = (0..(200 * MIB / 64)).map(|_| alloc(64, 1)).collect();
-    small.retain(|b| b.as_ptr() as usize / PAGE % 2 == 0);
+    small.retain(|b| (b.as_ptr() as usize / PAGE).is_multiple_of(2));
     small.shrink_to_fit();
     let large_wave = |alloc: &mut dyn FnMut(usize, u8) -> Box<[u8]>, fill: u8| -> Vec<Box<[u8]>> {
         let (mut total, mut k, mut v) = (0, 0, Vec::new());
