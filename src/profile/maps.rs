@@ -551,7 +551,7 @@ mod tests {
         assert_eq!(segment_start(start, start + 4 * page, 0x24000, &[later]), (start, 0x24000));
 
         // Entry points are placed by the same link address.
-        let facts = FileFacts { build_id: String::new(), code_segments: vec![seg], entries: [0x25600..0x25700].into() };
+        let facts = FileFacts { build_id: String::new(), code_segments: vec![seg], entries: vec![core::ops::Range { start: 0x25600, end: 0x25700 }] };
         let placed: Vec<_> = facts.entries_in(start, start + 4 * page, 0x24000).collect();
         assert_eq!(placed, vec![start + 0x600..start + 0x700]);
     }
