@@ -189,7 +189,7 @@ unsafe fn realloc_slow(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8
     } else {
         // SAFETY: forwarded from the caller (`ptr` was allocated by us
         // with `layout`).
-        unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size) }
+        unsafe { spans::realloc(ptr, layout.size(), layout.align(), new_size, profile::place_moved) }
     };
     scavenge::background::run_deferred();
     new
@@ -273,10 +273,10 @@ unsafe fn realloc_checked(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut
         // Large to large: no user bits are involved, and the large
         // object's own record was checked above.
         // SAFETY: a live large object of this layout, checked above.
-        (None, None) => return unsafe { spans::realloc(ptr, size, align, new_size) },
+        (None, None) => return unsafe { spans::realloc(ptr, size, align, new_size, profile::place_moved) },
         _ => {}
     }
-    let new = spans::alloc(new_size, align);
+    let new = profile::place_moved(new_size, align, 0).unwrap_or_else(|| spans::alloc(new_size, align));
     if new.is_null() {
         return new;
     }

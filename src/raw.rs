@@ -175,7 +175,7 @@ unsafe fn realloc_slow(ptr: *mut u8, owner: spans::Owner, new_size: usize, align
     // have written all of `malloc_usable_size`, so all of it is kept.
     // SAFETY: a live object of the kind the page map records, with its
     // usable bytes readable; the caller uses the result from now on.
-    let new = unsafe { spans::resize(ptr, owner.class(), owner.usable(), align, new_size) };
+    let new = unsafe { spans::resize(ptr, owner.class(), owner.usable(), align, new_size, profile::place_moved) };
     // A moved object is a new one for the user: mark it as theirs (the old
     // one's mark was cleared as it was freed).
     if !new.is_null() && new != ptr {

@@ -183,6 +183,81 @@ fn every_allocation_sampled_gives_exact_figures() {
     );
 }
 
+/// Reallocations the object moves on are allocations of the new size:
+/// at a rate of 1 byte each one is sampled, the moved-from object leaves
+/// `inuse_*`, and the site's figures count every size the object had; a
+/// resize in place is no allocation and keeps the object's sampled size.
+#[test]
+fn moving_reallocations_are_sampled() {
+    support::as_child("moving_reallocations_are_sampled", |_| {
+        // Each step changes class (the last one to a large object), so each
+        // moves; then the large object grows by a page, which the free
+        // pages after it allow in place.
+        let steps = [16usize, 100, 1000, 5000, 20_000, 100_000];
+        let (p, layout) = site_realloc(&steps);
+        let site = site_realloc as *const () as usize;
+        let t = site_totals_in(&profile_now(), site);
+        let total: usize = steps.iter().sum();
+        assert_eq!(t, [steps.len() as i64, total as i64, 1, 100_000], "after the moves");
+        // SAFETY: live with `layout`; the new size is not zero.
+        let q = unsafe { std::alloc::realloc(p, layout, 100_000 + 8192) };
+        assert!(!q.is_null());
+        let t2 = site_totals_in(&profile_now(), site);
+        if q == p {
+            assert_eq!(t2, t, "a resize in place is not an allocation");
+        } else {
+            assert_eq!(t2[0], t[0], "a move from the large object is counted where the realloc happened");
+        }
+        // SAFETY: the object at `q`, of the new size; its first bytes were
+        // carried over by every move.
+        unsafe {
+            assert_eq!(*q, 0x5a, "contents kept across the moves");
+            dealloc(q, Layout::from_size_align(100_000 + 8192, 8).unwrap());
+        }
+        let t3 = site_totals_in(&profile_now(), site);
+        assert_eq!((t3[2], t3[3]), (0, 0), "freed");
+    });
+    support::run_case(
+        "moving_reallocations_are_sampled",
+        "rate-1",
+        &[("SCAVALLOC_PROF_RATE", "1")],
+        Duration::from_secs(120),
+    );
+}
+
+/// Allocates `steps[0]` bytes and reallocates the object through the rest
+/// of `steps`, its first byte written; returns it with its layout.
+#[inline(never)]
+fn site_realloc(steps: &[usize]) -> (*mut u8, Layout) {
+    let mut layout = Layout::from_size_align(steps[0], 8).unwrap();
+    // SAFETY: a non-zero size.
+    let mut p = unsafe { alloc(layout) };
+    assert!(!p.is_null());
+    // SAFETY: one byte of the object.
+    unsafe { p.write(0x5a) };
+    for &size in &steps[1..] {
+        // SAFETY: live with `layout`; a non-zero size.
+        p = unsafe { std::alloc::realloc(p, layout, size) };
+        assert!(!p.is_null());
+        layout = Layout::from_size_align(size, 8).unwrap();
+    }
+    (black_box(p), layout)
+}
+
+/// [`site_totals`] for a site function that is not one of [`sites`]: the
+/// samples whose innermost frame lies within 2 KiB after its start.
+fn site_totals_in(p: &Profile, f: usize) -> [i64; 4] {
+    let mut t = [0i64; 4];
+    for s in &p.sample {
+        if frames(p, s).first().is_some_and(|&a| a > f as u64 && a < f as u64 + 2048) {
+            for (t, v) in t.iter_mut().zip(&s.value) {
+                *t += v;
+            }
+        }
+    }
+    t
+}
+
 fn within(what: &str, got: i64, want: i64, share: f64) {
     let err = (got - want).abs() as f64 / want as f64;
     assert!(err <= share, "{what}: {got} against {want} ({:.1}% off)", err * 100.0);

@@ -86,7 +86,7 @@ pub(crate) fn due(size: usize) -> bool {
 }
 
 /// Frames of the allocator's own that the stack walk always finds first:
-/// the one in [`alloc_sampled`] (never inlined). The entry point that
+/// the one in [`sample`] (never inlined). The entry point that
 /// called it may be a function of its own (`__rust_alloc`, C's `malloc`)
 /// or inlined into the program's: that is the compiler's choice, so those
 /// frames are cut off by address when a profile is written
@@ -139,12 +139,30 @@ fn fresh_seed() -> u64 {
 /// being armed, profiling is off, or the table or the sampled objects'
 /// region is full), and the caller allocates as usual. A null `Some` is
 /// out of memory.
+#[inline(always)]
+pub(crate) fn alloc_sampled(size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
+    sample(size, align, zeroed, 0)
+}
+
+/// Where `realloc` puts an object it moves (a `crate::spans::MovePlacer`):
+/// the move is an allocation of `size` bytes, counted as one, and sampled
+/// when due. A resize in place is not counted: sampling it would force the
+/// copy that resizing in place avoids.
+pub(crate) fn place_moved(size: usize, align: usize, room_pages: usize) -> Option<*mut u8> {
+    if due(size) {
+        sample(size, align, false, room_pages)
+    } else {
+        None
+    }
+}
+
+/// Samples an allocation of `size` bytes, a large one with `room_pages`
+/// of room after it; `None` when it is not sampled after all.
 ///
-/// Never inlined, and it calls the stack walk directly: the walk skips a
-/// fixed number of frames ([`SKIP_FRAMES`]) to start at the program's own.
+/// Never inlined: the stack walk skips this frame (see [`SKIP_FRAMES`]).
 #[cold]
 #[inline(never)]
-pub(crate) fn alloc_sampled(size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
+fn sample(size: usize, align: usize, zeroed: bool, room_pages: usize) -> Option<*mut u8> {
     let s = settings();
     if s.rate == 0 {
         BYTES_LEFT.with(|left| left.set(isize::MAX));
@@ -162,16 +180,16 @@ pub(crate) fn alloc_sampled(size: usize, align: usize, zeroed: bool) -> Option<*
     // tell the stack's bounds), and armed again at the end.
     BYTES_LEFT.with(|left| left.set(isize::MAX));
     crate::api::ensure_init();
-    let object = record_and_alloc(size, align, zeroed, s);
+    let object = record_and_alloc(size, align, zeroed, room_pages, s);
     BYTES_LEFT.with(|left| left.set(next));
     crate::scavenge::background::run_deferred();
     object
 }
 
-/// The body of [`alloc_sampled`], its frames counted in [`SKIP_FRAMES`]
-/// through the `inline(always)`.
+/// The body of [`sample`], whose frame the walk skips through the
+/// `inline(always)`.
 #[inline(always)]
-fn record_and_alloc(size: usize, align: usize, zeroed: bool, s: &Settings) -> Option<*mut u8> {
+fn record_and_alloc(size: usize, align: usize, zeroed: bool, room_pages: usize, s: &Settings) -> Option<*mut u8> {
     if !table::make(s.max_stacks, s.rate) {
         return None;
     }
@@ -189,7 +207,7 @@ fn record_and_alloc(size: usize, align: usize, zeroed: bool, s: &Settings) -> Op
     }
     let object = match class {
         Some(class) => spans::sampled::alloc(class, size, tag, zeroed).map(|p| p.as_ptr()),
-        None => Some(spans::large::alloc_sampled(size, align, zeroed, tag)),
+        None => Some(spans::large::alloc_sampled(size, align, zeroed, room_pages, tag)),
     };
     if object.is_none_or(|p| p.is_null()) {
         // Not allocated here after all: the sample is taken back.

@@ -42,11 +42,12 @@ pub struct LargeAlloc {
     pub zeroed: bool,
 }
 
-/// Allocates a large object the heap profiler sampled, tagged `tag` so
+/// Allocates a large object the heap profiler sampled, with
+/// `extra_pages` of room after it as [`alloc`] leaves, tagged `tag` so
 /// that its free is reported to the profile; zeroed if asked. Null when
 /// the OS refuses memory.
-pub fn alloc_sampled(size: usize, align: usize, zeroed: bool, tag: u32) -> *mut u8 {
-    let Some(a) = alloc(size, align, 0) else { return ptr::null_mut() };
+pub fn alloc_sampled(size: usize, align: usize, zeroed: bool, extra_pages: usize, tag: u32) -> *mut u8 {
+    let Some(a) = alloc(size, align, extra_pages) else { return ptr::null_mut() };
     if zeroed && !a.zeroed {
         // SAFETY: a fresh large object of at least `size` bytes.
         unsafe { ptr::write_bytes(a.ptr, 0, size) };

@@ -500,11 +500,20 @@ pub fn usable_size(ptr: *mut u8) -> usize {
 ///
 /// As for [`dealloc`]; the caller uses the returned pointer from then on.
 #[inline]
-pub unsafe fn realloc(ptr: *mut u8, size: usize, align: usize, new_size: usize) -> *mut u8 {
+pub unsafe fn realloc(ptr: *mut u8, size: usize, align: usize, new_size: usize, place: MovePlacer) -> *mut u8 {
     // SAFETY: the layout's path is the object's (the caller's promise), and
     // its first `size` bytes are the object's.
-    unsafe { resize(ptr, class_for(size, align), size, align, new_size) }
+    unsafe { resize(ptr, class_for(size, align), size, align, new_size, place) }
 }
+
+/// Where [`resize`] may put an object it has to move, asked just before it
+/// allocates one: given the new size, the alignment and the pages of room
+/// a moved large object gets after it, an object the caller allocated
+/// itself (the heap profiler's sampled ones; null: out of memory), or
+/// `None` to allocate as usual. Asked only when the object really moves,
+/// so that a caller counting allocations counts each move once and never
+/// turns a resize in place into a copy.
+pub type MovePlacer = fn(new_size: usize, align: usize, room_pages: usize) -> Option<*mut u8>;
 
 /// Resizes the object at `ptr`, which is of class `class` (`None`: a large
 /// object), to `new_size` bytes aligned to `align` for a move; its first
@@ -523,13 +532,20 @@ pub unsafe fn realloc(ptr: *mut u8, size: usize, align: usize, new_size: usize) 
 /// least `keep` readable bytes, not used again on success; `new_size` is
 /// not zero.
 #[inline]
-pub unsafe fn resize(ptr: *mut u8, class: Option<usize>, keep: usize, align: usize, new_size: usize) -> *mut u8 {
+pub unsafe fn resize(
+    ptr: *mut u8,
+    class: Option<usize>,
+    keep: usize,
+    align: usize,
+    new_size: usize,
+    place: MovePlacer,
+) -> *mut u8 {
     let new_class = class_for(new_size, align);
     if class.is_some() && class == new_class {
         return ptr;
     }
     // SAFETY: forwarded.
-    unsafe { resize_slow(ptr, class, keep, align, new_size, new_class) }
+    unsafe { resize_slow(ptr, class, keep, align, new_size, new_class, place) }
 }
 
 /// [`resize`] when the object changes class or is large.
@@ -544,6 +560,7 @@ unsafe fn resize_slow(
     align: usize,
     new_size: usize,
     new_class: Option<usize>,
+    place: MovePlacer,
 ) -> *mut u8 {
     let new = match (class, new_class) {
         (None, None) => {
@@ -555,13 +572,13 @@ unsafe fn resize_slow(
             // it, so that a buffer grown a little at a time is copied
             // O(log n) times, not O(n). The room is address space only until
             // written.
-            let pages = new_size.div_ceil(crate::pages::PAGE_SIZE);
-            match large::alloc(new_size, align, pages / 8) {
-                Some(a) => a.ptr,
-                None => return core::ptr::null_mut(),
+            let room = new_size.div_ceil(crate::pages::PAGE_SIZE) / 8;
+            match place(new_size, align, room) {
+                Some(p) => p,
+                None => large::alloc(new_size, align, room).map_or(core::ptr::null_mut(), |a| a.ptr),
             }
         }
-        _ => alloc(new_size, align),
+        _ => place(new_size, align, 0).unwrap_or_else(|| alloc(new_size, align)),
     };
     if new.is_null() {
         return new;
