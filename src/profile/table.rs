@@ -19,7 +19,7 @@
 //! A side module like `persistent`: the span layer tells it of frees of
 //! sampled objects, the profile module of allocations; it calls neither.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::os;
 use crate::sync::Mutex;
@@ -72,25 +72,63 @@ static TABLE: Mutex<Table> =
 /// Samples that found the table full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Made (or failed) once.
-static MADE: spin::Once<bool> = spin::Once::new();
+/// Whether the table was made: [`NOT_MADE`], [`MADE`] or [`FAILED`].
+///
+/// Not a `spin::Once`: a `fork()` while another thread ran one would leave
+/// the child's spinning forever. The table is mapped with no lock held and
+/// published under [`TABLE`]'s lock, which `fork()` holds too, so a child
+/// sees it made or not made, and makes it itself if not.
+static STATE: AtomicU8 = AtomicU8::new(NOT_MADE);
+const NOT_MADE: u8 = 0;
+const MADE: u8 = 1;
+const FAILED: u8 = 2;
 
 /// Maps the table for `max` entries, sampling at a mean of `rate` bytes,
 /// once; false if the OS refused. Called with no allocator lock held.
 pub(crate) fn make(max: usize, rate: usize) -> bool {
-    *MADE.call_once(|| {
-        let max = max.clamp(1, u32::MAX as usize / 4);
-        let slots = (max * 2).next_power_of_two();
-        let Ok(entries) = os::alloc_ready(max * core::mem::size_of::<Entry>()) else { return false };
-        let Ok(index) = os::alloc_ready(slots * core::mem::size_of::<u32>()) else { return false };
+    match STATE.load(Ordering::Acquire) {
+        MADE => return true,
+        FAILED => return false,
+        _ => {}
+    }
+    let max = max.clamp(1, u32::MAX as usize / 4);
+    let slots = (max * 2).next_power_of_two();
+    let entry_bytes = max * core::mem::size_of::<Entry>();
+    let index_bytes = slots * core::mem::size_of::<u32>();
+    let (entries, index) = (os::alloc_ready(entry_bytes), os::alloc_ready(index_bytes));
+    let (Ok(entries), Ok(index)) = (entries, index) else {
+        for (mapped, bytes) in [(entries, entry_bytes), (index, index_bytes)] {
+            if let Ok(p) = mapped {
+                // SAFETY: mapped just above and known to no one else.
+                unsafe { os::unmap(p.as_ptr() as usize, bytes) };
+            }
+        }
+        // Failed for good, unless another thread made it meanwhile.
+        let _ = STATE.compare_exchange(NOT_MADE, FAILED, Ordering::AcqRel, Ordering::Acquire);
+        return STATE.load(Ordering::Acquire) == MADE;
+    };
+    let won = {
         let mut table = TABLE.lock();
-        table.entries = entries.as_ptr().cast();
-        table.max = max as u32;
-        table.index = index.as_ptr().cast();
-        table.mask = slots - 1;
-        table.rate = rate.max(1) as f64;
-        true
-    })
+        let won = table.entries.is_null();
+        if won {
+            table.entries = entries.as_ptr().cast();
+            table.max = max as u32;
+            table.index = index.as_ptr().cast();
+            table.mask = slots - 1;
+            table.rate = rate.max(1) as f64;
+            STATE.store(MADE, Ordering::Release);
+        }
+        won
+    };
+    if !won {
+        // Another thread made it first: this one's mappings go back.
+        // SAFETY: mapped above, never published, so no one else knows them.
+        unsafe {
+            os::unmap(entries.as_ptr() as usize, entry_bytes);
+            os::unmap(index.as_ptr() as usize, index_bytes);
+        }
+    }
+    true
 }
 
 /// How many allocations, and bytes, one sample of `size` bytes stands for.

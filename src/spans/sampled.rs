@@ -31,7 +31,7 @@
 //! the profile's (`crate::profile::table`), told of each free here.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use super::sizeclass::{self, MAX_SMALL_SIZE};
 use crate::os;
@@ -54,10 +54,18 @@ pub(crate) const DIRTY_MAX: usize = 64;
 /// so [`contains`] is false for everything until the region exists.
 const NO_REGION: usize = usize::MAX - (SLOTS << 16) + 1;
 
-/// The region's first slot.
-static BASE: AtomicUsize = AtomicUsize::new(NO_REGION);
-/// The bytes of one slot, once the region exists (see [`slot_bytes`]).
-static SLOT_SHIFT: AtomicUsize = AtomicUsize::new(16);
+/// The region's first slot, its low bits the log2 of a slot's bytes (the
+/// base is slot-aligned, a slot at least an OS page): one word, so that
+/// [`contains`] never pairs a new base with an old slot size.
+static REGION: AtomicUsize = AtomicUsize::new(NO_REGION | 16);
+const SHIFT_BITS: usize = 0x3f;
+
+/// The region's first slot and the log2 of a slot's bytes.
+#[inline(always)]
+fn region() -> (usize, usize) {
+    let word = REGION.load(Ordering::Relaxed);
+    (word & !SHIFT_BITS, word & SHIFT_BITS)
+}
 
 /// A slot's record. `class` is `FREE` while no object is in it.
 #[derive(Clone, Copy)]
@@ -111,38 +119,72 @@ static SLOTS_LOCK: Mutex<Region> = Mutex::new(Region {
     live_bytes: 0,
 });
 
-/// Made (or failed) once.
-static MADE: spin::Once<bool> = spin::Once::new();
+/// Whether the region was made: [`NOT_MADE`], [`MADE`] or [`FAILED`].
+///
+/// Not a `spin::Once`: a `fork()` while another thread ran one would leave
+/// the child's spinning forever. The region is mapped with no lock held
+/// and published under [`SLOTS_LOCK`], which `fork()` holds too.
+static STATE: AtomicU8 = AtomicU8::new(NOT_MADE);
+const NOT_MADE: u8 = 0;
+const MADE: u8 = 1;
+const FAILED: u8 = 2;
 
-/// Whether `addr` lies in the sampled objects' region. One load, one
-/// subtraction, one compare: the free fast path of a single-threaded
+/// Whether `addr` lies in the sampled objects' region. One load, two
+/// masks, a subtraction, a shift and a compare: the free fast path of a single-threaded
 /// program asks this of objects outside the thread's own span.
 #[inline(always)]
 pub(crate) fn contains(addr: usize) -> bool {
-    addr.wrapping_sub(BASE.load(Ordering::Relaxed)) < SLOTS << SLOT_SHIFT.load(Ordering::Relaxed)
+    let (base, shift) = region();
+    addr.wrapping_sub(base) < SLOTS << shift
 }
 
 /// Maps the region and its tables, once; false if the OS refused. Called
 /// with no allocator lock held (it maps memory).
 fn make_region() -> bool {
-    *MADE.call_once(|| {
-        let slot = MAX_SMALL_SIZE.max(os::page_size());
-        let shift = slot.trailing_zeros() as usize;
-        debug_assert!(slot.is_power_of_two() && shift <= 16);
-        // One slot more than needed, to align the first to a slot.
-        let Ok(raw) = os::alloc_ready((SLOTS + 1) << shift) else { return false };
-        let Ok(slots) = os::alloc_ready(SLOTS * core::mem::size_of::<Slot>()) else { return false };
-        let Ok(free) = os::alloc_ready(SLOTS * core::mem::size_of::<u32>()) else { return false };
-        let base = (raw.as_ptr() as usize + slot - 1) & !(slot - 1);
+    match STATE.load(Ordering::Acquire) {
+        MADE => return true,
+        FAILED => return false,
+        _ => {}
+    }
+    let slot = MAX_SMALL_SIZE.max(os::page_size());
+    let shift = slot.trailing_zeros() as usize;
+    debug_assert!(slot.is_power_of_two() && shift <= 16);
+    // One slot more than needed, to align the first to a slot.
+    let sizes = [(SLOTS + 1) << shift, SLOTS * core::mem::size_of::<Slot>(), SLOTS * core::mem::size_of::<u32>()];
+    let maps = sizes.map(os::alloc_ready);
+    let unmap_all = |maps: [Result<NonNull<u8>, os::OsError>; 3]| {
+        for (mapped, bytes) in maps.into_iter().zip(sizes) {
+            if let Ok(p) = mapped {
+                // SAFETY: mapped here and never published: no one else
+                // knows of it.
+                unsafe { os::unmap(p.as_ptr() as usize, bytes) };
+            }
+        }
+    };
+    let [Ok(raw), Ok(slots), Ok(free)] = maps else {
+        unmap_all(maps);
+        // Failed for good, unless another thread made it meanwhile.
+        let _ = STATE.compare_exchange(NOT_MADE, FAILED, Ordering::AcqRel, Ordering::Acquire);
+        return STATE.load(Ordering::Acquire) == MADE;
+    };
+    let base = (raw.as_ptr() as usize + slot - 1) & !(slot - 1);
+    let won = {
         let mut region = SLOTS_LOCK.lock();
-        region.slots = slots.as_ptr().cast();
-        region.free = free.as_ptr().cast();
-        drop(region);
-        SLOT_SHIFT.store(shift, Ordering::Relaxed);
-        // Published last: `contains` may now say yes.
-        BASE.store(base, Ordering::Release);
-        true
-    })
+        let won = region.slots.is_null();
+        if won {
+            region.slots = slots.as_ptr().cast();
+            region.free = free.as_ptr().cast();
+            // Published last: `contains` may now say yes.
+            REGION.store(base | shift, Ordering::Release);
+            STATE.store(MADE, Ordering::Release);
+        }
+        won
+    };
+    if !won {
+        // Another thread made it first.
+        unmap_all(maps);
+    }
+    true
 }
 
 /// Allocates a sampled object of `class` (requested as `size` bytes) in a
@@ -153,8 +195,7 @@ pub(crate) fn alloc(class: usize, size: usize, tag: u32, zeroed: bool) -> Option
     if !make_region() {
         return None;
     }
-    let base = BASE.load(Ordering::Acquire);
-    let shift = SLOT_SHIFT.load(Ordering::Relaxed);
+    let (base, shift) = region();
     let (index, used_before) = {
         let mut region = SLOTS_LOCK.lock();
         let (index, fresh) = if region.nfree > 0 {
@@ -201,8 +242,8 @@ fn touched_bytes(class: usize) -> usize {
 /// The slot index of `addr`, an address in the region, if it is a slot's
 /// start; stops the process for an address inside a slot.
 fn slot_index(addr: usize, what: &str) -> usize {
-    let offset = addr - BASE.load(Ordering::Relaxed);
-    let shift = SLOT_SHIFT.load(Ordering::Relaxed);
+    let (base, shift) = region();
+    let offset = addr - base;
     if offset & ((1 << shift) - 1) != 0 {
         fatal(format_args!(
             "{what} of {addr:#x}, an interior pointer {} bytes into a sampled object",
@@ -320,7 +361,7 @@ pub(crate) fn unlock_after_fork() {
 
 // Before the region exists its base is in the kernel's half, where no
 // user pointer lies.
-const _: () = assert!(NO_REGION > 1 << 63);
+const _: () = assert!(NO_REGION > 1 << 63 && NO_REGION & SHIFT_BITS == 0);
 
 #[cfg(test)]
 mod tests {
@@ -337,7 +378,8 @@ mod tests {
         let a = alloc(class, size, 0, false).expect("region").as_ptr() as usize;
         let b = alloc(class, size, 0, true).expect("region").as_ptr() as usize;
         assert!(contains(a) && contains(b) && a != b);
-        assert_eq!((a - BASE.load(Ordering::Relaxed)) % (1 << SLOT_SHIFT.load(Ordering::Relaxed)), 0);
+        let (base, shift) = region();
+        assert_eq!((a - base) % (1 << shift), 0);
         assert_eq!(class_of(a, "test"), class);
         // SAFETY: `b` is a zeroed object of `size` bytes, ours alone.
         let bytes = unsafe { core::slice::from_raw_parts_mut(b as *mut u8, size) };
