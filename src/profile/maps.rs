@@ -1,12 +1,15 @@
 //! The process's executable mappings, for a profile's mapping table: which
 //! file holds each code address, at which file offset, and that file's GNU
 //! build id, so that pprof tools can symbolize the addresses from the files
-//! (or find the files' debug info by build id).
+//! (or find the files' debug info by build id); and where in them the
+//! allocator's own entry points are, for the profile to cut those frames
+//! off its stacks.
 //!
-//! This module owns reading `/proc/self/maps` and the ELF note walk that
-//! finds a build id. It runs at dump time, so it allocates and reads files
-//! freely; any error gives fewer mappings or an empty build id, never a
-//! panic.
+//! This module owns reading `/proc/self/maps` and the parts of an ELF file
+//! a profile needs: the build id note, the executable segments and the
+//! function symbols. It runs at dump time, so it allocates and reads files
+//! freely; any error gives fewer mappings, an empty build id or no entry
+//! points, never a panic.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -637,14 +640,19 @@ mod tests {
         n
     }
 
-    fn build_id_of_bytes(file: &[u8]) -> Option<Vec<u8>> {
-        build_id(&|buf, offset| {
+    /// Reads `file`'s bytes as [`ReadAt`] reads a file's.
+    fn reader(file: &[u8]) -> impl Fn(&mut [u8], u64) -> bool + '_ {
+        move |buf, offset| {
             let Some(src) = usize::try_from(offset).ok().and_then(|o| file.get(o..o.checked_add(buf.len())?)) else {
                 return false;
             };
             buf.copy_from_slice(src);
             true
-        })
+        }
+    }
+
+    fn build_id_of_bytes(file: &[u8]) -> Option<Vec<u8>> {
+        build_id(&reader(file))
     }
 
     #[test]
@@ -679,11 +687,42 @@ mod tests {
         // Bytes of the real executable with each header field in turn set
         // to all ones: any outcome but a panic is fine.
         let real = std::fs::read(exe()).expect("read the test executable");
+        let read_all = |elf: &[u8]| {
+            let read = reader(elf);
+            let _ = (build_id(&read), code_segments(&read), function_ranges(&read, is_allocator_entry));
+        };
         for at in (0x10..EHDR_SIZE).step_by(2) {
             let mut elf = real[..EHDR_SIZE.max(4096).min(real.len())].to_vec();
             elf[at] = 0xff;
             elf[at + 1] = 0xff;
-            let _ = build_id_of_bytes(&elf);
+            read_all(&elf);
+        }
+        // The whole file with each field of the symbol tables' section
+        // headers, and their string tables', in turn set to all ones
+        // (offsets, sizes, links out of range), and cut short anywhere.
+        let h = Header::read(&reader(&real)).expect("the test executable is ELF64");
+        let header_at = |section: usize| h.shoff as usize + section * usize::from(h.shentsize);
+        let word = |at: usize| u32::from_le_bytes(real[at..at + 4].try_into().unwrap());
+        let mut touched = Vec::new();
+        for section in 0..usize::from(h.shnum) {
+            if matches!(word(header_at(section) + 4), SHT_SYMTAB | SHT_DYNSYM) {
+                touched.extend([section, word(header_at(section) + 40) as usize]);
+            }
+        }
+        assert!(!touched.is_empty(), "the test executable has a symbol table");
+        let mut elf = real.clone();
+        for section in touched.into_iter().filter(|&s| s < usize::from(h.shnum)) {
+            for field in (0..SHDR_SIZE).step_by(8) {
+                let at = header_at(section) + field;
+                let saved: [u8; 8] = elf[at..at + 8].try_into().unwrap();
+                elf[at..at + 8].fill(0xff);
+                read_all(&elf);
+                elf[at..at + 8].copy_from_slice(&saved);
+            }
+        }
+        assert!(!function_ranges(&reader(&real), is_allocator_entry).is_empty(), "this crate's functions");
+        for cut in (0..real.len()).step_by(real.len() / 64 + 1) {
+            read_all(&real[..cut]);
         }
     }
 }

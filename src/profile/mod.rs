@@ -65,12 +65,18 @@ impl Settings {
 }
 
 thread_local! {
-    /// Bytes this thread may still allocate before the next sample. Starts
-    /// at 0, so a thread's first allocation takes [`alloc_sampled`], which
-    /// arms it (or sets it out of reach when profiling is off).
-    static BYTES_LEFT: Cell<isize> = const { Cell::new(0) };
     /// The thread's random state (0: not seeded yet).
     static RANDOM: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` on the bytes this thread may still allocate before its next
+/// sample. It starts at 0, so a thread's first allocation takes
+/// [`alloc_sampled`], which arms it (or sets it out of reach when profiling
+/// is off). Kept in the span layer's per-thread block, beside the cache
+/// pointer, so that an allocation looks up one thread-local, not two.
+#[inline(always)]
+fn bytes_left<R>(f: impl FnOnce(&Cell<isize>) -> R) -> R {
+    spans::cache::with_sample_left(f)
 }
 
 /// Counts an allocation of `size` bytes; true when it is to be sampled
@@ -78,7 +84,7 @@ thread_local! {
 /// [`alloc_sampled`].
 #[inline(always)]
 pub(crate) fn due(size: usize) -> bool {
-    BYTES_LEFT.with(|left| {
+    bytes_left(|left| {
         let now = left.get().wrapping_sub(size as isize);
         left.set(now);
         now < 0
@@ -165,7 +171,7 @@ pub(crate) fn place_moved(size: usize, align: usize, room_pages: usize) -> Optio
 fn sample(size: usize, align: usize, zeroed: bool, room_pages: usize) -> Option<*mut u8> {
     let s = settings();
     if s.rate == 0 {
-        BYTES_LEFT.with(|left| left.set(isize::MAX));
+        bytes_left(|left| left.set(isize::MAX));
         return None;
     }
     let first = RANDOM.with(Cell::get) == 0 && s.rate > 1;
@@ -173,15 +179,15 @@ fn sample(size: usize, align: usize, zeroed: bool, room_pages: usize) -> Option<
     if first {
         // Arming the count: this allocation is not a sample (the count it
         // would have crossed was never drawn).
-        BYTES_LEFT.with(|left| left.set(next));
+        bytes_left(|left| left.set(next));
         return None;
     }
     // Sampling is paused while this runs (the C library may allocate to
     // tell the stack's bounds), and armed again at the end.
-    BYTES_LEFT.with(|left| left.set(isize::MAX));
+    bytes_left(|left| left.set(isize::MAX));
     crate::api::ensure_init();
     let object = record_and_alloc(size, align, zeroed, room_pages, s);
-    BYTES_LEFT.with(|left| left.set(next));
+    bytes_left(|left| left.set(next));
     crate::scavenge::background::run_deferred();
     object
 }
@@ -264,9 +270,9 @@ pub fn stats() -> ProfileStats {
 ///
 /// The calling thread's own allocations are not sampled while it writes.
 pub fn write_pprof<W: std::io::Write>(out: &mut W) -> std::io::Result<()> {
-    let saved = BYTES_LEFT.with(|left| left.replace(isize::MAX));
+    let saved = bytes_left(|left| left.replace(isize::MAX));
     let bytes = encode_profile();
-    BYTES_LEFT.with(|left| left.set(saved));
+    bytes_left(|left| left.set(saved));
     out.write_all(&bytes)
 }
 

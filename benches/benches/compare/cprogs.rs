@@ -213,7 +213,7 @@ pub fn setup(out: &Path, backends: &[Backend]) -> Setup {
     for &b in backends {
         let peer = match b {
             Backend::System => Ok(Peer { preload: None, env: &[] }),
-            Backend::Scavalloc | Backend::ScavallocNoDeep => match &scavalloc {
+            Backend::Scavalloc | Backend::ScavallocNoDeep | Backend::ScavallocProf => match &scavalloc {
                 Some(Ok(lib)) => Ok(Peer { preload: Some(lib.clone()), env: b.env() }),
                 Some(Err(e)) => Err(e.clone()),
                 None => unreachable!("scavalloc is among the backends"),

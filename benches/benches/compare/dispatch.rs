@@ -1,10 +1,12 @@
 //! The comparison binary's global allocator: it forwards every call to one
 //! of four allocators, chosen once, at the first allocation, from
 //! `SCAVALLOC_BENCH_ALLOC` (`system`, `scavalloc`, `scavalloc-nodeep`,
-//! `jemalloc`, `mimalloc`; unset means `system`, which is what the driver
-//! process runs on). `scavalloc-nodeep` is scavalloc itself, run by the
-//! driver with `SCAVALLOC_DEEP_RELEASE=0`, to show what deep release costs
-//! and gives.
+//! `jemalloc`, `mimalloc`, and `scavalloc-prof` when named; unset means
+//! `system`, which is what the driver process runs on). `scavalloc-nodeep`
+//! is scavalloc itself, run by the driver with `SCAVALLOC_DEEP_RELEASE=0`,
+//! to show what deep release costs and gives; `scavalloc-prof` is
+//! scavalloc with heap profiling at its standard rate
+//! (`SCAVALLOC_PROF_RATE=on`), to measure what profiling costs.
 //!
 //! A global allocator is fixed for the life of a process, and a pointer
 //! must go back to the allocator that made it, so the choice is made before
@@ -36,10 +38,15 @@ pub enum Backend {
     Jemalloc = 3,
     Mimalloc = 4,
     ScavallocNoDeep = 5,
+    ScavallocProf = 6,
 }
 
+/// The allocators a comparison runs unless told otherwise.
 pub const ALL: [Backend; 5] =
     [Backend::System, Backend::Scavalloc, Backend::ScavallocNoDeep, Backend::Jemalloc, Backend::Mimalloc];
+
+/// Also run when named (`--alloc`).
+pub const OPT_IN: [Backend; 1] = [Backend::ScavallocProf];
 
 /// The environment variable that picks a child's allocator.
 pub const VAR: &str = "SCAVALLOC_BENCH_ALLOC";
@@ -52,6 +59,7 @@ impl Backend {
             Backend::Jemalloc => "jemalloc",
             Backend::Mimalloc => "mimalloc",
             Backend::ScavallocNoDeep => "scavalloc-nodeep",
+            Backend::ScavallocProf => "scavalloc-prof",
         }
     }
 
@@ -59,17 +67,19 @@ impl Backend {
     pub fn env(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Backend::ScavallocNoDeep => &[("SCAVALLOC_DEEP_RELEASE", "0")],
+            Backend::ScavallocProf => &[("SCAVALLOC_PROF_RATE", "on")],
             _ => &[],
         }
     }
 
-    /// Whether the allocator is scavalloc (with or without deep release).
+    /// Whether the allocator is scavalloc (with or without deep release or
+    /// profiling).
     pub fn is_scavalloc(self) -> bool {
-        matches!(self, Backend::Scavalloc | Backend::ScavallocNoDeep)
+        matches!(self, Backend::Scavalloc | Backend::ScavallocNoDeep | Backend::ScavallocProf)
     }
 
     pub fn from_name(name: &[u8]) -> Option<Backend> {
-        ALL.into_iter().find(|b| b.name().as_bytes() == name)
+        ALL.into_iter().chain(OPT_IN).find(|b| b.name().as_bytes() == name)
     }
 
     /// The allocator this process runs on.
@@ -79,6 +89,7 @@ impl Backend {
             3 => Backend::Jemalloc,
             4 => Backend::Mimalloc,
             5 => Backend::ScavallocNoDeep,
+            6 => Backend::ScavallocProf,
             _ => Backend::System,
         }
     }
@@ -105,7 +116,7 @@ fn read_choice() -> u8 {
         Some(b) => b as u8,
         None => {
             let msg =
-                b"compare: SCAVALLOC_BENCH_ALLOC must be system, scavalloc, scavalloc-nodeep, jemalloc or mimalloc\n";
+                b"compare: SCAVALLOC_BENCH_ALLOC must be system, scavalloc, scavalloc-nodeep, scavalloc-prof, jemalloc or mimalloc\n";
             // SAFETY: writes `msg` to stderr, then ends the process.
             unsafe {
                 libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -135,7 +146,7 @@ pub struct Dispatch;
 macro_rules! forward {
     ($method:ident($($arg:expr),*)) => {
         match chosen() {
-            2 | 5 => Scavalloc.$method($($arg),*),
+            2 | 5 | 6 => Scavalloc.$method($($arg),*),
             3 => Jemalloc.$method($($arg),*),
             4 => MiMalloc.$method($($arg),*),
             _ => System.$method($($arg),*),

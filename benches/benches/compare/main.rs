@@ -128,7 +128,7 @@ fn usage(problem: &str) -> ! {
     eprintln!("compare: {problem}");
     eprintln!(
         "usage: compare [--smoke] [--write-readme] [--only w1,w2,...] \
-         [--alloc system,scavalloc,scavalloc-nodeep,jemalloc,mimalloc]"
+         [--alloc system,scavalloc,scavalloc-nodeep,jemalloc,mimalloc,scavalloc-prof]"
     );
     eprintln!("workloads: {} (and, only when named: {})", all_workloads().join(", "), OPT_IN_WORKLOADS.join(", "));
     std::process::exit(2)
