@@ -13,8 +13,9 @@
 //! of the strings and half of the buffers are dropped before the profile
 //! is written, so `inuse_*` differs from `alloc_*`.
 //!
-//! Profiling is on only with `SCAVALLOC_PROF_RATE` set: when it is not,
-//! the example runs itself again with `SCAVALLOC_PROF_RATE=512KiB`.
+//! Profiling is on by default, sampling once every 512 KiB allocated on
+//! average; `SCAVALLOC_PROF_RATE` sets another interval (`0`: off, and
+//! the example has nothing to show).
 //!
 //! The profile holds addresses, not names: tools symbolize them from the
 //! executable (`go tool pprof`, as printed at the end). Here each sample
@@ -109,15 +110,8 @@ fn site_of(profile: &Profile, sample: &PbSample) -> &'static str {
 // Never inlined, so that the sites' caller is a frame of its own.
 #[inline(never)]
 fn main() {
-    // The settings are read at the first allocation, before `main`: when
-    // the sampling interval is not set, run again with Go's and jemalloc's.
-    if std::env::var_os("SCAVALLOC_PROF_RATE").is_none() {
-        use std::os::unix::process::CommandExt;
-        let exe = std::env::current_exe().expect("the executable's path");
-        let args = std::env::args_os().skip(1);
-        let err = std::process::Command::new(exe).args(args).env("SCAVALLOC_PROF_RATE", "512KiB").exec();
-        panic!("could not run again with SCAVALLOC_PROF_RATE=512KiB: {err}");
-    }
+    // Profiling is on by default (512 KiB, Go's and jemalloc's interval);
+    // `SCAVALLOC_PROF_RATE` sets another.
     let rate = scavalloc::profile::stats().rate;
     if rate == 0 {
         eprintln!("SCAVALLOC_PROF_RATE turns profiling off: no profile to show");

@@ -109,7 +109,7 @@ pub fn from_lookup(lookup: impl Fn(&core::ffi::CStr) -> Option<&'static [u8]>) -
             (_, Some(b)) if b <= 1 << 40 => b,
             (Some(true), _) => crate::profile::STANDARD_RATE,
             (Some(false), _) => 0,
-            _ => bad_value("SCAVALLOC_PROF_RATE", v, "0 (off)", 0),
+            _ => bad_value("SCAVALLOC_PROF_RATE", v, "512KiB", crate::profile::STANDARD_RATE),
         };
     }
     if let Some(v) = lookup(c"SCAVALLOC_PROF_MAX") {

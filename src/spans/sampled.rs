@@ -88,12 +88,17 @@ const FREE: u16 = u16::MAX;
 struct Region {
     /// Slot records (`SLOTS` of them; null until the region exists).
     slots: *mut Slot,
-    /// Freed slots, most recently freed last.
+    /// Freed slots whose pages went back to the OS, most recently freed
+    /// last.
     free: *mut u32,
     nfree: usize,
     /// Slots never used yet start here.
     fresh: usize,
-    /// Freed slots whose pages were kept, and those pages' bytes.
+    /// Freed slots whose pages were kept (`dirty` of them, most recently
+    /// freed last), taken before any other so that a program that samples
+    /// and frees steadily makes no system call and takes no page fault,
+    /// and those pages' bytes.
+    dirty_slots: [u32; DIRTY_MAX],
     dirty: usize,
     dirty_bytes: usize,
     /// Live sampled objects, their bytes at their class sizes, and their
@@ -112,6 +117,7 @@ static SLOTS_LOCK: Mutex<Region> = Mutex::new(Region {
     free: ptr::null_mut(),
     nfree: 0,
     fresh: 0,
+    dirty_slots: [0; DIRTY_MAX],
     dirty: 0,
     dirty_bytes: 0,
     live: 0,
@@ -198,7 +204,10 @@ pub(crate) fn alloc(class: usize, size: usize, tag: u32, zeroed: bool) -> Option
     let (base, shift) = region();
     let (index, used_before) = {
         let mut region = SLOTS_LOCK.lock();
-        let (index, fresh) = if region.nfree > 0 {
+        let (index, fresh) = if region.dirty > 0 {
+            region.dirty -= 1;
+            (region.dirty_slots[region.dirty] as usize, false)
+        } else if region.nfree > 0 {
             region.nfree -= 1;
             // SAFETY: `free` has `SLOTS` entries, `nfree` of them set.
             (unsafe { *region.free.add(region.nfree) as usize }, false)
@@ -213,10 +222,7 @@ pub(crate) fn alloc(class: usize, size: usize, tag: u32, zeroed: bool) -> Option
         let kept = slot.resident as usize;
         let resident = kept.max(touched_bytes(class));
         *slot = Slot { tag, class: class as u16, resident: resident as u32, size };
-        if kept != 0 {
-            region.dirty -= 1;
-            region.dirty_bytes -= kept;
-        }
+        region.dirty_bytes -= kept;
         region.live += 1;
         region.live_class_bytes += sizeclass::class_size(class);
         region.live_bytes += resident;
@@ -305,12 +311,10 @@ pub(crate) fn free(addr: usize, class: Option<usize>, what: &str) {
         let keep = region.dirty < DIRTY_MAX;
         if keep {
             // The slot goes back now, pages and all.
+            let n = region.dirty;
+            region.dirty_slots[n] = index as u32;
             region.dirty += 1;
             region.dirty_bytes += slot.resident as usize;
-            let n = region.nfree;
-            // SAFETY: at most `SLOTS` slots are ever free.
-            unsafe { *region.free.add(n) = index as u32 };
-            region.nfree += 1;
         } else {
             rec.resident = 0;
         }
@@ -395,5 +399,20 @@ mod tests {
         free(a, None, "test");
         free(c, Some(class), "test");
         assert!(!contains(0x1000) && !contains(usize::MAX));
+
+        // Past `DIRTY_MAX` kept slots a freed slot's pages go back to the
+        // OS; the kept ones are still handed out first, so a sample that
+        // follows a free reuses resident pages (no fault, no release).
+        let objects: Vec<usize> =
+            (0..DIRTY_MAX + 4).map(|_| alloc(class, size, 0, false).expect("region").as_ptr() as usize).collect();
+        for &o in &objects {
+            free(o, Some(class), "test");
+        }
+        let (_, _, before) = resident();
+        let d = alloc(class, size, 0, false).expect("region").as_ptr() as usize;
+        let (_, _, after) = resident();
+        assert_eq!(after, before, "a slot with its pages kept was reused");
+        assert!(!objects[DIRTY_MAX..].contains(&d), "a released slot came first");
+        free(d, Some(class), "test");
     }
 }

@@ -345,12 +345,17 @@ pub fn run_child(test: &str, case: &str, timeout: Duration) -> ChildOutput {
 /// The scavenger's settings, removed from a child's environment unless the
 /// test sets them, so that a setting in the environment of `cargo test`
 /// cannot change what a child checks.
-const SETTINGS: [&str; 11] = [
+const SETTINGS: [&str; 16] = [
     "MEMORY_PRESSURE_WATCH",
     "MEMORY_PRESSURE_WRITE",
     "SCAVALLOC_BACKGROUND",
     "SCAVALLOC_MEMLIMIT",
     "SCAVALLOC_PRESSURE_PERCENT",
+    "SCAVALLOC_PROF_DUMP",
+    "SCAVALLOC_PROF_MAX",
+    "SCAVALLOC_PROF_RATE",
+    "SCAVALLOC_PROF_SEED",
+    "SCAVALLOC_PROF_SIGNAL",
     "SCAVALLOC_TEST_CGROUP_ROOT",
     "SCAVALLOC_SCAVENGE_PERCENT",
     "SCAVALLOC_SCAVTRACE",
