@@ -337,6 +337,46 @@ fn mappings_cover_the_program() {
     );
 }
 
+/// With the `symbolize` feature the profile names its own functions: the
+/// samples whose first frame lies in `site_a` name `site_a` (with this
+/// file) at that frame, the mapping says it is symbolized, and the figures
+/// are those of the unnamed profile.
+#[test]
+fn symbolized_profile_names_the_sites() {
+    support::as_child("symbolized_profile_names_the_sites", |_| {
+        let sizes: Vec<usize> = vec![100; 64];
+        let mut a = Vec::with_capacity(sizes.len());
+        site_a(&sizes, &mut a);
+        let mut gz = Vec::new();
+        scavalloc::profile::write_pprof_symbolized(&mut gz).expect("write_pprof_symbolized");
+        let p = decode(&gz);
+        let site = site_a as *const () as usize;
+        assert_eq!(site_totals(&p, site), site_totals(&profile_now(), site), "the same figures");
+        let mut named = 0;
+        for s in &p.sample {
+            let first = p.location.iter().find(|l| l.id == s.location_id[0]).expect("location id resolves");
+            if !in_fn(first.address, site) {
+                continue;
+            }
+            let outer = first.line.last().expect("the site's frame is named");
+            let f = p.function.iter().find(|f| f.id == outer.function_id).expect("function id resolves");
+            assert!(string(&p, f.name).ends_with("site_a"), "named {:?}", string(&p, f.name));
+            assert!(string(&p, f.filename).ends_with("profile.rs") && outer.line > 0);
+            let m = p.mapping.iter().find(|m| m.id == first.mapping_id).expect("mapping id resolves");
+            assert!(m.has_functions && m.has_filenames && m.has_line_numbers && m.has_inline_frames);
+            named += 1;
+        }
+        assert!(named > 0, "site a sampled");
+        free_all(&mut a, |_| false);
+    });
+    support::run_case(
+        "symbolized_profile_names_the_sites",
+        "rate-1",
+        &[("SCAVALLOC_PROF_RATE", "1")],
+        Duration::from_secs(120),
+    );
+}
+
 /// Profiles written while four threads allocate and free (all sampled)
 /// decode, and once the threads are done their site holds nothing in use;
 /// a child forked while another thread writes a profile can allocate and

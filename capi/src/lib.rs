@@ -206,7 +206,11 @@ pub unsafe extern "C" fn scavalloc_prof_dump(path: *const core::ffi::c_char) -> 
     }
     // SAFETY: the caller's promise.
     let path = std::ffi::OsStr::from_bytes(unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes());
-    match std::fs::File::create(path).and_then(|mut f| scavalloc_core::profile::write_pprof(&mut f)) {
+    #[cfg(feature = "symbolize")]
+    let write = scavalloc_core::profile::write_pprof_symbolized::<std::fs::File>;
+    #[cfg(not(feature = "symbolize"))]
+    let write = scavalloc_core::profile::write_pprof::<std::fs::File>;
+    match std::fs::File::create(path).and_then(|mut f| write(&mut f)) {
         Ok(()) => 0,
         Err(e) => {
             set_errno(e.raw_os_error().unwrap_or(libc::EIO));

@@ -33,6 +33,21 @@ pub(crate) struct Code {
     /// mappings (see [`is_allocator_entry`]), for the profile to cut them
     /// off the top of its stacks.
     pub entries: Vec<core::ops::Range<u64>>,
+    /// Each executable mapping's file (as it can be opened now) and load
+    /// bias (run-time address minus the address the file links it at),
+    /// for symbolizing in the process.
+    pub objects: Vec<Object>,
+}
+
+/// An executable mapping as a symbolizer needs it.
+#[cfg_attr(not(feature = "symbolize"), allow(dead_code))]
+pub(crate) struct Object {
+    /// The run-time addresses it covers.
+    pub range: core::ops::Range<u64>,
+    /// A path that opens the mapped file.
+    pub path: String,
+    /// Run-time address minus link-time address.
+    pub bias: u64,
 }
 
 impl Code {
@@ -45,7 +60,7 @@ impl Code {
 
 /// The process's code now, from /proc/self/maps and the mapped files.
 pub(crate) fn code() -> Code {
-    let mut code = Code { mappings: Vec::new(), entries: Vec::new() };
+    let mut code = Code { mappings: Vec::new(), entries: Vec::new(), objects: Vec::new() };
     let Ok(text) = std::fs::read_to_string("/proc/self/maps") else {
         return code;
     };
@@ -57,16 +72,23 @@ pub(crate) fn code() -> Code {
         if !entry.perms.contains('x') || !entry.path.starts_with('/') {
             continue;
         }
-        let facts = if entry.deleted {
-            // The name now belongs to another file, or to none: only the
-            // mapped file itself has the right build id. Opening it through
-            // map_files needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE);
-            // without it the build id stays empty.
-            FileFacts::read(&format!("/proc/self/map_files/{:x}-{:x}", entry.start, entry.end))
-        } else {
-            files.entry(entry.path).or_insert_with(|| FileFacts::read(entry.path)).clone()
+        // A deleted file's name now belongs to another file, or to none:
+        // only the mapped file itself has the right build id. Opening it
+        // through map_files needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE);
+        // without it the build id stays empty.
+        let opened = match entry.deleted {
+            true => format!("/proc/self/map_files/{:x}-{:x}", entry.start, entry.end),
+            false => entry.path.to_owned(),
+        };
+        let facts = match entry.deleted {
+            true => FileFacts::read(&opened),
+            false => files.entry(entry.path).or_insert_with(|| FileFacts::read(entry.path)).clone(),
         };
         code.entries.extend(facts.entries_in(entry.start, entry.end, entry.offset));
+        if let Some(linked) = facts.link_address(entry.start, entry.end, entry.offset) {
+            let bias = entry.start.wrapping_sub(linked);
+            code.objects.push(Object { range: entry.start..entry.end, path: opened, bias });
+        }
         let (start, offset) = segment_start(entry.start, entry.end, entry.offset, &facts.code_segments);
         let m = Mapping { start, limit: entry.end, offset, file: entry.path.to_owned(), build_id: facts.build_id };
         code.mappings.push(m);
@@ -166,20 +188,27 @@ impl FileFacts {
     /// The run-time address ranges of the allocator's entry points that
     /// the mapping of `start..end` at file offset `offset` holds.
     fn entries_in(&self, start: u64, end: u64, offset: u64) -> impl Iterator<Item = core::ops::Range<u64>> + '_ {
-        // A segment the mapping shows, and the virtual address it links the
-        // mapping's first byte at (a segment's address and file offset are
-        // equal modulo the page size, so any shown segment gives the same).
-        let len = end - start;
-        let linked = self
-            .code_segments
-            .iter()
-            .find(|s| s.offset < offset + len && offset < s.offset + s.size)
-            .map(|s| (s.vaddr + offset).wrapping_sub(s.offset));
+        let linked = self.link_address(start, end, offset);
         self.entries.iter().filter_map(move |r| {
             let at = linked?;
             let (lo, hi) = (r.start.wrapping_sub(at).wrapping_add(start), r.end.wrapping_sub(at).wrapping_add(start));
             (lo >= start && hi <= end && lo < hi).then_some(lo..hi)
         })
+    }
+}
+
+impl FileFacts {
+    /// The virtual address the file links the first byte of its mapping of
+    /// `start..end` at file offset `offset` at, from a code segment the
+    /// mapping shows (a segment's address and file offset are equal modulo
+    /// the page size, so any shown segment gives the same); `None` if it
+    /// shows none.
+    fn link_address(&self, start: u64, end: u64, offset: u64) -> Option<u64> {
+        let len = end - start;
+        self.code_segments
+            .iter()
+            .find(|s| s.offset < offset + len && offset < s.offset + s.size)
+            .map(|s| (s.vaddr + offset).wrapping_sub(s.offset))
     }
 }
 

@@ -32,6 +32,8 @@ use crate::{config, report};
 pub(crate) mod maps;
 pub(crate) mod pprof;
 pub(crate) mod stack;
+#[cfg(feature = "symbolize")]
+pub(crate) mod symbolize;
 pub(crate) mod table;
 
 /// The sampling interval `SCAVALLOC_PROF_RATE` takes when set to `on`:
@@ -271,14 +273,33 @@ pub fn stats() -> ProfileStats {
 ///
 /// The calling thread's own allocations are not sampled while it writes.
 pub fn write_pprof<W: std::io::Write>(out: &mut W) -> std::io::Result<()> {
+    write(out, false)
+}
+
+/// [`write_pprof`], with every address named in the profile itself:
+/// function (demangled), source file and line, inlined calls included,
+/// read from the mapped files' debug info (or their symbol tables) in this
+/// process, so that the profile can be read where the binary is not (the
+/// `symbolize` feature). The profiles `SCAVALLOC_PROF_DUMP`,
+/// `SCAVALLOC_PROF_SIGNAL` and `scavalloc_prof_dump` write are named too
+/// when the feature is on.
+#[cfg(feature = "symbolize")]
+pub fn write_pprof_symbolized<W: std::io::Write>(out: &mut W) -> std::io::Result<()> {
+    write(out, true)
+}
+
+/// Writes the profile, symbolized if asked (and built with the feature),
+/// with the calling thread's sampling paused.
+fn write<W: std::io::Write>(out: &mut W, symbolized: bool) -> std::io::Result<()> {
     let saved = bytes_left(|left| left.replace(isize::MAX));
-    let bytes = encode_profile();
+    let bytes = encode_profile(symbolized);
     bytes_left(|left| left.set(saved));
     out.write_all(&bytes)
 }
 
 /// The profile as of now, gzip-compressed.
-fn encode_profile() -> Vec<u8> {
+#[cfg_attr(not(feature = "symbolize"), allow(unused_variables))]
+fn encode_profile(symbolized: bool) -> Vec<u8> {
     let mut rows = Vec::new();
     loop {
         let want = table::usage().0 + 64;
@@ -317,7 +338,13 @@ fn encode_profile() -> Vec<u8> {
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     let meta = pprof::Meta { time_nanos: now, duration_nanos: 0, period: settings().rate as i64 };
-    pprof::gzip(&pprof::encode(&meta, &code.mappings, &samples))
+    #[cfg(feature = "symbolize")]
+    if symbolized {
+        let mut symbolizer = symbolize::Symbolizer::new(&code);
+        let mut lines = |address| symbolizer.lines(address);
+        return pprof::gzip(&pprof::encode(&meta, &code.mappings, &samples, Some(&mut lines)));
+    }
+    pprof::gzip(&pprof::encode(&meta, &code.mappings, &samples, None))
 }
 
 /// Writes a profile to the file at `path`; on failure, one warning line
@@ -325,7 +352,8 @@ fn encode_profile() -> Vec<u8> {
 pub(crate) fn dump_to(path: &[u8]) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
-    let result = std::fs::File::create(path).and_then(|mut f| write_pprof(&mut f));
+    // Named in the profile when built to (see `write_pprof_symbolized`).
+    let result = std::fs::File::create(path).and_then(|mut f| write(&mut f, cfg!(feature = "symbolize")));
     if let Err(e) = &result {
         report::warn(format_args!("could not write the heap profile to {}: {e}", path.display()));
     }

@@ -23,6 +23,18 @@ pub(crate) struct Mapping {
     pub build_id: String,
 }
 
+/// One function at a code address, as a symbolizer names it: at an
+/// address with inlined calls there are several, innermost first.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Line {
+    /// The function's name, demangled.
+    pub function: String,
+    /// The source file, or empty if unknown.
+    pub file: String,
+    /// The line in it, or 0 if unknown.
+    pub line: i64,
+}
+
 /// One row of the profile: a call stack and its four values.
 pub(crate) struct Sample<'a> {
     /// Code addresses, innermost (the allocating call) first. Already
@@ -69,6 +81,7 @@ mod field {
         pub(crate) const SAMPLE: u32 = 2;
         pub(crate) const MAPPING: u32 = 3;
         pub(crate) const LOCATION: u32 = 4;
+        pub(crate) const FUNCTION: u32 = 5;
         pub(crate) const STRING_TABLE: u32 = 6;
         pub(crate) const TIME_NANOS: u32 = 9;
         pub(crate) const DURATION_NANOS: u32 = 10;
@@ -98,11 +111,26 @@ mod field {
         pub(crate) const FILE_OFFSET: u32 = 4;
         pub(crate) const FILENAME: u32 = 5;
         pub(crate) const BUILD_ID: u32 = 6;
+        pub(crate) const HAS_FUNCTIONS: u32 = 7;
+        pub(crate) const HAS_FILENAMES: u32 = 8;
+        pub(crate) const HAS_LINE_NUMBERS: u32 = 9;
+        pub(crate) const HAS_INLINE_FRAMES: u32 = 10;
     }
     pub(super) mod location {
         pub(crate) const ID: u32 = 1;
         pub(crate) const MAPPING_ID: u32 = 2;
         pub(crate) const ADDRESS: u32 = 3;
+        pub(crate) const LINE: u32 = 4;
+    }
+    pub(super) mod line {
+        pub(crate) const FUNCTION_ID: u32 = 1;
+        pub(crate) const LINE: u32 = 2;
+    }
+    pub(super) mod function {
+        pub(crate) const ID: u32 = 1;
+        pub(crate) const NAME: u32 = 2;
+        pub(crate) const SYSTEM_NAME: u32 = 3;
+        pub(crate) const FILENAME: u32 = 4;
     }
 }
 
@@ -111,7 +139,17 @@ mod field {
 /// Mapping ids are 1 + the index in `mappings`; pprof takes the first
 /// mapping for the main binary. The mappings must not overlap (those of
 /// `/proc/self/maps` never do).
-pub(crate) fn encode(meta: &Meta, mappings: &[Mapping], samples: &[Sample<'_>]) -> Vec<u8> {
+///
+/// With `symbolize`, each location gets the functions it names (innermost
+/// first), and a mapping whose locations got any is marked as symbolized,
+/// so that tools show those names rather than look the addresses up
+/// themselves; without, tools symbolize every address from the files.
+pub(crate) fn encode(
+    meta: &Meta,
+    mappings: &[Mapping],
+    samples: &[Sample<'_>],
+    mut symbolize: Option<&mut dyn FnMut(u64) -> Vec<Line>>,
+) -> Vec<u8> {
     let mut strings = Strings::new();
     let sample_types = SAMPLE_TYPES.map(|(ty, unit)| (strings.id(ty), strings.id(unit)));
     let period_type = (strings.id("space"), strings.id("bytes"));
@@ -142,6 +180,31 @@ pub(crate) fn encode(meta: &Meta, mappings: &[Mapping], samples: &[Sample<'_>]) 
             }
         });
     }
+    // Each location's lines, and the functions they name (ids from 1).
+    let mut functions: HashMap<(String, String), u64> = HashMap::new();
+    let mut function_list: Vec<(i64, i64)> = Vec::new();
+    let mut location_lines: Vec<Vec<(u64, i64)>> = Vec::with_capacity(locations.list.len());
+    let mut symbolized = vec![false; mappings.len()];
+    for &(address, mapping_id) in &locations.list {
+        let lines = match symbolize.as_mut() {
+            Some(symbolize) if mapping_id != 0 => symbolize(address),
+            _ => Vec::new(),
+        };
+        if !lines.is_empty() {
+            symbolized[mapping_id as usize - 1] = true;
+        }
+        let lines = lines
+            .into_iter()
+            .map(|l| {
+                let id = *functions.entry((l.function.clone(), l.file.clone())).or_insert_with(|| {
+                    function_list.push((strings.id(&l.function), strings.id(&l.file)));
+                    function_list.len() as u64
+                });
+                (id, l.line)
+            })
+            .collect();
+        location_lines.push(lines);
+    }
     for (index, (mapping, &(file, build_id))) in mappings.iter().zip(&mapping_names).enumerate() {
         message_field(&mut out, field::profile::MAPPING, |m| {
             uint_field(m, field::mapping::ID, index as u64 + 1);
@@ -150,15 +213,39 @@ pub(crate) fn encode(meta: &Meta, mappings: &[Mapping], samples: &[Sample<'_>]) 
             uint_field(m, field::mapping::FILE_OFFSET, mapping.offset);
             int_field(m, field::mapping::FILENAME, file);
             int_field(m, field::mapping::BUILD_ID, build_id);
-            // has_functions and the other symbolization flags stay false:
-            // tools symbolize the addresses from the mapped files.
+            // Unless symbolized here, the flags stay false: tools symbolize
+            // the addresses from the mapped files.
+            if symbolized[index] {
+                for flag in [
+                    field::mapping::HAS_FUNCTIONS,
+                    field::mapping::HAS_FILENAMES,
+                    field::mapping::HAS_LINE_NUMBERS,
+                    field::mapping::HAS_INLINE_FRAMES,
+                ] {
+                    uint_field(m, flag, 1);
+                }
+            }
         });
     }
-    for (index, &(address, mapping_id)) in locations.list.iter().enumerate() {
+    for (index, (&(address, mapping_id), lines)) in locations.list.iter().zip(&location_lines).enumerate() {
         message_field(&mut out, field::profile::LOCATION, |m| {
             uint_field(m, field::location::ID, index as u64 + 1);
             uint_field(m, field::location::MAPPING_ID, mapping_id);
             uint_field(m, field::location::ADDRESS, address);
+            for &(function_id, line) in lines {
+                message_field(m, field::location::LINE, |l| {
+                    uint_field(l, field::line::FUNCTION_ID, function_id);
+                    int_field(l, field::line::LINE, line);
+                });
+            }
+        });
+    }
+    for (index, &(name, file)) in function_list.iter().enumerate() {
+        message_field(&mut out, field::profile::FUNCTION, |f| {
+            uint_field(f, field::function::ID, index as u64 + 1);
+            int_field(f, field::function::NAME, name);
+            int_field(f, field::function::SYSTEM_NAME, name);
+            int_field(f, field::function::FILENAME, file);
         });
     }
     // Every entry is written, the empty string 0 included: a repeated
@@ -434,7 +521,7 @@ mod tests {
         let mappings = mappings();
         let stacks = sample_stacks();
         let samples = samples(&stacks);
-        let p = decode(&encode(&META, &mappings, &samples));
+        let p = decode(&encode(&META, &mappings, &samples, None));
 
         assert_eq!(p.string_table[0], "");
         let mut seen = std::collections::HashSet::new();
@@ -508,9 +595,52 @@ mod tests {
         assert_eq!(mapping_of(STRAY), 0);
     }
 
+    /// With a symbolizer, each location in a mapping carries its lines,
+    /// innermost first, over a function table with each (name, file) once;
+    /// only mappings with named locations are marked as symbolized, and
+    /// addresses outside every mapping are not asked about.
+    #[test]
+    fn symbolized_locations_carry_their_lines() {
+        let mappings = mappings();
+        let stacks = sample_stacks();
+        let samples = samples(&stacks);
+        let mut asked = Vec::new();
+        let mut symbolize = |address: u64| -> Vec<super::Line> {
+            asked.push(address);
+            let line = |function: &str, line| super::Line { function: function.into(), file: "src/x.rs".into(), line };
+            match address {
+                // An inlined call: the callee first, then its caller.
+                0x5555_0000_1234 => vec![line("inner", 10), line("outer", 20)],
+                0x5555_0000_2000 => vec![line("outer", 30)],
+                _ => Vec::new(),
+            }
+        };
+        let p = decode(&encode(&META, &mappings, &samples, Some(&mut symbolize)));
+        asked.sort_unstable();
+        assert!(!asked.contains(&STRAY) && !asked.contains(&0x7f00_0020_0000), "unmapped addresses: {asked:x?}");
+
+        assert_eq!(p.function.len(), 2, "each function once: {:?}", p.function);
+        let function = |id: u64| {
+            let f = p.function.iter().find(|f| f.id == id).expect("function id resolves");
+            assert_eq!(f.system_name, f.name);
+            (string(&p, f.name), string(&p, f.filename))
+        };
+        let lines_at = |address: u64| -> Vec<(&str, i64)> {
+            let l = p.location.iter().find(|l| l.address == address).expect("location");
+            l.line.iter().map(|line| (function(line.function_id).0, line.line)).collect()
+        };
+        assert_eq!(lines_at(0x5555_0000_1234), [("inner", 10), ("outer", 20)]);
+        assert_eq!(lines_at(0x5555_0000_2000), [("outer", 30)]);
+        assert!(lines_at(0x7f00_0000_5678).is_empty());
+        assert_eq!(function(1).1, "src/x.rs");
+        let flags = |m: &PbMapping| (m.has_functions, m.has_filenames, m.has_line_numbers, m.has_inline_frames);
+        assert_eq!(flags(&p.mapping[0]), (true, true, true, true));
+        assert_eq!(flags(&p.mapping[1]), (false, false, false, false));
+    }
+
     #[test]
     fn empty_and_negative_profiles_decode() {
-        let p = decode(&encode(&Meta { time_nanos: 0, duration_nanos: 0, period: 0 }, &[], &[]));
+        let p = decode(&encode(&Meta { time_nanos: 0, duration_nanos: 0, period: 0 }, &[], &[], None));
         assert_eq!(p.string_table[0], "");
         assert_eq!(p.sample_type.len(), 4);
         assert!(p.sample.is_empty() && p.mapping.is_empty() && p.location.is_empty());
@@ -519,7 +649,7 @@ mod tests {
         let frames = [u64::MAX, 0];
         let sample = Sample { frames: &frames, values: [-1, i64::MIN, i64::MAX, 0], object_size: Some(-5) };
         let meta = Meta { time_nanos: -1, duration_nanos: i64::MAX, period: 1 };
-        let p = decode(&encode(&meta, &[], &[sample]));
+        let p = decode(&encode(&meta, &[], &[sample], None));
         assert_eq!(p.sample[0].value, [-1, i64::MIN, i64::MAX, 0]);
         assert_eq!(p.sample[0].label[0].num, -5);
         assert_eq!((p.time_nanos, p.duration_nanos), (-1, i64::MAX));
@@ -556,7 +686,7 @@ mod tests {
     /// of mixed noise and repeats (several deflate blocks).
     fn gzip_inputs() -> Vec<Vec<u8>> {
         let stacks = sample_stacks();
-        let profile = encode(&META, &mappings(), &samples(&stacks));
+        let profile = encode(&META, &mappings(), &samples(&stacks), None);
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let big: Vec<u8> = (0..1 << 20)
             .map(|i: u32| {
