@@ -85,10 +85,8 @@ fn checking() -> bool {
 unsafe impl GlobalAlloc for Scavalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if profile::due(layout.size()) {
-            if let Some(p) = profile::alloc_sampled(layout.size(), layout.align(), false) {
-                return p;
-            }
+        if let Some(p) = profile::alloc_sampled(layout.size(), layout.align(), false) {
+            return p;
         }
         if !checking() {
             let p = fast_pop(&layout);
@@ -117,10 +115,8 @@ unsafe impl GlobalAlloc for Scavalloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if profile::due(layout.size()) {
-            if let Some(p) = profile::alloc_sampled(layout.size(), layout.align(), true) {
-                return p;
-            }
+        if let Some(p) = profile::alloc_sampled(layout.size(), layout.align(), true) {
+            return p;
         }
         if !checking() {
             let p = fast_pop(&layout);

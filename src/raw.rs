@@ -37,10 +37,8 @@ use crate::spans::{self, cache};
 /// classes).
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    if profile::due(size) {
-        if let Some(p) = profile::alloc_sampled(size.max(1), align, false) {
-            return p;
-        }
+    if let Some(p) = profile::alloc_sampled(size.max(1), align, false) {
+        return p;
     }
     if let Some(class) = c_fast_class_of(size, align) {
         let p = cache::pop(class);
@@ -70,10 +68,8 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
 /// old contents.
 #[inline(always)]
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    if profile::due(size) {
-        if let Some(p) = profile::alloc_sampled(size.max(1), align, true) {
-            return p;
-        }
+    if let Some(p) = profile::alloc_sampled(size.max(1), align, true) {
+        return p;
     }
     if let Some(class) = c_fast_class_of(size, align) {
         let p = cache::pop(class);

@@ -74,7 +74,7 @@ thread_local! {
 
 /// Runs `f` on the bytes this thread may still allocate before its next
 /// sample. It starts at 0, so a thread's first allocation takes
-/// [`alloc_sampled`], which arms it (or sets it out of reach when profiling
+/// [`sample`], which arms it (or sets it out of reach when profiling
 /// is off). Kept in the span layer's per-thread block, beside the cache
 /// pointer, so that an allocation looks up one thread-local, not two.
 #[inline(always)]
@@ -84,9 +84,9 @@ fn bytes_left<R>(f: impl FnOnce(&Cell<isize>) -> R) -> R {
 
 /// Counts an allocation of `size` bytes; true when it is to be sampled
 /// (or the thread's count is not armed yet): the caller then tries
-/// [`alloc_sampled`].
+/// [`sample`].
 #[inline(always)]
-pub(crate) fn due(size: usize) -> bool {
+fn due(size: usize) -> bool {
     bytes_left(|left| {
         let now = left.get().wrapping_sub(size as isize);
         left.set(now);
@@ -143,14 +143,19 @@ fn fresh_seed() -> u64 {
     (addr.rotate_left(32) ^ crate::os::monotonic_ns()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// The allocation [`due`] picked: samples it and returns the object, or
-/// `None` when it is not sampled after all (the thread's count was only
-/// being armed, profiling is off, or the table or the sampled objects'
-/// region is full), and the caller allocates as usual. A null `Some` is
-/// out of memory.
+/// Counts an allocation of `size` bytes ([`due`]) and, if it is the one
+/// to be sampled, samples it: returns the object, or `None` when it is not
+/// sampled (not due, the thread's count was only being armed, profiling is
+/// off, or the table or the sampled objects' region is full), and the
+/// caller allocates as usual. A null `Some` is out of memory. Every
+/// allocation entry point calls this first.
 #[inline(always)]
 pub(crate) fn alloc_sampled(size: usize, align: usize, zeroed: bool) -> Option<*mut u8> {
-    sample(size, align, zeroed, 0)
+    if due(size) {
+        sample(size, align, zeroed, 0)
+    } else {
+        None
+    }
 }
 
 /// Where `realloc` puts an object it moves (a `crate::spans::MovePlacer`):

@@ -219,21 +219,36 @@ pub(crate) fn note_alloc(frames: &[usize], key: u32, size: usize) -> u32 {
 }
 
 /// Records that a sampled object of `size` bytes, tagged `tag` by
-/// [`note_alloc`], was freed (or its allocation failed after all).
+/// [`note_alloc`], was freed.
 pub(crate) fn note_free(tag: u32, size: usize) {
+    adjust(tag, size, |c, objects, bytes| {
+        c.freed_objects += objects;
+        c.freed_bytes += bytes;
+    });
+}
+
+/// Takes back a sample [`note_alloc`] recorded whose object could not be
+/// allocated where a free would notice it.
+pub(crate) fn cancel(tag: u32, size: usize) {
+    adjust(tag, size, |c, objects, bytes| {
+        c.alloc_objects -= objects;
+        c.alloc_bytes -= bytes;
+    });
+}
+
+/// Applies `change` to the counts of the entry tagged `tag` (nothing for
+/// tag 0), with the weight of one sample of `size` bytes.
+fn adjust(tag: u32, size: usize, change: impl FnOnce(&mut Counts, f64, f64)) {
     if tag == 0 {
         return;
     }
     let table = TABLE.lock();
     let (objects, bytes) = weight(size, table.rate);
     debug_assert!(tag <= table.used);
-    // SAFETY: tags name written entries; only the counts are written (see
-    // `note_alloc`).
-    unsafe {
-        let e = table.entries.add(tag as usize - 1);
-        (*e).counts.freed_objects += objects;
-        (*e).counts.freed_bytes += bytes;
-    }
+    // SAFETY: tags name written entries. Only the counts are written, through
+    // a reference to them alone, never to the whole entry: a dump may be
+    // reading its frames meanwhile (see `snapshot`).
+    change(unsafe { &mut *core::ptr::addr_of_mut!((*table.entries.add(tag as usize - 1)).counts) }, objects, bytes);
 }
 
 /// The frames of the written entry `e`.
@@ -245,22 +260,6 @@ unsafe fn entry_frames(e: *const Entry) -> &'static [usize] {
     // SAFETY: per the contract; the frames are never written again and the
     // table's memory is never unmapped.
     unsafe { core::slice::from_raw_parts(core::ptr::addr_of!((*e).frames).cast::<usize>(), (*e).nframes as usize) }
-}
-
-/// Takes back a sample [`note_alloc`] recorded whose object could not be
-/// allocated where a free would notice it.
-pub(crate) fn cancel(tag: u32, size: usize) {
-    if tag == 0 {
-        return;
-    }
-    let table = TABLE.lock();
-    let (objects, bytes) = weight(size, table.rate);
-    // SAFETY: as in `note_free`.
-    unsafe {
-        let e = table.entries.add(tag as usize - 1);
-        (*e).counts.alloc_objects -= objects;
-        (*e).counts.alloc_bytes -= bytes;
-    }
 }
 
 /// Counts a sample lost for want of room elsewhere (the sampled objects'

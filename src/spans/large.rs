@@ -40,6 +40,9 @@ pub struct LargeAlloc {
     /// or never touched, and every release so far zeroed what it released
     /// (see [`os::released_memory_is_zero`]).
     pub zeroed: bool,
+    /// Its span record, which no one else knows of until `ptr` is handed
+    /// out.
+    record: *mut span::Span,
 }
 
 /// Allocates a large object the heap profiler sampled, with
@@ -55,9 +58,8 @@ pub fn alloc_sampled(size: usize, align: usize, zeroed: bool, extra_pages: usize
     // SAFETY: the record of the object just allocated, which no one else
     // knows of yet.
     unsafe {
-        let record = pagemap::lookup(a.ptr as usize);
-        (*record).sample_tag = tag;
-        (*record).sample_bytes = size;
+        (*a.record).sample_tag = tag;
+        (*a.record).sample_bytes = size;
     }
     a.ptr
 }
@@ -78,7 +80,7 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
             CACHED_PAGES.fetch_sub(npages, Ordering::Relaxed);
             LARGE_BYTES.fetch_add(size, Ordering::Relaxed);
             LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
-            return Some(LargeAlloc { ptr: s.base as *mut u8, zeroed: false });
+            return Some(LargeAlloc { ptr: s.base as *mut u8, zeroed: false, record: s });
         }
     }
     let record = span::alloc_record();
@@ -107,7 +109,7 @@ pub fn alloc(size: usize, align: usize, extra_pages: usize) -> Option<LargeAlloc
     // it: a fact about how these pages were released, whatever the mode
     // is now.
     let zeroed = run.scavenged_bytes == npages * PAGE_SIZE && os::released_memory_is_zero();
-    Some(LargeAlloc { ptr: run.base as *mut u8, zeroed })
+    Some(LargeAlloc { ptr: run.base as *mut u8, zeroed, record })
 }
 
 /// The record of the large object at `ptr`, or a fatal report.
